@@ -1,0 +1,59 @@
+"""Shared test fixtures: where the reference material is, and how real parts are required in CI."""
+
+from __future__ import annotations
+
+import os
+import random
+import shutil
+from pathlib import Path
+
+import pytest
+
+from simulators.samples import make_permit
+
+ROOT = Path(__file__).resolve().parent.parent
+REF = Path(os.environ.get("EPIX_REF_DIR", ROOT.parent / "shared" / "ref"))
+EPIX_FIXTURES = REF / "schemas" / "unepwcmc-epix" / "spec" / "fixtures"
+IN_CI = os.environ.get("CI", "").lower() == "true"
+
+
+def ref_file(*parts: str) -> Path:
+    """A file from ../shared/ref, or skip with the reason (fail in CI, where it must be present)."""
+    path = REF.joinpath(*parts)
+    if not path.exists():
+        reason = f"reference material {path} is absent (shared/ref is not beside this checkout)"
+        if IN_CI:
+            pytest.fail(reason)
+        pytest.skip(reason)
+    return path
+
+
+def require_command(name: str) -> str:
+    """Path of an external command; fails rather than skips when CI=true."""
+    found = shutil.which(name)
+    if found is None:
+        reason = f"the command {name!r} is not installed (Debian package: {name})"
+        if IN_CI:
+            pytest.fail(reason + " and CI=true requires it")
+        pytest.skip(reason)
+    return found
+
+
+@pytest.fixture
+def rng() -> random.Random:
+    return random.Random(20261123)
+
+
+@pytest.fixture
+def sample_permit(rng):
+    return make_permit(rng, issuer="CH", importer_country="FR")
+
+
+@pytest.fixture
+def epix_v2_path() -> Path:
+    return ref_file("schemas", "unepwcmc-epix", "spec", "fixtures", "v2", "get_non_final_cites_certificate.xml")
+
+
+@pytest.fixture
+def epix_v1_path() -> Path:
+    return ref_file("schemas", "unepwcmc-epix", "spec", "fixtures", "v1", "get_non_final_cites_certificate.xml")
