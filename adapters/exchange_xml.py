@@ -1,0 +1,226 @@
+"""The hop envelope, the receipt and the error signal of the exchange protocol (docs/PROTOCOL.md).
+
+The signed permit travels base64-encoded inside the envelope so that its bytes, and with them the
+issuing Management Authority's signature, arrive exactly as they were signed, across any number
+of hops. The envelope, the receipt and the error are each signed by the gateway that made them.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+from dataclasses import dataclass
+from datetime import datetime
+from functools import lru_cache
+from pathlib import Path
+
+from lxml import etree
+from lxml.builder import ElementMaker
+
+from adapters.ns import EXCHANGE
+from domain.errors import EpixError, ErrorCode
+from domain.messages import Action, EnvelopeHeader
+
+E = ElementMaker(namespace=EXCHANGE, nsmap={"ex": EXCHANGE})
+_Q = "{%s}" % EXCHANGE
+SCHEMA_PATH = Path(__file__).resolve().parent.parent / "schemas" / "exchange" / "exchange-1.xsd"
+
+
+def payload_digest(payload: bytes) -> str:
+    return "sha256:" + hashlib.sha256(payload).hexdigest()
+
+
+@dataclass(frozen=True, slots=True)
+class Envelope:
+    header: EnvelopeHeader
+    sent_at: datetime
+    payload: bytes  # the issuer-signed document, byte for byte
+    digest: str  # payload_digest(payload) as the sender declared it
+
+
+@dataclass(frozen=True, slots=True)
+class Receipt:
+    message_id: str
+    sender: str  # who issues the receipt (the receiving party)
+    receiver: str  # to whom (the sending party)
+    received_at: datetime
+    payload_digest: str
+    status: str  # RECEIVED (first time) — a duplicate gets the very same receipt bytes again
+
+
+@dataclass(frozen=True, slots=True)
+class ErrorSignal:
+    message_id: str | None
+    sender: str
+    receiver: str | None
+    code: str
+    message: str
+    retryable: bool
+    at: datetime
+
+
+def _iso(dt: datetime) -> str:
+    return dt.isoformat()
+
+
+def build_envelope(header: EnvelopeHeader, payload: bytes, *, sent_at: datetime) -> etree._Element:
+    return E.Envelope(
+        E.Header(
+            E.MessageId(header.message_id),
+            E.ConversationId(header.conversation_id),
+            E.From(header.sender),
+            E.To(header.receiver),
+            E.DocumentType(header.document_type),
+            E.DocumentIssuer(header.document_issuer),
+            E.DocumentNumber(header.document_number),
+            E.DocumentVersion(str(header.document_version)),
+            E.Action(header.action.value),
+            E.CreatedAt(_iso(header.created_at)),
+            E.SentAt(_iso(sent_at)),
+            E.PayloadDigest(payload_digest(payload)),
+        ),
+        E.Payload(base64.b64encode(payload).decode("ascii")),
+    )
+
+
+def build_receipt(r: Receipt) -> etree._Element:
+    return E.Receipt(
+        E.MessageId(r.message_id),
+        E.From(r.sender),
+        E.To(r.receiver),
+        E.ReceivedAt(_iso(r.received_at)),
+        E.PayloadDigest(r.payload_digest),
+        E.Status(r.status),
+    )
+
+
+def build_error(err: ErrorSignal) -> etree._Element:
+    children = []
+    if err.message_id:
+        children.append(E.MessageId(err.message_id))
+    children.append(E.From(err.sender))
+    if err.receiver:
+        children.append(E.To(err.receiver))
+    children += [
+        E.Code(err.code),
+        E.Message(err.message),
+        E.Retryable("true" if err.retryable else "false"),
+        E.At(_iso(err.at)),
+    ]
+    return E.Error(*children)
+
+
+@lru_cache(maxsize=1)
+def exchange_schema() -> etree.XMLSchema:
+    parser = etree.XMLParser(no_network=True, resolve_entities=False, load_dtd=False)
+    return etree.XMLSchema(etree.parse(str(SCHEMA_PATH), parser))
+
+
+def _check_schema(root: etree._Element, what: str) -> None:
+    schema = exchange_schema()
+    if not schema.validate(root):
+        errs = [f"line {e.line}: {e.message}" for e in schema.error_log]
+        raise EpixError(
+            ErrorCode.ENVELOPE_INVALID,
+            f"The {what} does not match the exchange schema: {errs[0] if errs else 'unknown error'}",
+            errors=errs[:20],
+        )
+
+
+def _text(root: etree._Element, name: str, what: str, *, required: bool = True) -> str | None:
+    el = root.find(_Q + name)
+    value = el.text.strip() if el is not None and el.text else None
+    if required and not value:
+        raise EpixError(ErrorCode.ENVELOPE_INVALID, f"The {what} has no {name}.", field=name)
+    return value
+
+
+def _when(root: etree._Element, name: str, what: str) -> datetime:
+    raw = _text(root, name, what)
+    try:
+        value = datetime.fromisoformat(raw)
+    except ValueError:
+        raise EpixError(ErrorCode.ENVELOPE_INVALID, f"The {what}'s {name} {raw!r} is not an ISO 8601 date-time.") from None
+    if value.tzinfo is None:
+        raise EpixError(ErrorCode.ENVELOPE_INVALID, f"The {what}'s {name} has no time zone offset.")
+    return value
+
+
+def read_envelope(root: etree._Element) -> Envelope:
+    """Read an envelope from the element that signature verification returned as signed."""
+    if root.tag != _Q + "Envelope":
+        raise EpixError(ErrorCode.ENVELOPE_INVALID, f"Expected an exchange Envelope, found {etree.QName(root).localname}.")
+    _check_schema(root, "envelope")
+    h = root.find(_Q + "Header")
+    what = "envelope"
+    try:
+        action = Action(_text(h, "Action", what))
+    except ValueError:
+        raise EpixError(ErrorCode.ENVELOPE_INVALID, "The envelope's Action is not issue, cancel, replace or endorse.") from None
+    try:
+        version = int(_text(h, "DocumentVersion", what))
+    except ValueError:
+        raise EpixError(ErrorCode.ENVELOPE_INVALID, "The envelope's DocumentVersion is not a whole number.") from None
+    header = EnvelopeHeader(
+        message_id=_text(h, "MessageId", what),
+        conversation_id=_text(h, "ConversationId", what),
+        sender=_text(h, "From", what),
+        receiver=_text(h, "To", what),
+        document_type=_text(h, "DocumentType", what),
+        document_issuer=_text(h, "DocumentIssuer", what),
+        document_number=_text(h, "DocumentNumber", what),
+        document_version=version,
+        action=action,
+        created_at=_when(h, "CreatedAt", what),
+    )
+    try:
+        payload = base64.b64decode(_text(root, "Payload", what), validate=True)
+    except (binascii.Error, ValueError):
+        raise EpixError(ErrorCode.ENVELOPE_INVALID, "The envelope's Payload is not valid base64.") from None
+    declared = _text(h, "PayloadDigest", what)
+    if declared != payload_digest(payload):
+        raise EpixError(
+            ErrorCode.DIGEST_MISMATCH,
+            "The envelope's payload does not match the digest its sender declared.",
+            message_id=header.message_id,
+        )
+    return Envelope(header=header, sent_at=_when(h, "SentAt", what), payload=payload, digest=declared)
+
+
+def read_receipt(root: etree._Element) -> Receipt:
+    if root.tag != _Q + "Receipt":
+        raise EpixError(ErrorCode.RECEIPT_INVALID, f"Expected a Receipt, found {etree.QName(root).localname}.")
+    try:
+        _check_schema(root, "receipt")
+    except EpixError as exc:
+        raise EpixError(ErrorCode.RECEIPT_INVALID, exc.detail) from None
+    what = "receipt"
+    return Receipt(
+        message_id=_text(root, "MessageId", what),
+        sender=_text(root, "From", what),
+        receiver=_text(root, "To", what),
+        received_at=_when(root, "ReceivedAt", what),
+        payload_digest=_text(root, "PayloadDigest", what),
+        status=_text(root, "Status", what),
+    )
+
+
+def read_error(root: etree._Element) -> ErrorSignal:
+    if root.tag != _Q + "Error":
+        raise EpixError(ErrorCode.RECEIPT_INVALID, f"Expected an Error, found {etree.QName(root).localname}.")
+    what = "error signal"
+    return ErrorSignal(
+        message_id=_text(root, "MessageId", what, required=False),
+        sender=_text(root, "From", what),
+        receiver=_text(root, "To", what, required=False),
+        code=_text(root, "Code", what),
+        message=_text(root, "Message", what),
+        retryable=_text(root, "Retryable", what) == "true",
+        at=_when(root, "At", what),
+    )
+
+
+def root_name(root: etree._Element) -> str:
+    """'Envelope', 'Receipt' or 'Error' for an exchange document, else the local name."""
+    return etree.QName(root).localname
