@@ -60,6 +60,15 @@ class ErrorSignal:
     at: datetime
 
 
+@dataclass(frozen=True, slots=True)
+class Cancellation:
+    issuer: str
+    number: str
+    version: int
+    reason: str
+    cancelled_at: datetime
+
+
 def _iso(dt: datetime) -> str:
     return dt.isoformat()
 
@@ -109,6 +118,16 @@ def build_error(err: ErrorSignal) -> etree._Element:
         E.At(_iso(err.at)),
     ]
     return E.Error(*children)
+
+
+def build_cancellation(c: Cancellation) -> etree._Element:
+    return E.Cancellation(
+        E.DocumentIssuer(c.issuer),
+        E.DocumentNumber(c.number),
+        E.DocumentVersion(str(c.version)),
+        E.Reason(c.reason),
+        E.CancelledAt(_iso(c.cancelled_at)),
+    )
 
 
 @lru_cache(maxsize=1)
@@ -224,3 +243,17 @@ def read_error(root: etree._Element) -> ErrorSignal:
 def root_name(root: etree._Element) -> str:
     """'Envelope', 'Receipt' or 'Error' for an exchange document, else the local name."""
     return etree.QName(root).localname
+
+
+def read_cancellation(root: etree._Element) -> Cancellation:
+    if root.tag != _Q + "Cancellation":
+        raise EpixError(ErrorCode.ENVELOPE_INVALID, f"Expected a Cancellation, found {etree.QName(root).localname}.")
+    _check_schema(root, "cancellation")
+    what = "cancellation"
+    return Cancellation(
+        issuer=_text(root, "DocumentIssuer", what),
+        number=_text(root, "DocumentNumber", what),
+        version=int(_text(root, "DocumentVersion", what)),
+        reason=_text(root, "Reason", what),
+        cancelled_at=_when(root, "CancelledAt", what),
+    )

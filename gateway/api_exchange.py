@@ -1,0 +1,60 @@
+"""Endpoints partner gateways (and hubs) talk to. Authentication is the envelope signature itself."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from domain.errors import EpixError, ErrorCode
+from domain.messages import Direction
+from gateway import appkeys
+
+routes = web.RouteTableDef()
+XML = "application/xml"
+
+
+@routes.post("/exchange/v1/messages")
+async def receive(request: web.Request) -> web.Response:
+    config = request.app[appkeys.CONFIG]
+    inbound = request.app[appkeys.INBOUND]
+    if request.content_length is not None and request.content_length > config.max_body_bytes:
+        err = EpixError(ErrorCode.XML_TOO_LARGE, f"The envelope is larger than {config.max_body_bytes} bytes.")
+        answer_body = inbound.error_document(err, None, None)
+        return web.Response(body=answer_body, status=413, content_type=XML)
+    body = await request.read()
+    answer = await inbound.receive(body)
+    outcome = "duplicate" if answer.duplicate else ("received" if answer.status == 200 else "refused")
+    request.app[appkeys.METRICS].inbound.labels(outcome).inc()
+    return web.Response(body=answer.body, status=answer.status, content_type=XML)
+
+
+@routes.get("/exchange/v1/messages/{message_id}")
+async def tracking(request: web.Request) -> web.Response:
+    """The signed receipt of a message we received: lets a sender recover a lost answer."""
+    message = await request.app[appkeys.STORE].get_message(request.match_info["message_id"])
+    if message is None or message.direction is not Direction.INBOUND or message.receipt is None:
+        raise EpixError(ErrorCode.NOT_FOUND, "No message with that id was received here.")
+    return web.Response(body=message.receipt, content_type=XML)
+
+
+@routes.get("/exchange/v1/directory")
+async def directory(request: web.Request) -> web.Response:
+    """Who this gateway is and whom it exchanges with, with the certificates it signs with."""
+    config = request.app[appkeys.CONFIG]
+    security = request.app[appkeys.SECURITY]
+    return web.json_response(
+        {
+            "party": config.party,
+            "role": config.role,
+            "certificate_pem": security.certificate_pem.decode("ascii"),
+            "partners": [
+                {
+                    "party": a.party,
+                    "role": a.role,
+                    "via": a.via,
+                    "documents": sorted(a.documents),
+                    "delivery": a.delivery,
+                }
+                for a in config.agreements
+            ],
+        }
+    )

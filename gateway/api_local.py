@@ -1,0 +1,312 @@
+"""The local API for Management Authority systems and operators (bearer tokens, country scope)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from datetime import datetime, timezone
+
+from aiohttp import web
+
+from adapters.cites_read import read_permit
+from adapters.permit_json import permit_from_json
+from adapters.schema import permit_schema
+from adapters.xmlparse import XmlLimits, parse_xml
+from domain.errors import EpixError, ErrorCode
+from domain.messages import Direction, MessageStatus
+from gateway import appkeys
+from gateway.middleware import principal, require_role
+from gateway.outbound import Accepted
+from gateway.store.base import MessageFilter, MessageRecord, PermitRecord
+
+routes = web.RouteTableDef()
+JSON_TYPES = ("application/json",)
+XML_TYPES = ("application/xml", "text/xml")
+
+
+def _json(data, status: int = 200) -> web.Response:
+    return web.json_response(data, status=status, dumps=lambda o: json.dumps(o, default=str))
+
+
+def message_view(m: MessageRecord) -> dict:
+    return {
+        "message_id": m.message_id,
+        "conversation_id": m.conversation_id,
+        "direction": m.direction.value,
+        "sender": m.sender,
+        "receiver": m.receiver,
+        "via": m.via,
+        "document_type": m.document_type,
+        "action": m.action.value,
+        "issuer": m.issuer,
+        "number": m.number,
+        "version": m.version,
+        "status": m.status.value,
+        "attempts": m.attempts,
+        "next_attempt_at": m.next_attempt_at.isoformat() if m.next_attempt_at and not m.status.final else None,
+        "last_error": {"code": m.last_error_code, "detail": m.last_error_detail} if m.last_error_code else None,
+        "created_at": m.created_at.isoformat(),
+        "updated_at": m.updated_at.isoformat(),
+        "status_url": f"/v1/messages/{m.message_id}",
+    }
+
+
+def _accepted_view(a: Accepted) -> dict:
+    return {
+        "issuer": a.issuer,
+        "number": a.number,
+        "version": a.version,
+        "permit_url": f"/v1/permits/{a.issuer}/{a.number}",
+        "replayed": a.replayed,
+        "messages": [message_view(m) for m in a.messages],
+        "warnings": [
+            {"code": p.code, "path": p.path, "message": p.message} for p in a.warnings
+        ],
+    }
+
+
+def _media_type(request: web.Request) -> str:
+    return request.content_type.lower()
+
+
+async def _read_body(request: web.Request) -> bytes:
+    body = await request.read()
+    if not body:
+        raise EpixError(ErrorCode.JSON_MALFORMED if _media_type(request) in JSON_TYPES else ErrorCode.XML_MALFORMED, "The request body is empty.")
+    return body
+
+
+def _permit_from_body(request: web.Request, body: bytes, max_bytes: int):
+    media = _media_type(request)
+    if media in JSON_TYPES:
+        return permit_from_json(body)
+    if media in XML_TYPES:
+        tree = parse_xml(body, limits=XmlLimits(max_bytes=max_bytes), what="permit")
+        permit_schema().validate(tree)
+        return read_permit(tree)
+    raise EpixError(
+        ErrorCode.UNSUPPORTED_MEDIA_TYPE,
+        f"Send the permit as application/json or application/xml, not {media or 'an unnamed type'}.",
+    )
+
+
+@routes.post("/v1/permits")
+async def submit_permit(request: web.Request) -> web.Response:
+    token = require_role(request, "ma", "operator")
+    config = request.app[appkeys.CONFIG]
+    body = await _read_body(request)
+    permit = _permit_from_body(request, body, config.max_body_bytes)
+    key = request.headers.get("Idempotency-Key")
+    if key is not None and not (1 <= len(key) <= 200):
+        raise EpixError(ErrorCode.JSON_MALFORMED, "The Idempotency-Key header must be 1 to 200 characters.")
+    accepted = await request.app[appkeys.OUTBOUND].submit(
+        permit, principal=token, idempotency_key=key, request_hash=hashlib.sha256(body).hexdigest()
+    )
+    request.app[appkeys.METRICS].submitted.labels("replace" if permit.replaces else "issue").inc()
+    return _json(_accepted_view(accepted), status=202)
+
+
+@routes.post("/v1/permits/{issuer}/{number}/cancel")
+async def cancel_permit(request: web.Request) -> web.Response:
+    token = require_role(request, "ma", "operator")
+    reason = "Cancelled by the issuing Management Authority."
+    body = await request.read()
+    if body:
+        try:
+            data = json.loads(body)
+        except (ValueError, UnicodeDecodeError):
+            raise EpixError(ErrorCode.JSON_MALFORMED, "The cancellation body must be JSON like {\"reason\": \"...\"}.") from None
+        if not isinstance(data, dict) or not isinstance(data.get("reason", reason), str):
+            raise EpixError(ErrorCode.JSON_MALFORMED, "The cancellation body must be JSON like {\"reason\": \"...\"}.")
+        reason = (data.get("reason") or reason).strip()[:500] or reason
+    accepted = await request.app[appkeys.OUTBOUND].cancel(
+        request.match_info["issuer"], request.match_info["number"], reason=reason, principal=token
+    )
+    request.app[appkeys.METRICS].submitted.labels("cancel").inc()
+    return _json(_accepted_view(accepted), status=202)
+
+
+def _check_permit_scope(request: web.Request, issuer: str, versions: list[PermitRecord]) -> None:
+    token = principal(request)
+    party = request.app[appkeys.CONFIG].party
+    if token.role == "operator" or token.covers(issuer):
+        return
+    if any(v.direction is Direction.INBOUND for v in versions) and token.covers(party):
+        return
+    raise EpixError(ErrorCode.FORBIDDEN, f"Token {token.name!r} may not read permits of {issuer}.")
+
+
+async def _versions(request: web.Request) -> tuple[str, str, list[PermitRecord]]:
+    issuer, number = request.match_info["issuer"], request.match_info["number"]
+    versions = await request.app[appkeys.STORE].get_permit_versions(issuer, number)
+    if not versions:
+        raise EpixError(ErrorCode.NOT_FOUND, f"No permit {issuer}/{number} is known to this gateway.")
+    _check_permit_scope(request, issuer, versions)
+    return issuer, number, versions
+
+
+@routes.get("/v1/permits/{issuer}/{number}")
+async def get_permit(request: web.Request) -> web.Response:
+    issuer, number, versions = await _versions(request)
+    latest = versions[-1]
+    deliveries = await request.app[appkeys.STORE].messages_for_permit(issuer, number)
+    return _json(
+        {
+            "issuer": issuer,
+            "number": number,
+            "status": latest.status,
+            "direction": latest.direction.value,
+            "replaces": latest.replaces,
+            "replaced_by": latest.replaced_by,
+            "versions": [
+                {
+                    "version": v.version,
+                    "status": v.status,
+                    "direction": v.direction.value,
+                    "sender": v.sender,
+                    "digest": v.digest,
+                    "created_at": v.created_at.isoformat(),
+                }
+                for v in versions
+            ],
+            "permit": json.loads(latest.permit_json),
+            "xml_url": f"/v1/permits/{issuer}/{number}/xml",
+            "messages": [message_view(m) for m in deliveries],
+        }
+    )
+
+
+@routes.get("/v1/permits/{issuer}/{number}/xml")
+async def get_permit_xml(request: web.Request) -> web.Response:
+    _, _, versions = await _versions(request)
+    return web.Response(body=versions[-1].signed_xml, content_type="application/xml", charset="utf-8")
+
+
+def _message_scope(request: web.Request) -> None:
+    token = require_role(request, "ma", "operator")
+    if token.role != "operator" and not token.covers(request.app[appkeys.CONFIG].party):
+        raise EpixError(ErrorCode.FORBIDDEN, f"Token {token.name!r} may not read this gateway's messages.")
+
+
+@routes.get("/v1/messages/{message_id}")
+async def get_message(request: web.Request) -> web.Response:
+    _message_scope(request)
+    store = request.app[appkeys.STORE]
+    message_id = request.match_info["message_id"]
+    message = await store.get_message(message_id)
+    if message is None:
+        raise EpixError(ErrorCode.NOT_FOUND, f"No message {message_id} is known to this gateway.")
+    events = await store.message_events(message_id)
+    view = message_view(message)
+    view["events"] = [
+        {
+            "seq": e.seq,
+            "at": e.at.isoformat(),
+            "status": e.status.value,
+            "actor": e.actor,
+            "detail": e.detail,
+            "error_code": e.error_code,
+        }
+        for e in events
+    ]
+    return _json(view)
+
+
+def _enum_param(request: web.Request, name: str, enum):
+    raw = request.query.get(name)
+    if raw is None:
+        return None
+    try:
+        return enum(raw)
+    except ValueError:
+        raise EpixError(
+            ErrorCode.JSON_MALFORMED,
+            f"Query parameter {name}={raw!r} is not one of {[e.value for e in enum]}.",
+        ) from None
+
+
+@routes.get("/v1/messages")
+async def list_messages(request: web.Request) -> web.Response:
+    _message_scope(request)
+    q = request.query
+    try:
+        limit = min(1000, max(1, int(q.get("limit", "100"))))
+        before = datetime.fromisoformat(q["before"]) if "before" in q else None
+    except ValueError:
+        raise EpixError(ErrorCode.JSON_MALFORMED, "limit must be a whole number and before an ISO 8601 date-time.") from None
+    f = MessageFilter(
+        status=_enum_param(request, "status", MessageStatus),
+        direction=_enum_param(request, "direction", Direction),
+        sender=q.get("sender"),
+        receiver=q.get("receiver"),
+        issuer=q.get("issuer"),
+        number=q.get("number"),
+        limit=limit,
+        before=before,
+    )
+    messages = await request.app[appkeys.STORE].list_messages(f)
+    page = {"messages": [message_view(m) for m in messages]}
+    if len(messages) == limit:
+        page["next"] = f"/v1/messages?limit={limit}&before={messages[-1].created_at.isoformat()}"
+    return _json(page)
+
+
+@routes.post("/v1/messages/{message_id}/retry")
+async def retry_message(request: web.Request) -> web.Response:
+    token = require_role(request, "operator")
+    store = request.app[appkeys.STORE]
+    message_id = request.match_info["message_id"]
+    message = await store.get_message(message_id)
+    if message is None:
+        raise EpixError(ErrorCode.NOT_FOUND, f"No message {message_id} is known to this gateway.")
+    if message.status not in (MessageStatus.SEND_FAILURE, MessageStatus.REJECTED):
+        raise EpixError(
+            ErrorCode.CONFLICT,
+            f"Message {message_id} is {message.status.value}; only SEND_FAILURE or REJECTED messages can be retried.",
+            status=message.status.value,
+        )
+    updated = await store.transition(
+        message_id,
+        MessageStatus.SEND_ENQUEUED,
+        actor=f"operator:{token.name}",
+        detail="manual retry by an operator (same message id)",
+        next_attempt_at=datetime.now(timezone.utc),
+    )
+    request.app[appkeys.DELIVERY].wake()
+    return _json(message_view(updated), status=202)
+
+
+@routes.get("/v1/inbox")
+async def inbox(request: web.Request) -> web.Response:
+    token = require_role(request, "ma", "operator")
+    party = request.app[appkeys.CONFIG].party
+    if not token.covers(party) and token.role != "operator":
+        raise EpixError(ErrorCode.FORBIDDEN, f"Token {token.name!r} may not read the inbox of {party}.")
+    try:
+        limit = min(500, max(1, int(request.query.get("limit", "100"))))
+    except ValueError:
+        raise EpixError(ErrorCode.JSON_MALFORMED, "limit must be a whole number.") from None
+    store = request.app[appkeys.STORE]
+    items = []
+    for m in await store.inbox(party, limit=limit):
+        item = message_view(m)
+        versions = await store.get_permit_versions(m.issuer, m.number)
+        match = [v for v in versions if v.version == m.version and v.direction is Direction.INBOUND]
+        item["permit"] = json.loads(match[-1].permit_json) if match else None
+        item["ack_url"] = f"/v1/inbox/{m.message_id}/ack"
+        items.append(item)
+    return _json({"messages": items})
+
+
+@routes.post("/v1/inbox/{message_id}/ack")
+async def ack_inbox(request: web.Request) -> web.Response:
+    token = require_role(request, "ma", "operator")
+    store = request.app[appkeys.STORE]
+    message_id = request.match_info["message_id"]
+    message = await store.get_message(message_id)
+    if message is None or message.direction is not Direction.INBOUND:
+        raise EpixError(ErrorCode.NOT_FOUND, f"No inbound message {message_id} is in the inbox.")
+    if token.role != "operator" and not token.covers(message.receiver):
+        raise EpixError(ErrorCode.FORBIDDEN, f"Token {token.name!r} may not acknowledge messages for {message.receiver}.")
+    updated = await store.ack_inbox(message_id, actor=f"ma:{token.name}")
+    return _json(message_view(updated))

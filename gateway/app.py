@@ -1,0 +1,78 @@
+"""The composition root: ``create_app(config)`` wires the store, keys, services and routes.
+
+Resources are opened and closed in ``cleanup_ctx``; nothing connects at import time. The same
+factory serves ``epix serve``, the demo, the benchmarks and the tests.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from typing import AsyncIterator
+
+import aiohttp
+from aiohttp import web
+
+from gateway import api_exchange, api_local, api_ops, appkeys
+from gateway.config import GatewayConfig
+from gateway.delivery import DeliveryWorker
+from gateway.inbound import InboundService
+from gateway.logs import get_logger
+from gateway.metrics import Metrics
+from gateway.middleware import authenticate, errors, request_context
+from gateway.outbound import OutboundService
+from gateway.security import Security
+from gateway.store import open_store
+
+log = get_logger("epix.app")
+
+
+def create_app(config: GatewayConfig, *, security: Security | None = None) -> web.Application:
+    app = web.Application(
+        middlewares=[request_context, errors, authenticate],
+        client_max_size=config.max_body_bytes,
+    )
+    app[appkeys.CONFIG] = config
+    app[appkeys.METRICS] = Metrics(config.party)
+    app.cleanup_ctx.append(_resources(security))
+    app.add_routes(api_ops.routes)
+    app.add_routes(api_local.routes)
+    app.add_routes(api_exchange.routes)
+    return app
+
+
+def _resources(preloaded: Security | None):
+    async def resources(app: web.Application) -> AsyncIterator[None]:
+        config = app[appkeys.CONFIG]
+        security = preloaded or Security.load(
+            party=config.party,
+            keys_dir=config.keys_dir,
+            passphrase=config.key_passphrase,
+            agreements=config.agreements,
+        )
+        store = await open_store(config.store_url, config.data_dir)
+        http = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=max(8, config.delivery.concurrency)),
+            headers={"User-Agent": f"epix-gateway/{config.party}"},
+        )
+        app[appkeys.SECURITY] = security
+        app[appkeys.STORE] = store
+        app[appkeys.HTTP] = http
+        worker = DeliveryWorker(config, store, security, http, app[appkeys.METRICS])
+        app[appkeys.DELIVERY] = worker
+        app[appkeys.OUTBOUND] = OutboundService(config, store, security, worker.wake)
+        app[appkeys.INBOUND] = InboundService(config, store, security)
+        task = asyncio.create_task(worker.run(), name=f"delivery-{config.party}") if config.start_delivery else None
+        log.info("gateway.started", party=config.party, role=config.role, store=type(store).__name__)
+        try:
+            yield
+        finally:
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+            await http.close()
+            await store.close()
+            log.info("gateway.stopped", party=config.party)
+
+    return resources

@@ -1,0 +1,229 @@
+"""The sender: takes due messages from the queue, sends each over HTTP, and records the outcome.
+
+A message leaves SENDING only as ACKNOWLEDGED (a valid signed receipt that names our payload
+digest), WAITING_FOR_RETRY (a retry can help: network error, 5xx, 429), SEND_FAILURE (attempts
+exhausted: parked for an operator) or REJECTED (the partner refused it for good). A sender that
+dies mid-way leaves a lease that expires, and the message is taken up again with the same id, so
+the receiver's duplicate detection makes the retry harmless.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from datetime import datetime, timedelta, timezone
+
+import aiohttp
+import structlog
+
+from adapters.exchange_xml import build_envelope, read_error, read_receipt, root_name
+from adapters.xmlparse import parse_xml
+from domain.errors import EpixError, ErrorCode
+from domain.messages import EnvelopeHeader, MessageStatus
+from gateway.config import GatewayConfig
+from gateway.logs import get_logger
+from gateway.metrics import Metrics
+from gateway.security import Security
+from gateway.store.base import MessageRecord, Store
+
+log = get_logger("epix.delivery")
+EXCHANGE_PATH = "/exchange/v1/messages"
+
+
+class _Outcome(Exception):
+    def __init__(self, code: ErrorCode | str, detail: str, *, retryable: bool) -> None:
+        super().__init__(detail)
+        self.code = code if isinstance(code, str) else code.name
+        self.detail = detail
+        self.retryable = retryable
+
+
+class DeliveryWorker:
+    def __init__(
+        self,
+        config: GatewayConfig,
+        store: Store,
+        security: Security,
+        http: aiohttp.ClientSession,
+        metrics: Metrics,
+    ) -> None:
+        self.config = config
+        self.store = store
+        self.security = security
+        self.http = http
+        self.metrics = metrics
+        self.actor = f"sender:{config.party}"
+        self._wake = asyncio.Event()
+        self._slots = asyncio.Semaphore(config.delivery.concurrency)
+        self._inflight: set[asyncio.Task] = set()
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    async def run(self) -> None:
+        log.info("delivery.started", party=self.config.party)
+        try:
+            while True:
+                claimed = await self.run_once()
+                if claimed == 0:
+                    await self._sleep()
+        finally:
+            for task in list(self._inflight):
+                task.cancel()
+            if self._inflight:
+                await asyncio.gather(*self._inflight, return_exceptions=True)
+
+    async def run_once(self) -> int:
+        free = self.config.delivery.concurrency - len(self._inflight)
+        if free <= 0:
+            await asyncio.wait(self._inflight, return_when=asyncio.FIRST_COMPLETED)
+            return 1
+        now = datetime.now(timezone.utc)
+        batch = await self.store.claim_due(
+            limit=min(free, self.config.delivery.batch), lease_s=self.config.delivery.lease_s, now=now, actor=self.actor
+        )
+        for message in batch:
+            task = asyncio.create_task(self._deliver_guarded(message))
+            self._inflight.add(task)
+            task.add_done_callback(self._inflight.discard)
+        return len(batch)
+
+    async def _sleep(self) -> None:
+        timeout = self.config.delivery.poll_s
+        due = await self.store.next_due_at()
+        if due is not None:
+            timeout = max(0.0, min(timeout, (due - datetime.now(timezone.utc)).total_seconds()))
+        self._wake.clear()
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(self._wake.wait(), timeout)
+
+    async def _deliver_guarded(self, message: MessageRecord) -> None:
+        structlog.contextvars.bind_contextvars(
+            message_id=message.message_id, receiver=message.receiver, action=message.action.value
+        )
+        try:
+            await self.deliver(message)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            # The lease will expire and the message will be taken up again; nothing is lost.
+            log.exception("delivery.crashed")
+        finally:
+            structlog.contextvars.unbind_contextvars("message_id", "receiver", "action")
+
+    async def deliver(self, message: MessageRecord) -> None:
+        attempt = message.attempts + 1
+        try:
+            receipt = await self._send(message)
+        except _Outcome as outcome:
+            await self._failed(message, attempt, outcome)
+            return
+        await self.store.transition(
+            message.message_id,
+            MessageStatus.ACKNOWLEDGED,
+            actor=self.actor,
+            detail=f"signed receipt from {message.receiver} (attempt {attempt})",
+            receipt=receipt,
+            increment_attempts=True,
+        )
+        self.metrics.deliveries.labels("acknowledged").inc()
+        self.metrics.delivery_latency.observe((datetime.now(timezone.utc) - message.created_at).total_seconds())
+        log.info("delivery.acknowledged", attempt=attempt)
+
+    async def _failed(self, message: MessageRecord, attempt: int, outcome: _Outcome) -> None:
+        agreement = self.config.agreements.get(message.receiver)
+        if not outcome.retryable:
+            status = MessageStatus.REJECTED
+        elif attempt >= agreement.retry.max_attempts:
+            status = MessageStatus.SEND_FAILURE
+        else:
+            status = MessageStatus.WAITING_FOR_RETRY
+        next_at = None
+        if status is MessageStatus.WAITING_FOR_RETRY:
+            next_at = datetime.now(timezone.utc) + timedelta(seconds=agreement.retry.delay_after(attempt))
+        detail = f"attempt {attempt}: {outcome.detail}"
+        if status is MessageStatus.SEND_FAILURE:
+            detail += f" — parked after {attempt} attempts; an operator can retry it"
+        await self.store.transition(
+            message.message_id,
+            status,
+            actor=self.actor,
+            detail=detail,
+            error_code=outcome.code,
+            next_attempt_at=next_at,
+            increment_attempts=True,
+        )
+        self.metrics.deliveries.labels(status.value.lower()).inc()
+        log.warning("delivery.failed", attempt=attempt, status=status.value, code=outcome.code)
+
+    async def _send(self, message: MessageRecord) -> bytes:
+        route_agreement = self.config.agreements.get(message.via or message.receiver)
+        if not route_agreement.endpoint:
+            raise _Outcome(ErrorCode.CONFIG_INVALID, f"No endpoint to reach {message.receiver}.", retryable=False)
+        header = EnvelopeHeader(
+            message_id=message.message_id,
+            conversation_id=message.conversation_id,
+            sender=message.sender,
+            receiver=message.receiver,
+            document_type=message.document_type,
+            document_number=message.number,
+            document_issuer=message.issuer,
+            document_version=message.version,
+            action=message.action,
+            created_at=message.created_at,
+        )
+        envelope = self.security.sign(build_envelope(header, message.payload, sent_at=datetime.now(timezone.utc)))
+        url = route_agreement.endpoint + EXCHANGE_PATH
+        try:
+            async with self.http.post(
+                url,
+                data=envelope,
+                headers={"Content-Type": "application/xml"},
+                timeout=aiohttp.ClientTimeout(total=route_agreement.timeout_s),
+            ) as resp:
+                body = await resp.read()
+                status = resp.status
+        except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
+            raise _Outcome(
+                ErrorCode.PARTNER_UNAVAILABLE, f"{type(exc).__name__} talking to {url}", retryable=True
+            ) from None
+        if status == 200:
+            return self._check_receipt(message, body, route_agreement.party)
+        if status == 429 or status >= 500:
+            raise _Outcome(ErrorCode.PARTNER_UNAVAILABLE, f"HTTP {status} from {url}", retryable=True)
+        raise self._rejection(message, body, status, route_agreement.party)
+
+    def _check_receipt(self, message: MessageRecord, body: bytes, signer: str) -> bytes:
+        try:
+            verified = self.security.verify(body, signer)
+            receipt = read_receipt(verified.signed_root)
+        except EpixError as exc:
+            # A partner that answers 200 without a valid receipt may be mid-upgrade; try again.
+            raise _Outcome(ErrorCode.RECEIPT_INVALID, f"receipt refused: {exc.code.name}: {exc.detail}", retryable=True) from None
+        if receipt.message_id != message.message_id or receipt.payload_digest != message.payload_digest:
+            raise _Outcome(
+                ErrorCode.RECEIPT_INVALID,
+                "the receipt names another message or another payload digest",
+                retryable=True,
+            )
+        return body
+
+    def _rejection(self, message: MessageRecord, body: bytes, status: int, signer: str) -> _Outcome:
+        try:
+            verified = self.security.verify(body, signer)
+            if root_name(verified.signed_root) != "Error":
+                raise EpixError(ErrorCode.RECEIPT_INVALID, "not an error signal")
+            signal = read_error(verified.signed_root)
+        except EpixError:
+            snippet = "unsigned or unreadable answer"
+            try:
+                if root_name(parse_xml(body).getroot()) == "Error":
+                    snippet = "unsigned error signal"
+            except EpixError:
+                pass
+            return _Outcome(ErrorCode.PARTNER_REJECTED, f"HTTP {status} from {signer} ({snippet})", retryable=status in (408, 409))
+        return _Outcome(
+            signal.code,
+            f"{signer} refused it: {signal.code}: {signal.message}",
+            retryable=signal.retryable,
+        )

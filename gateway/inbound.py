@@ -1,0 +1,218 @@
+"""Receiving a message from a partner gateway, in a fixed order (as an AS4 access point does):
+
+parse → identify the claimed sender → verify the hop signature against that sender's pinned
+certificates → check addressing and agreement → duplicate check (same id: same receipt, no second
+effect) → replay window → verify the issuer's signature on the payload → validate → store →
+signed receipt. Any failure becomes a signed error signal with a stable code; nothing is stored.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from datetime import datetime, timezone
+
+from lxml import etree
+
+from adapters.cites_read import read_permit
+from adapters.exchange_xml import (
+    Envelope,
+    ErrorSignal,
+    Receipt,
+    build_error,
+    build_receipt,
+    read_cancellation,
+    read_envelope,
+)
+from adapters.ns import EXCHANGE
+from adapters.permit_json import permit_to_json
+from adapters.schema import permit_schema
+from adapters.xmlparse import XmlLimits, parse_xml
+from domain import rules
+from domain.errors import EpixError, ErrorCode
+from domain.messages import Action, Direction, MessageStatus
+from gateway.config import GatewayConfig
+from gateway.logs import get_logger
+from gateway.security import Security
+from gateway.store.base import MessageRecord, PermitRecord, Store
+
+log = get_logger("epix.inbound")
+_FROM = etree.XPath("/ex:Envelope/ex:Header/ex:From/text()", namespaces={"ex": EXCHANGE})
+_MID = etree.XPath("/ex:Envelope/ex:Header/ex:MessageId/text()", namespaces={"ex": EXCHANGE})
+
+
+@dataclass(frozen=True, slots=True)
+class Answer:
+    status: int
+    body: bytes  # a signed Receipt or a signed Error
+    message_id: str | None
+    duplicate: bool = False
+
+
+class InboundService:
+    def __init__(self, config: GatewayConfig, store: Store, security: Security) -> None:
+        self.config = config
+        self.store = store
+        self.security = security
+        self.limits = XmlLimits(max_bytes=config.max_body_bytes)
+
+    async def receive(self, body: bytes) -> Answer:
+        claimed_sender: str | None = None
+        message_id: str | None = None
+        try:
+            tree = parse_xml(body, limits=self.limits, what="envelope")
+            senders = _FROM(tree)
+            ids = _MID(tree)
+            claimed_sender = str(senders[0]).strip() if senders else None
+            message_id = str(ids[0]).strip() if ids else None
+            if not claimed_sender:
+                raise EpixError(ErrorCode.ENVELOPE_INVALID, "The envelope names no sender (Header/From).")
+            self.config.agreements.get(claimed_sender)
+            verified = self.security.verify(body, claimed_sender)
+            envelope = read_envelope(verified.signed_root)
+            return await self._accept(envelope)
+        except EpixError as exc:
+            log.info(
+                "inbound.refused",
+                code=exc.code.name,
+                message_id=message_id,
+                sender=claimed_sender,
+                detail=exc.detail,
+            )
+            return Answer(exc.status if exc.status >= 400 else 422, self.error_document(exc, message_id, claimed_sender), message_id)
+
+    async def _accept(self, env: Envelope) -> Answer:
+        h = env.header
+        if h.receiver != self.config.party:
+            raise EpixError(
+                ErrorCode.MISADDRESSED,
+                f"The message is addressed to {h.receiver}, but this gateway is {self.config.party}.",
+                message_id=h.message_id,
+            )
+        existing = await self.store.get_message(h.message_id)
+        if existing is not None and existing.direction is Direction.INBOUND:
+            return await self._duplicate(existing, env)
+        now = datetime.now(timezone.utc)
+        skew = abs((now - env.sent_at).total_seconds())
+        if skew > self.config.replay_window_s:
+            raise EpixError(
+                ErrorCode.REPLAY_REJECTED,
+                f"The message was sent at {env.sent_at.isoformat()}, {int(skew)} s from now; "
+                f"the window is {int(self.config.replay_window_s)} s.",
+                message_id=h.message_id,
+            )
+        agreement = self.config.agreements.get(h.sender)
+        if not agreement.allows(h.document_type, h.action):
+            raise EpixError(
+                ErrorCode.NOT_AUTHORISED_FOR_DOCUMENT,
+                f"The agreement with {h.sender} does not cover {h.document_type} / {h.action.value}.",
+            )
+        self.config.agreements.get(h.document_issuer)
+        permit_record = self._payload_record(env, now) if h.action in (Action.ISSUE, Action.REPLACE) else None
+        if h.action is Action.CANCEL:
+            self._check_cancellation(env)
+        receipt = self.security.sign(
+            build_receipt(
+                Receipt(
+                    message_id=h.message_id,
+                    sender=self.config.party,
+                    receiver=h.sender,
+                    received_at=now,
+                    payload_digest=env.digest,
+                    status="RECEIVED",
+                )
+            )
+        )
+        message = MessageRecord(
+            message_id=h.message_id,
+            conversation_id=h.conversation_id,
+            direction=Direction.INBOUND,
+            sender=h.sender,
+            receiver=h.receiver,
+            document_type=h.document_type,
+            action=h.action,
+            issuer=h.document_issuer,
+            number=h.document_number,
+            version=h.document_version,
+            status=MessageStatus.RECEIVED,
+            attempts=0,
+            next_attempt_at=None,
+            lease_until=None,
+            last_error_code=None,
+            last_error_detail=None,
+            via=None,
+            receipt=receipt,
+            payload_digest=env.digest,
+            payload=env.payload,
+            created_at=now,
+            updated_at=now,
+        )
+        is_new, stored = await self.store.store_inbound(permit_record, message, actor=f"partner:{h.sender}")
+        log.info("inbound.received", message_id=h.message_id, sender=h.sender, action=h.action.value, new=is_new)
+        return Answer(200, stored.receipt or receipt, h.message_id, duplicate=not is_new)
+
+    async def _duplicate(self, existing: MessageRecord, env: Envelope) -> Answer:
+        if existing.payload_digest != env.digest:
+            raise EpixError(
+                ErrorCode.CONFLICT,
+                f"Message id {existing.message_id} was already received with different content.",
+                message_id=existing.message_id,
+            )
+        return Answer(200, existing.receipt, existing.message_id, duplicate=True)
+
+    def _payload_record(self, env: Envelope, now: datetime) -> PermitRecord:
+        h = env.header
+        verified = self.security.verify(env.payload, h.document_issuer)
+        signed_root = verified.signed_root
+        permit_schema().validate(signed_root.getroottree())
+        permit = read_permit(signed_root.getroottree())
+        if permit.issuing_country != h.document_issuer or permit.number != h.document_number:
+            raise EpixError(
+                ErrorCode.ENVELOPE_INVALID,
+                f"The envelope announces permit {h.document_issuer}/{h.document_number} but carries "
+                f"{permit.issuing_country}/{permit.number}.",
+            )
+        errors = [p for p in rules.validate(permit) if p.severity is rules.Severity.ERROR]
+        if errors:
+            raise EpixError(
+                ErrorCode.PERMIT_INVALID,
+                f"The permit breaks {len(errors)} rule(s): {errors[0].message}",
+                problems=[{"code": p.code, "path": p.path, "message": p.message} for p in errors],
+            )
+        return PermitRecord(
+            issuer=h.document_issuer,
+            number=h.document_number,
+            version=h.document_version,
+            direction=Direction.INBOUND,
+            status="VALID",
+            permit_json=permit_to_json(permit),
+            signed_xml=env.payload,
+            digest=hashlib.sha256(env.payload).hexdigest(),
+            sender=h.sender,
+            replaces=permit.replaces,
+            replaced_by=None,
+            created_at=now,
+        )
+
+    def _check_cancellation(self, env: Envelope) -> None:
+        h = env.header
+        verified = self.security.verify(env.payload, h.document_issuer)
+        notice = read_cancellation(verified.signed_root)
+        if (notice.issuer, notice.number) != (h.document_issuer, h.document_number):
+            raise EpixError(
+                ErrorCode.ENVELOPE_INVALID,
+                f"The envelope announces a cancellation of {h.document_issuer}/{h.document_number} "
+                f"but carries one for {notice.issuer}/{notice.number}.",
+            )
+
+    def error_document(self, exc: EpixError, message_id: str | None, receiver: str | None) -> bytes:
+        signal = ErrorSignal(
+            message_id=message_id if message_id and len(message_id) <= 64 else None,
+            sender=self.config.party,
+            receiver=receiver if receiver and receiver.isalnum() and len(receiver) <= 64 else None,
+            code=exc.code.name,
+            message=exc.detail[:512],
+            retryable=exc.code.retryable,
+            at=datetime.now(timezone.utc),
+        )
+        return self.security.sign(build_error(signal))

@@ -1,0 +1,37 @@
+"""Structured logging: one structlog configuration for the service, the CLI and the demo.
+
+Context (message_id, sender, receiver, party) is bound with contextvars per request or delivery.
+Payloads, keys and passphrases are never passed to a logger: log calls take ids and codes only.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+import structlog
+
+_configured = False
+
+
+def configure_logging(*, level: str = "INFO", json: bool = False, stream=None) -> None:
+    global _configured
+    processors = [
+        structlog.contextvars.merge_contextvars,
+        structlog.processors.add_log_level,
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+        structlog.processors.StackInfoRenderer(),
+        structlog.processors.format_exc_info,
+        structlog.processors.JSONRenderer() if json else structlog.dev.ConsoleRenderer(colors=False),
+    ]
+    structlog.configure(
+        processors=processors,
+        wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelName(level.upper())),
+        logger_factory=structlog.PrintLoggerFactory(file=stream or sys.stderr),
+        cache_logger_on_first_use=False,
+    )
+    _configured = True
+
+
+def get_logger(name: str):
+    return structlog.get_logger(name)

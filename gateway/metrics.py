@@ -1,0 +1,31 @@
+"""Prometheus metrics, one registry per app so that several gateways can share a process (demo, tests)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+
+
+class Metrics:
+    def __init__(self, party: str) -> None:
+        self.registry = CollectorRegistry()
+        self.submitted = Counter(
+            "epix_permits_submitted", "Permits accepted from the local MA system", ["action"], registry=self.registry
+        )
+        self.rejected = Counter(
+            "epix_requests_rejected", "Requests refused, by error code", ["code"], registry=self.registry
+        )
+        self.deliveries = Counter(
+            "epix_delivery_attempts", "Delivery attempts by outcome", ["outcome"], registry=self.registry
+        )
+        self.inbound = Counter(
+            "epix_inbound_messages", "Messages received from partners, by outcome", ["outcome"], registry=self.registry
+        )
+        self.delivery_latency = Histogram(
+            "epix_submit_to_receipt_seconds",
+            "Time from acceptance to a valid signed receipt",
+            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300),
+            registry=self.registry,
+        )
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

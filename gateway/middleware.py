@@ -1,0 +1,96 @@
+"""Request middlewares: authentication of local clients and the one error mapping.
+
+Every refusal leaves as JSON ``{"code", "message", "context"?}`` with the catalogue's HTTP status;
+anything unexpected is logged with its traceback and answered as a 500 INTERNAL_ERROR.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+
+import structlog
+from aiohttp import web
+
+from domain.errors import EpixError, ErrorCode
+from gateway import appkeys
+from gateway.config import Token
+from gateway.logs import get_logger
+
+log = get_logger("epix.http")
+PRINCIPAL: str = "principal"
+PUBLIC_PREFIXES = ("/healthz", "/readyz", "/metrics", "/v1/openapi.json", "/exchange/")
+
+
+def error_response(exc: EpixError) -> web.Response:
+    return web.json_response(exc.to_dict(), status=exc.status, dumps=lambda o: json.dumps(o, default=str))
+
+
+@web.middleware
+async def request_context(request: web.Request, handler):
+    request_id = request.headers.get("X-Request-Id") or uuid.uuid4().hex
+    structlog.contextvars.clear_contextvars()
+    structlog.contextvars.bind_contextvars(request_id=request_id, path=request.path, method=request.method)
+    response = await handler(request)
+    response.headers["X-Request-Id"] = request_id
+    return response
+
+
+@web.middleware
+async def errors(request: web.Request, handler):
+    try:
+        return await handler(request)
+    except EpixError as exc:
+        request.app[appkeys.METRICS].rejected.labels(exc.code.name).inc()
+        log.info("request.refused", code=exc.code.name, status=exc.status, detail=exc.detail)
+        return error_response(exc)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        code = {
+            404: ErrorCode.NOT_FOUND,
+            405: ErrorCode.CONFLICT,
+            413: ErrorCode.PAYLOAD_TOO_LARGE,
+            415: ErrorCode.UNSUPPORTED_MEDIA_TYPE,
+        }.get(exc.status, ErrorCode.INTERNAL_ERROR if exc.status >= 500 else ErrorCode.CONFLICT)
+        detail = {
+            404: f"There is no resource at {request.path}.",
+            405: f"{request.method} is not allowed on {request.path}.",
+            413: "The request body is larger than the gateway accepts.",
+        }.get(exc.status, exc.reason)
+        body = {"code": code.name, "message": detail}
+        return web.json_response(body, status=exc.status)
+    except Exception:
+        log.exception("request.crashed")
+        err = EpixError(ErrorCode.INTERNAL_ERROR)
+        return error_response(err)
+
+
+@web.middleware
+async def authenticate(request: web.Request, handler):
+    if request.path.startswith(PUBLIC_PREFIXES):
+        return await handler(request)
+    header = request.headers.get("Authorization", "")
+    scheme, _, presented = header.partition(" ")
+    if scheme.lower() != "bearer" or not presented.strip():
+        raise EpixError(ErrorCode.UNAUTHENTICATED, "Send 'Authorization: Bearer <token>' to use this API.")
+    token = request.app[appkeys.CONFIG].token_for(presented.strip())
+    if token is None:
+        raise EpixError(ErrorCode.UNAUTHENTICATED, "The bearer token is not known to this gateway.")
+    request[PRINCIPAL] = token
+    structlog.contextvars.bind_contextvars(client=token.name)
+    return await handler(request)
+
+
+def principal(request: web.Request) -> Token:
+    return request[PRINCIPAL]
+
+
+def require_role(request: web.Request, *roles: str) -> Token:
+    token = principal(request)
+    if token.role not in roles:
+        raise EpixError(
+            ErrorCode.FORBIDDEN,
+            f"Token {token.name!r} has role {token.role!r}; this needs {' or '.join(roles)}.",
+        )
+    return token

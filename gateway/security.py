@@ -1,0 +1,71 @@
+"""The gateway's signing identity and its trust in partners, loaded once at start-up.
+
+One identity signs what this gateway issues: permits on behalf of its Management Authority,
+hop envelopes, receipts and error signals. Partners' certificates are pinned per party from the
+agreements (several per party during a key rollover).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from cryptography import x509
+
+from domain.errors import EpixError, ErrorCode
+from keys.pki import load_certificates_pem, party_of
+from keys.store import KeyStore, TrustStore
+from keys.xmldsig import Signer, Verified, Verifier
+from routing.agreements import Agreements
+
+
+@dataclass
+class Security:
+    party: str
+    signer: Signer
+    trust: TrustStore
+    verifier: Verifier
+    certificate_pem: bytes
+
+    @classmethod
+    def load(cls, *, party: str, keys_dir, passphrase: str | None, agreements: Agreements) -> "Security":
+        identity = KeyStore(keys_dir).load_signing_identity(party, passphrase)
+        trust = TrustStore()
+        for agreement in agreements:
+            for path in agreement.certificates:
+                for cert in load_certificates_pem(path.read_bytes(), source=str(path)):
+                    trust.add(agreement.party, cert)
+        return cls.from_parts(party=party, signer=Signer(identity), trust=trust, certificate_pem=identity.cert_pem)
+
+    @classmethod
+    def from_parts(cls, *, party: str, signer: Signer, trust: TrustStore, certificate_pem: bytes) -> "Security":
+        return cls(party=party, signer=signer, trust=trust, verifier=Verifier(trust), certificate_pem=certificate_pem)
+
+    def sign(self, data) -> bytes:
+        return self.signer.sign(data)
+
+    def verify(self, data: bytes, party: str) -> Verified:
+        """Verify ``data`` as signed by ``party``; on an untrusted signer, say whether it is another partner."""
+        try:
+            return self.verifier.verify(data, expected_signer=party)
+        except EpixError as exc:
+            if exc.code is ErrorCode.SIGNER_UNTRUSTED:
+                other = self._known_party_of_signature(data, party)
+                if other is not None:
+                    raise EpixError(
+                        ErrorCode.SENDER_MISMATCH,
+                        f"The document claims to come from {party} but is signed by {other}'s certificate.",
+                        claimed=party,
+                        signer=other,
+                    ) from None
+            raise
+
+    def _known_party_of_signature(self, data: bytes, claimed: str) -> str | None:
+        try:
+            verified = self.verifier.verify(data, expected_signer=None)
+        except EpixError:
+            return None
+        signer = verified.signer or party_of(verified.certificate)
+        return signer if signer and signer != claimed else None
+
+    def certificates_for(self, party: str) -> list[x509.Certificate]:
+        return list(self.trust.certificates_for(party))
