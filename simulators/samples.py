@@ -28,6 +28,11 @@ SPECIES = (
 )
 # Only current terms are used for new permits; BUL is historical, so replace it at build time.
 _CURRENT_TERM_FIX = {"BUL": "LIV"}
+# Sources C (bred in captivity) and R (ranched) are for animals; a plant drawn with one of them
+# gets the plant counterpart instead (A artificially propagated, Y assisted production). Mapped
+# after the draw, so the random sequence, and every seed's permit otherwise, stays the same.
+PLANTS = frozenset({"Dalbergia nigra", "Aquilaria malaccensis", "Galanthus nivalis", "Swietenia macrophylla"})
+_PLANT_SOURCE_FIX = {"C": "A", "R": "Y"}
 
 COUNTRY_NAMES = {
     "CH": "Switzerland",
@@ -94,6 +99,8 @@ def make_permit(
         sci, common, appendix, term, unit, desc = rng.choice(SPECIES)
         term = _CURRENT_TERM_FIX.get(term, term)
         source = rng.choice(SOURCES_BY_APPENDIX[appendix])
+        if sci in PLANTS:
+            source = _PLANT_SOURCE_FIX.get(source, source)
         qty = Decimal(rng.randint(1, 400)) if unit == "NAR" else Decimal(rng.randint(1, 50000)) / Decimal(100)
         origin_kw = {}
         if doc_type == "R":

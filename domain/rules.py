@@ -1,0 +1,568 @@
+"""The permit rules: what makes a canonical permit acceptable, with the source of each rule.
+
+``validate(permit)`` returns every problem at once (an MA system fixes a permit in one pass, not
+one error per round trip). Each problem has a stable upper-snake ``code``, the ``path`` of the
+field (``items[1].quantity``, item indexes count from 0), a sentence for a person, and a
+severity: an ERROR makes the permit unacceptable, a WARNING is reported and let through.
+
+Pure and fast: no I/O, no clock (time checks run only when the caller passes ``today``), code
+lists are precomputed frozensets from ``domain.codes``.
+
+Sources: the Convention text (Articles III, IV, VI), Res. Conf. 12.3 (Rev. CoP19) "Permits and
+certificates" and its Annex 2 (the standard form and the instructions for each box), and the
+annual-report Guidelines (Notif. 2021/044) for the code lists. ``RULES`` below names the source
+of every code; docs/PERMIT-JSON.md repeats it for MA systems.
+"""
+
+from __future__ import annotations
+
+from calendar import monthrange
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import date, datetime, timedelta, timezone
+from decimal import Decimal
+from enum import StrEnum
+from types import MappingProxyType
+
+from domain import codes
+from domain.errors import EpixError, ErrorCode
+from domain.model import Party, Permit
+
+
+class Severity(StrEnum):
+    ERROR = "error"
+    WARNING = "warning"
+
+
+@dataclass(frozen=True, slots=True)
+class Problem:
+    code: str
+    path: str
+    message: str
+    severity: Severity = Severity.ERROR
+
+    def to_dict(self) -> dict[str, str]:
+        return {"code": self.code, "path": self.path, "message": self.message, "severity": self.severity.value}
+
+
+# Every code validate() can return, with the rule's source. Tests check that nothing else is emitted.
+RULES = MappingProxyType(
+    {
+        "MISSING_REQUIRED": "Res. Conf. 12.3 Annex 2: boxes 1, 2, 3, 4, 5a, 6, 7/8, 9, 10, 11 and 13 must be "
+        "completed; box 14 needs the port and one line per endorsed item",
+        "UNKNOWN_DOCUMENT_TYPE": "EPT v2 document type code: E export, R re-export, I import, O other",
+        "UNKNOWN_PURPOSE": "Res. Conf. 12.3 Annex 2 box 5a; purpose codes of the Guidelines",
+        "UNKNOWN_SOURCE": "Res. Conf. 12.3 Annex 2 box 10; source codes of Res. Conf. 12.3",
+        "UNKNOWN_APPENDIX": "Convention Articles II to V: Appendices I, II and III",
+        "UNKNOWN_TERM": "Res. Conf. 12.3 Annex 2 box 9; term codes of the Guidelines (May 2021)",
+        "HISTORICAL_TERM": "term code dropped from the Guidelines (Trade Database guide v9 Table A2.3)",
+        "UNKNOWN_UNIT": "Res. Conf. 12.3 Annex 2 box 11; UN/ECE Rec 20 units of the Guidelines (May 2021)",
+        "HISTORICAL_UNIT": "unit dropped from the Guidelines in May 2021 (Trade Database guide v9 Table A2.4)",
+        "UNKNOWN_COUNTRY": "ISO 3166-1 alpha-2, as required by Res. Conf. 12.3 Annex 2",
+        "USER_ASSIGNED_COUNTRY": "ISO 3166-1 user-assigned code (AA, QM-QZ, XA-XZ, ZZ), e.g. XX for unknown",
+        "INVALID_DATE": "box 2 and 13 dates must be dates with a time",
+        "DATE_WITHOUT_OFFSET": "a date without a UTC offset is read as UTC; the offset decides the day",
+        "VALIDITY_REVERSED": "box 2: the validity cannot end before it starts",
+        "ISSUED_AFTER_EXPIRY": "box 2 and 13: a permit cannot be issued after its validity ends",
+        "VALID_FROM_BEFORE_ISSUE": "box 2 and 13: a permit is not valid before it is granted (one day of clock skew allowed)",
+        "VALIDITY_TOO_LONG": "Convention Art. VI.2 and Res. Conf. 12.3: export permits and re-export "
+        "certificates at most 6 months from issue, import permits at most 12 months; other documents "
+        "(type O) are held to 12 months by this gateway",
+        "PERMIT_EXPIRED": "Res. Conf. 12.3: a permit is not accepted after its last day of validity",
+        "PERMIT_NOT_YET_VALID": "box 2: the validity has not started yet",
+        "SAME_COUNTRY": "Convention Art. I(c): CITES permits cover trade between countries",
+        "EXPORTER_NOT_IN_ISSUING_COUNTRY": "Art. VI: an export permit is granted by the State of export",
+        "IMPORTER_NOT_IN_ISSUING_COUNTRY": "Art. III.3: an import permit is granted by the State of import",
+        "DUPLICATE_ITEM_ID": "box 14 refers to items by their letter, which must therefore be unique",
+        "QUANTITY_INVALID": "box 11: the quantity is a finite number",
+        "QUANTITY_NOT_POSITIVE": "box 11: a permit covers a positive quantity",
+        "QUOTA_NEGATIVE": "box 11a: quota figures are never negative",
+        "QUOTA_EXCEEDED": "box 11a: the quantity exported to date cannot exceed the annual quota",
+        "QUOTA_INCOMPLETE": "box 11a: the quota box gives both the total to date and the annual quota",
+        "APPENDIX_I_COMMERCIAL_WILD": "Convention Art. III.3(c): no primarily commercial trade in wild Appendix-I specimens",
+        "IMPORT_PERMIT_NOT_APPENDIX_I": "Convention Art. III: import permits are required for Appendix I only "
+        "(some Parties, e.g. the EU, require them for more)",
+        "REEXPORT_ORIGIN_MISSING": "Res. Conf. 12.3 Annex 2 box 12: a re-export certificate gives the country of "
+        "origin and its permit (or box 12a, the last re-export)",
+        "ENDORSEMENT_UNKNOWN_ITEM": "box 14: an endorsed line refers to an item of the permit",
+        "ENDORSEMENT_DUPLICATE_LINE": "box 14: one endorsed quantity per item",
+        "ENDORSED_QUANTITY_NOT_POSITIVE": "box 14: the quantity that crossed the border is positive",
+        "ENDORSED_QUANTITY_EXCEEDS": "box 14: no more may cross the border than the permit allows (box 11)",
+        "ENDORSED_UNIT_MISMATCH": "box 14: the endorsed quantity is in the unit of box 11",
+        "ENDORSED_OUTSIDE_VALIDITY": "box 14 and 2: an endorsement is made while the permit is valid",
+    }
+)
+
+_PURPOSES = codes.PURPOSE_CODES
+_SOURCES = codes.SOURCE_CODES
+_APPENDICES = codes.APPENDIX_CODES
+_DOC_TYPES = codes.DOCUMENT_TYPE_CODES
+_TERMS = codes.TERM_CODES
+_OLD_TERMS = codes.HISTORICAL_TERMS
+_UNITS = codes.UNIT_CODES
+_OLD_UNITS = codes.HISTORICAL_UNITS
+_COUNTRIES = codes.COUNTRIES
+_USER_COUNTRIES = codes.USER_ASSIGNED_COUNTRIES
+
+_EXPORT_TYPES = frozenset({"E", "R"})
+_MAX_MONTHS = MappingProxyType({"E": 6, "R": 6, "I": 12, "O": 12})
+_CROSS_BORDER_TYPES = frozenset({"E", "R", "I"})  # "other" documents may not name two countries
+_CLOCK_SKEW = timedelta(days=1)
+_ZERO = Decimal(0)
+_TYPE_NAMES = MappingProxyType(
+    {"E": "an export permit", "R": "a re-export certificate", "I": "an import permit", "O": "a document of type O (other)"}
+)
+
+
+def validate(permit: Permit, *, today: date | None = None) -> list[Problem]:
+    """Every problem of ``permit``; an empty list means acceptable. Time checks need ``today``."""
+    out: list[Problem] = []
+    _header(permit, out)
+    _dates(permit, out, today)
+    _parties(permit, out)
+    item_ids = _items(permit, out)
+    if permit.endorsement is not None:
+        _endorsement(permit, item_ids, out)
+    return out
+
+
+def errors(problems: Iterable[Problem]) -> list[Problem]:
+    return [p for p in problems if p.severity is Severity.ERROR]
+
+
+def warnings(problems: Iterable[Problem]) -> list[Problem]:
+    return [p for p in problems if p.severity is Severity.WARNING]
+
+
+def has_errors(problems: Iterable[Problem]) -> bool:
+    return any(p.severity is Severity.ERROR for p in problems)
+
+
+def ensure_valid(permit: Permit, *, today: date | None = None) -> list[Problem]:
+    """The warnings of an acceptable permit; raises ``EpixError(PERMIT_INVALID)`` listing every problem otherwise."""
+    problems = validate(permit, today=today)
+    found = errors(problems)
+    if found:
+        first = found[0].message
+        more = f" ({len(found) - 1} more error(s))" if len(found) > 1 else ""
+        raise EpixError(
+            ErrorCode.PERMIT_INVALID,
+            f"The permit breaks the CITES permit rules: {first}{more}",
+            permit=getattr(permit, "number", None),
+            problems=[p.to_dict() for p in problems],
+        )
+    return problems
+
+
+# --- helpers -----------------------------------------------------------------------------------
+
+
+def _error(out: list[Problem], code: str, path: str, message: str) -> None:
+    out.append(Problem(code, path, message, Severity.ERROR))
+
+
+def _warning(out: list[Problem], code: str, path: str, message: str) -> None:
+    out.append(Problem(code, path, message, Severity.WARNING))
+
+
+def _code(out: list[Problem], value: object, allowed: frozenset[str], path: str, what: str, unknown: str) -> bool:
+    """Whether ``value`` is in ``allowed``; reports a missing or unknown code otherwise."""
+    if value in allowed:
+        return True
+    if not value:
+        _error(out, "MISSING_REQUIRED", path, f"{what} is missing.")
+    else:
+        hint = " (codes are written in capitals)" if isinstance(value, str) and value.upper() in allowed else ""
+        listed = ", ".join(sorted(allowed)) if len(allowed) <= 12 else None
+        tail = f"; it must be one of {listed}" if listed else ""
+        _error(out, unknown, path, f"{what} {value!r} is not a known code{tail}{hint}.")
+    return False
+
+
+def _country(out: list[Problem], value: str | None, path: str, what: str, *, required: bool) -> None:
+    if value in _COUNTRIES:
+        return
+    if not value:
+        if required:
+            _error(out, "MISSING_REQUIRED", path, f"{what} is missing.")
+        return
+    if value in _USER_COUNTRIES:
+        _warning(
+            out,
+            "USER_ASSIGNED_COUNTRY",
+            path,
+            f"{what} {value!r} is an ISO 3166 user-assigned code, not a country; partners may not recognise it.",
+        )
+        return
+    hint = " (country codes are written in capitals)" if isinstance(value, str) and value.upper() in _COUNTRIES else ""
+    _error(out, "UNKNOWN_COUNTRY", path, f"{what} {value!r} is not an ISO 3166-1 alpha-2 country code{hint}.")
+
+
+def _moment(out: list[Problem], value: object, path: str, what: str) -> datetime | None:
+    """An aware datetime to compare with, or None (the problem is reported)."""
+    if isinstance(value, datetime):
+        if value.tzinfo is None or value.utcoffset() is None:
+            _warning(out, "DATE_WITHOUT_OFFSET", path, f"{what} has no UTC offset; it is read as UTC.")
+            return value.replace(tzinfo=timezone.utc)
+        return value
+    if value is None:
+        _error(out, "MISSING_REQUIRED", path, f"{what} is missing.")
+    else:
+        _error(out, "INVALID_DATE", path, f"{what} is not a date with a time.")
+    return None
+
+
+def add_months(day: date, months: int) -> date:
+    """``day`` plus calendar months; the 31st becomes the last day of a shorter month."""
+    index = day.month - 1 + months
+    year, month = day.year + index // 12, index % 12 + 1
+    return day.replace(year=year, month=month, day=min(day.day, monthrange(year, month)[1]))
+
+
+def _quantity_ok(value: object) -> bool:
+    return isinstance(value, (Decimal, int)) and not isinstance(value, bool) and Decimal(value).is_finite()
+
+
+# --- box 1, 5a, 6 --------------------------------------------------------------------------------
+
+
+def _header(permit: Permit, out: list[Problem]) -> None:
+    if not permit.number:
+        _error(out, "MISSING_REQUIRED", "number", "Box 1: the permit number is missing.")
+    _code(out, permit.type, _DOC_TYPES, "type", "Box 1: the document type", "UNKNOWN_DOCUMENT_TYPE")
+    _code(out, permit.purpose, _PURPOSES, "purpose", "Box 5a: the purpose of the transaction", "UNKNOWN_PURPOSE")
+    authority = permit.authority
+    if authority is None or not authority.name:
+        _error(out, "MISSING_REQUIRED", "authority.name", "Box 6: the name of the issuing Management Authority is missing.")
+    _country(
+        out,
+        authority.address.country if authority is not None else None,
+        "authority.address.country",
+        "Box 6: the country of the issuing Management Authority",
+        required=True,
+    )
+
+
+# --- box 2 and 13 ------------------------------------------------------------------------------
+
+
+def _dates(permit: Permit, out: list[Problem], today: date | None) -> None:
+    issued = _moment(out, permit.issue_date, "issue_date", "Box 13: the issue date")
+    start = _moment(out, permit.valid_from, "valid_from", "Box 2: the start of validity")
+    end = _moment(out, permit.valid_until, "valid_until", "Box 2: the end of validity")
+    if start is not None and end is not None and start > end:
+        _error(
+            out,
+            "VALIDITY_REVERSED",
+            "valid_until",
+            f"Box 2: the validity ends ({end.isoformat()}) before it starts ({start.isoformat()}).",
+        )
+    if issued is not None and end is not None:
+        if issued > end:
+            _error(
+                out,
+                "ISSUED_AFTER_EXPIRY",
+                "issue_date",
+                f"Box 13: the permit is issued ({issued.isoformat()}) after its validity ends ({end.isoformat()}).",
+            )
+        months = _MAX_MONTHS.get(permit.type)
+        if months is not None:
+            # Calendar months from the issue date, counted in the issuing MA's own time zone, so a
+            # permit issued on 15 January may be valid up to and including 15 July.
+            issued_day = issued.date()
+            last_day = add_months(issued_day, months)
+            end_day = end.astimezone(issued.tzinfo).date()
+            if end_day > last_day:
+                _error(
+                    out,
+                    "VALIDITY_TOO_LONG",
+                    "valid_until",
+                    f"Box 2: {_TYPE_NAMES[permit.type]} may be valid at most {months} months from its issue "
+                    f"date (Res. Conf. 12.3); issued {issued_day.isoformat()}, it may be valid until "
+                    f"{last_day.isoformat()}, not {end_day.isoformat()}.",
+                )
+    if issued is not None and start is not None and start < issued - _CLOCK_SKEW:
+        _error(
+            out,
+            "VALID_FROM_BEFORE_ISSUE",
+            "valid_from",
+            f"Box 2: the validity starts ({start.isoformat()}) more than a day before the permit "
+            f"was issued ({issued.isoformat()}).",
+        )
+    if today is not None:
+        if end is not None and today > end.date():
+            _error(
+                out,
+                "PERMIT_EXPIRED",
+                "valid_until",
+                f"The permit expired: its last day of validity was {end.date().isoformat()} and today is {today.isoformat()}.",
+            )
+        if start is not None and today < start.date():
+            _warning(
+                out,
+                "PERMIT_NOT_YET_VALID",
+                "valid_from",
+                f"The permit is not valid yet: its validity starts on {start.date().isoformat()}.",
+            )
+
+
+# --- box 3 and 4 -------------------------------------------------------------------------------
+
+
+def _party_country(out: list[Problem], party: Party | None, path: str, box: str) -> str | None:
+    if party is None or not party.name:
+        _error(out, "MISSING_REQUIRED", f"{path}.name", f"{box}: the name is missing.")
+    country = party.address.country if party is not None else None
+    _country(out, country, f"{path}.address.country", f"{box}: the country", required=True)
+    return country or None
+
+
+def _parties(permit: Permit, out: list[Problem]) -> None:
+    exporter = _party_country(out, permit.exporter, "exporter", "Box 4 (exporter)")
+    importer = _party_country(out, permit.importer, "importer", "Box 3 (importer)")
+    issuer = permit.authority.address.country if permit.authority is not None else None
+    kind = permit.type
+    if exporter and importer and exporter == importer and kind in _CROSS_BORDER_TYPES:
+        _error(
+            out,
+            "SAME_COUNTRY",
+            "importer.address.country",
+            f"Box 3 and 4: the importer and the exporter are both in {importer}; a CITES permit covers "
+            "trade from one country to another.",
+        )
+    # A warning, not an error: box 4 may rightly carry a foreign address (a visiting hunter
+    # exporting a trophy, a tourist's personal effects), and box 3 of an import permit may name
+    # an agent abroad. The issuing MA decides; partners see the warning.
+    if issuer and kind in _EXPORT_TYPES and exporter and exporter != issuer:
+        _warning(
+            out,
+            "EXPORTER_NOT_IN_ISSUING_COUNTRY",
+            "exporter.address.country",
+            f"Box 4: the exporter is in {exporter}, but the permit is issued by {issuer}; an export permit "
+            "is granted by the country of export.",
+        )
+    if issuer and kind == "I" and importer and importer != issuer:
+        _warning(
+            out,
+            "IMPORTER_NOT_IN_ISSUING_COUNTRY",
+            "importer.address.country",
+            f"Box 3: the importer is in {importer}, but the import permit is issued by {issuer}; an import "
+            "permit is granted by the country of import.",
+        )
+
+
+# --- boxes 7 to 12b -----------------------------------------------------------------------------
+
+
+def _items(permit: Permit, out: list[Problem]) -> dict[str, object]:
+    """Checks every line; returns the lines by id (the first of any duplicates) for box 14."""
+    by_id: dict[str, object] = {}
+    items = permit.items or ()
+    if not items:
+        _error(out, "MISSING_REQUIRED", "items", "Boxes 7 to 11: the permit lists no specimens.")
+    kind = permit.type
+    commercial = permit.purpose == "T"
+    for i, item in enumerate(items):
+        p = f"items[{i}]"
+        label = f"Item {item.id}" if item.id else f"Item {i + 1}"
+        if not item.id:
+            _error(out, "MISSING_REQUIRED", f"{p}.id", f"{label}: the item letter is missing.")
+        elif item.id in by_id:
+            _error(out, "DUPLICATE_ITEM_ID", f"{p}.id", f"{label}: another item has the same letter {item.id!r}.")
+        else:
+            by_id[item.id] = item
+        if not item.scientific_name:
+            _error(out, "MISSING_REQUIRED", f"{p}.scientific_name", f"{label}, box 7/8: the scientific name is missing.")
+        _term(out, item.term, f"{p}.term", label)
+        appendix_ok = _code(out, item.appendix, _APPENDICES, f"{p}.appendix", f"{label}, box 10: the Appendix", "UNKNOWN_APPENDIX")
+        source_ok = _code(out, item.source, _SOURCES, f"{p}.source", f"{label}, box 10: the source", "UNKNOWN_SOURCE")
+        _quantity(out, item.quantity, f"{p}.quantity", label)
+        _unit(out, item.unit, f"{p}.unit", label)
+        _quota(out, item, p, label)
+        _country(out, item.origin_country, f"{p}.origin_country", f"{label}, box 12: the country of origin", required=False)
+        _country(out, item.reexport_country, f"{p}.reexport_country", f"{label}, box 12a: the country of last re-export", required=False)
+        if appendix_ok and source_ok and commercial and item.appendix == "I" and item.source == "W":
+            _error(
+                out,
+                "APPENDIX_I_COMMERCIAL_WILD",
+                f"{p}.source",
+                f"{label}: wild-taken (source W) specimens of an Appendix-I species cannot be traded for "
+                "commercial purposes (purpose T) (Convention Art. III).",
+            )
+        if kind == "I" and appendix_ok and item.appendix != "I":
+            _warning(
+                out,
+                "IMPORT_PERMIT_NOT_APPENDIX_I",
+                f"{p}.appendix",
+                f"{label}: the Convention requires an import permit for Appendix-I specimens only; this item "
+                f"is in Appendix {item.appendix} (some Parties require one anyway).",
+            )
+        if kind == "R":
+            _reexport_origin(out, item, p, label)
+    return by_id
+
+
+def _term(out: list[Problem], value: str, path: str, label: str) -> None:
+    if value in _TERMS:
+        return
+    old = _OLD_TERMS.get(value) if isinstance(value, str) else None
+    if old is not None:
+        instead = f"; use {old.replaced_by} instead" if old.replaced_by else ""
+        _warning(
+            out,
+            "HISTORICAL_TERM",
+            path,
+            f"{label}, box 9: the term {value!r} ({old.description}) is no longer in the CITES Guidelines{instead}.",
+        )
+        return
+    _code(out, value, _TERMS, path, f"{label}, box 9: the term", "UNKNOWN_TERM")
+
+
+def _unit(out: list[Problem], value: str, path: str, label: str) -> None:
+    if value in _UNITS:
+        return
+    old = _OLD_UNITS.get(value) if isinstance(value, str) else None
+    if old is not None:
+        instead = f"; since 2021 the Guidelines use {old.maps_to}" if old.maps_to else ""
+        _warning(
+            out,
+            "HISTORICAL_UNIT",
+            path,
+            f"{label}, box 11: the unit {value!r} ({old.description}) is no longer in the CITES Guidelines{instead}.",
+        )
+        return
+    if not value:
+        _error(
+            out,
+            "MISSING_REQUIRED",
+            path,
+            f"{label}, box 11: the unit is missing (for a number of specimens write NAR).",
+        )
+        return
+    _code(out, value, _UNITS, path, f"{label}, box 11: the unit", "UNKNOWN_UNIT")
+
+
+def _quantity(out: list[Problem], value: object, path: str, label: str) -> None:
+    if value is None:
+        _error(out, "MISSING_REQUIRED", path, f"{label}, box 11: the quantity is missing.")
+    elif not _quantity_ok(value):
+        _error(out, "QUANTITY_INVALID", path, f"{label}, box 11: the quantity {value!r} is not a finite number.")
+    elif value <= _ZERO:
+        _error(out, "QUANTITY_NOT_POSITIVE", path, f"{label}, box 11: the quantity must be more than zero, not {value}.")
+
+
+def _quota(out: list[Problem], item, p: str, label: str) -> None:
+    used, annual = item.quota_used, item.quota_annual
+    if used is None and annual is None:
+        return
+    usable = True
+    for value, field, what in ((used, "quota_used", "the quantity exported to date"), (annual, "quota_annual", "the annual quota")):
+        if value is None:
+            continue
+        if not _quantity_ok(value) or value < _ZERO:
+            _error(out, "QUOTA_NEGATIVE", f"{p}.{field}", f"{label}, box 11a: {what} must be zero or more, not {value}.")
+            usable = False
+    if used is None or annual is None:
+        given = "quota_used" if annual is None else "quota_annual"
+        _warning(
+            out,
+            "QUOTA_INCOMPLETE",
+            f"{p}.{given}",
+            f"{label}, box 11a: give both the quantity exported to date and the annual quota.",
+        )
+    elif usable and used > annual:
+        _error(
+            out,
+            "QUOTA_EXCEEDED",
+            f"{p}.quota_used",
+            f"{label}, box 11a: the quantity exported to date ({used}) exceeds the annual quota ({annual}).",
+        )
+
+
+def _reexport_origin(out: list[Problem], item, p: str, label: str) -> None:
+    origin_complete = bool(item.origin_country) and item.origin_permit is not None and bool(item.origin_permit.number)
+    last_complete = bool(item.reexport_country) and item.reexport_permit is not None and bool(item.reexport_permit.number)
+    if origin_complete or last_complete:
+        return
+    missing = []
+    if not item.origin_country:
+        missing.append("the country of origin")
+    if item.origin_permit is None or not item.origin_permit.number:
+        missing.append("the number of the origin permit")
+    path = f"{p}.origin_country" if not item.origin_country else f"{p}.origin_permit"
+    _error(
+        out,
+        "REEXPORT_ORIGIN_MISSING",
+        path,
+        f"{label}, box 12: a re-export certificate must give {' and '.join(missing)} "
+        "(or, in box 12a, the country and certificate of the last re-export).",
+    )
+
+
+# --- box 14 ------------------------------------------------------------------------------------
+
+
+def _endorsement(permit: Permit, by_id: dict, out: list[Problem]) -> None:
+    e = permit.endorsement
+    if not e.port:
+        _error(out, "MISSING_REQUIRED", "endorsement.port", "Box 14: the port of export or import is missing.")
+    when = _moment(out, e.date, "endorsement.date", "Box 14: the date of the endorsement")
+    start, end = permit.valid_from, permit.valid_until
+    if (
+        when is not None
+        and isinstance(start, datetime)
+        and isinstance(end, datetime)
+        and start.tzinfo is not None
+        and end.tzinfo is not None
+        and not (start - _CLOCK_SKEW <= when <= end + _CLOCK_SKEW)
+    ):
+        _warning(
+            out,
+            "ENDORSED_OUTSIDE_VALIDITY",
+            "endorsement.date",
+            f"Box 14: the endorsement is dated {when.date().isoformat()}, outside the permit's validity "
+            f"({start.date().isoformat()} to {end.date().isoformat()}).",
+        )
+    if not e.lines:
+        _error(out, "MISSING_REQUIRED", "endorsement.lines", "Box 14: the endorsement gives no quantity for any item.")
+    seen: set[str] = set()
+    for i, line in enumerate(e.lines or ()):
+        p = f"endorsement.lines[{i}]"
+        item = by_id.get(line.item_id)
+        if item is None:
+            _error(
+                out,
+                "ENDORSEMENT_UNKNOWN_ITEM",
+                f"{p}.item_id",
+                f"Box 14: the endorsement refers to item {line.item_id!r}, which the permit does not list.",
+            )
+        elif line.item_id in seen:
+            _error(out, "ENDORSEMENT_DUPLICATE_LINE", f"{p}.item_id", f"Box 14: item {line.item_id} is endorsed twice.")
+        seen.add(line.item_id)
+        label = f"Box 14, item {line.item_id}"
+        quantity_ok = _quantity_ok(line.quantity)
+        if not quantity_ok or line.quantity <= _ZERO:
+            _error(
+                out,
+                "ENDORSED_QUANTITY_NOT_POSITIVE",
+                f"{p}.quantity",
+                f"{label}: the quantity that crossed the border must be more than zero, not {line.quantity}.",
+            )
+            quantity_ok = False
+        if item is None:
+            continue
+        if line.unit != item.unit:
+            _error(
+                out,
+                "ENDORSED_UNIT_MISMATCH",
+                f"{p}.unit",
+                f"{label}: the quantity is given in {line.unit!r} but the permit gives this item in {item.unit!r}.",
+            )
+        elif quantity_ok and _quantity_ok(item.quantity) and line.quantity > item.quantity:
+            _error(
+                out,
+                "ENDORSED_QUANTITY_EXCEEDS",
+                f"{p}.quantity",
+                f"{label}: {line.quantity} {line.unit} crossed the border but the permit allows only "
+                f"{item.quantity} {item.unit}.",
+            )
