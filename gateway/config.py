@@ -67,7 +67,7 @@ class GatewayConfig:
 
     @property
     def keys_dir(self) -> Path:
-        return self.key_dir or (self.data_dir / "keys")
+        return self.key_dir or self.data_dir  # KeyStore keeps keys under <dir>/keys/<party>/
 
     def token_for(self, presented: str) -> Token | None:
         for token in self.tokens:

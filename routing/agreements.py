@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from domain.codes import is_country_code
+from domain.codes import COUNTRIES, USER_ASSIGNED_COUNTRIES
 from domain.errors import EpixError, ErrorCode
 from domain.messages import Action, RetryPolicy
 
@@ -100,7 +100,7 @@ def _parse_one(raw: dict[str, Any], index: int, source: str, base_dir: Path) -> 
     role = raw.get("role", "ma")
     if role not in ROLES:
         raise _fail(source, name, f"role must be one of {sorted(ROLES)}, not {role!r}.")
-    if role == "ma" and not is_country_code(name):
+    if role == "ma" and name not in COUNTRIES and name not in USER_ASSIGNED_COUNTRIES:
         raise _fail(source, name, "a Management Authority's party id must be an ISO 3166-1 alpha-2 code.")
     endpoint = raw.get("endpoint")
     if endpoint is not None and not str(endpoint).startswith(("http://", "https://")):

@@ -1,0 +1,218 @@
+"""The ``epix`` command. Exit 0 on success, 1 when the input is invalid or a signature fails
+(the reason's code and sentence on stderr), 2 on usage errors. No traceback for bad input."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import sys
+from pathlib import Path
+
+from domain.errors import EpixError, ErrorCode
+
+EXIT_OK, EXIT_INVALID, EXIT_USAGE = 0, 1, 2
+
+
+def _read(path: str) -> bytes:
+    if path == "-":
+        return sys.stdin.buffer.read()
+    try:
+        return Path(path).read_bytes()
+    except OSError as exc:
+        raise EpixError(ErrorCode.NOT_FOUND, f"Cannot read {path}: {exc.strerror}.") from None
+
+
+def _write(data: bytes, out: str | None) -> None:
+    if out is None or out == "-":
+        sys.stdout.buffer.write(data if data.endswith(b"\n") else data + b"\n")
+        sys.stdout.flush()
+    else:
+        Path(out).write_bytes(data)
+
+
+def _passphrase(args) -> str | None:
+    var = getattr(args, "passphrase_env", None)
+    if not var:
+        return None
+    value = os.environ.get(var)
+    if value is None:
+        raise EpixError(ErrorCode.KEY_ERROR, f"The environment variable {var} (passphrase) is not set.")
+    return value
+
+
+def _looks_like_json(data: bytes) -> bool:
+    return data.lstrip()[:1] in (b"{", b"[")
+
+
+def _load_permit(data: bytes):
+    """A permit from JSON, EPT v2 XML, EPT v1 XML or an EPIX SOAP response."""
+    if _looks_like_json(data):
+        from adapters.permit_json import permit_from_json
+
+        return permit_from_json(data)
+    from adapters.cites_read import read_permit
+    from adapters.xmlparse import parse_xml
+
+    return read_permit(parse_xml(data, what="permit"))
+
+
+# ----------------------------------------------------------------------------- commands
+
+
+def cmd_keys_init(args) -> int:
+    from keys.pki import Algorithm
+    from keys.store import KeyStore
+
+    paths = KeyStore(args.dir).init_party(args.party, Algorithm.parse(args.algorithm), passphrase=_passphrase(args))
+    print(f"key {paths.key}\ncertificate {paths.cert}")
+    return EXIT_OK
+
+
+def cmd_to_xml(args) -> int:
+    from adapters.cites_write import permit_to_xml
+
+    _write(permit_to_xml(_load_permit(_read(args.file))), args.output)
+    return EXIT_OK
+
+
+def cmd_to_json(args) -> int:
+    from adapters.permit_json import permit_to_dict
+
+    permit = _load_permit(_read(args.file))
+    _write(json.dumps(permit_to_dict(permit), indent=2, ensure_ascii=False).encode("utf-8"), args.output)
+    return EXIT_OK
+
+
+def cmd_validate(args) -> int:
+    from domain.rules import Severity, validate
+
+    data = _read(args.file)
+    if not _looks_like_json(data):
+        from adapters.schema import permit_schema
+        from adapters.xmlparse import parse_xml
+
+        permit_schema().validate(parse_xml(data, what="permit"))
+    permit = _load_permit(data)
+    problems = validate(permit)
+    for p in problems:
+        print(f"{p.severity.value.lower()}: {p.code} at {p.path}: {p.message}", file=sys.stderr)
+    errors = [p for p in problems if p.severity is Severity.ERROR]
+    if errors:
+        print(f"{ErrorCode.PERMIT_INVALID.name}: {len(errors)} error(s) in {args.file}", file=sys.stderr)
+        return EXIT_INVALID
+    print(f"valid: permit {permit.issuing_country}/{permit.number} ({len(problems)} warning(s))")
+    return EXIT_OK
+
+
+def cmd_sign(args) -> int:
+    from keys.xmldsig import Signer
+
+    signer = Signer.from_pem_files(args.key, args.cert, passphrase=_passphrase(args))
+    _write(signer.sign(_read(args.file)), args.output)
+    return EXIT_OK
+
+
+def cmd_verify(args) -> int:
+    from keys.xmldsig import Verifier
+
+    verifier = Verifier.from_pem_files(cert=args.cert, ca=args.ca)
+    verified = verifier.verify(_read(args.file), expected_signer=args.party)
+    print(f"verified: signed by {verified.signer} ({verified.certificate.subject.rfc4514_string()})")
+    return EXIT_OK
+
+
+def cmd_serve(args) -> int:
+    from aiohttp import web
+
+    from gateway.app import create_app
+    from gateway.config import load_config
+    from gateway.logs import configure_logging
+
+    configure_logging(level=args.log_level, json=args.log_json)
+    config = load_config(Path(args.config))
+    web.run_app(create_app(config), host=config.host, port=config.port, print=None, shutdown_timeout=5)
+    return EXIT_OK
+
+
+def cmd_demo(args) -> int:
+    from gateway.demo import run_demo
+
+    summary = asyncio.run(run_demo(permits=args.permits, json_path=args.json, seed=args.seed, workdir=args.dir))
+    return EXIT_OK if summary["lost"] == 0 and summary["duplicated"] == 0 else EXIT_INVALID
+
+
+# ----------------------------------------------------------------------------- parser
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="epix", description="CITES e-permit gateway (epix-gateway).")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    keys = sub.add_parser("keys", help="keys and certificates").add_subparsers(dest="keys_command", required=True, metavar="SUBCOMMAND")
+    init = keys.add_parser("init", help="generate a party's signing key and certificate in a key directory")
+    init.add_argument("--party", required=True, help="party id, e.g. CH")
+    init.add_argument("--algorithm", choices=["rsa2048", "rsa3072", "p256"], default="rsa2048")
+    init.add_argument("--dir", required=True, help="key directory (kept out of the repository)")
+    init.add_argument("--passphrase-env", help="encrypt the private key with the passphrase in this environment variable")
+    init.set_defaults(func=cmd_keys_init)
+
+    permit = sub.add_parser("permit", help="convert, validate, sign and verify permits").add_subparsers(
+        dest="permit_command", required=True, metavar="SUBCOMMAND"
+    )
+    to_xml = permit.add_parser("to-xml", help="canonical JSON (or any readable XML) to CITESEPermit EPT v2 XML")
+    to_xml.add_argument("file")
+    to_xml.add_argument("-o", "--output")
+    to_xml.set_defaults(func=cmd_to_xml)
+    to_json = permit.add_parser("to-json", help="EPT v2, EPT v1 or EPIX SOAP XML to canonical JSON")
+    to_json.add_argument("file")
+    to_json.add_argument("-o", "--output")
+    to_json.set_defaults(func=cmd_to_json)
+    validate = permit.add_parser("validate", help="check a permit (XML or JSON) against the schema and the CITES rules")
+    validate.add_argument("file")
+    validate.set_defaults(func=cmd_validate)
+    sign = permit.add_parser("sign", help="add an enveloped XML signature")
+    sign.add_argument("file")
+    sign.add_argument("--key", required=True)
+    sign.add_argument("--cert", required=True)
+    sign.add_argument("--passphrase-env")
+    sign.add_argument("-o", "--output")
+    sign.set_defaults(func=cmd_sign)
+    verify = permit.add_parser("verify", help="verify a signed permit against a pinned certificate or a CA")
+    verify.add_argument("file")
+    who = verify.add_mutually_exclusive_group(required=True)
+    who.add_argument("--cert", help="the signer's certificate (pinned)")
+    who.add_argument("--ca", help="a CA certificate the signer's certificate must chain to")
+    verify.add_argument("--party", help="the party that must have signed (default: any trusted)")
+    verify.set_defaults(func=cmd_verify)
+
+    serve = sub.add_parser("serve", help="run a gateway (national or hub) from a configuration file")
+    serve.add_argument("--config", required=True)
+    serve.add_argument("--log-level", default="INFO")
+    serve.add_argument("--log-json", action="store_true", help="JSON log lines (for log shippers)")
+    serve.set_defaults(func=cmd_serve)
+
+    demo = sub.add_parser("demo", help="three national gateways on 127.0.0.1 exchanging permits, with a summary")
+    demo.add_argument("--permits", type=int, default=300)
+    demo.add_argument("--json", help="also write the summary as JSON to this file")
+    demo.add_argument("--seed", type=int, default=7)
+    demo.add_argument("--dir", help="work directory (default: a temporary one)")
+    demo.set_defaults(func=cmd_demo)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except EpixError as exc:
+        print(f"{exc.code.name}: {exc.detail}", file=sys.stderr)
+        return EXIT_INVALID
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,97 @@
+"""In-process gateways on real 127.0.0.1 sockets, built the way an operator would configure them."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+import time
+
+import aiohttp
+import pytest
+
+from adapters.permit_json import permit_to_dict
+from domain.messages import MessageStatus
+from gateway import appkeys
+from simulators.network import GatewayProcess, Network, build_network
+from simulators.samples import make_permit
+
+
+class Cluster:
+    def __init__(self, net: Network) -> None:
+        self.net = net
+        self.gateways: dict[str, GatewayProcess] = {}
+        self.http: aiohttp.ClientSession | None = None
+
+    async def start(self, party: str) -> GatewayProcess:
+        gw = await GatewayProcess(self.net[party].config()).start()
+        self.gateways[party] = gw
+        return gw
+
+    async def stop(self, party: str) -> None:
+        await self.gateways.pop(party).stop()
+
+    def store(self, party: str):
+        return self.gateways[party].app[appkeys.STORE]
+
+    def security(self, party: str):
+        return self.gateways[party].app[appkeys.SECURITY]
+
+    def url(self, party: str) -> str:
+        return self.net[party].url
+
+    def headers(self, party: str, *, operator: bool = False) -> dict[str, str]:
+        node = self.net[party]
+        return {"Authorization": f"Bearer {node.operator_token if operator else node.ma_token}"}
+
+    async def submit(self, permit, *, party: str | None = None, key: str | None = None):
+        party = party or permit.issuing_country
+        headers = self.headers(party)
+        if key:
+            headers["Idempotency-Key"] = key
+        async with self.http.post(
+            f"{self.url(party)}/v1/permits", data=json.dumps(permit_to_dict(permit), default=str), headers={**headers, "Content-Type": "application/json"}
+        ) as resp:
+            return resp.status, await resp.json()
+
+    async def get(self, party: str, path: str, *, operator: bool = False):
+        async with self.http.get(f"{self.url(party)}{path}", headers=self.headers(party, operator=operator)) as resp:
+            return resp.status, await resp.json()
+
+    async def post_json(self, party: str, path: str, body=None, *, operator: bool = False):
+        async with self.http.post(f"{self.url(party)}{path}", json=body, headers=self.headers(party, operator=operator)) as resp:
+            return resp.status, await resp.json()
+
+    async def wait_status(self, party: str, message_id: str, statuses: set[MessageStatus], timeout: float = 15.0):
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            m = await self.store(party).get_message(message_id)
+            if m is not None and m.status in statuses:
+                return m
+            await asyncio.sleep(0.05)
+        m = await self.store(party).get_message(message_id)
+        raise AssertionError(f"message {message_id} on {party} is {m.status if m else None}, expected {statuses}")
+
+
+@pytest.fixture
+async def cluster(tmp_path):
+    net = build_network(
+        tmp_path / "net",
+        ("CH", "FR", "KE"),
+        retry={"max_attempts": 4, "first_delay_s": 0.1, "factor": 2.0, "max_delay_s": 0.5},
+    )
+    c = Cluster(net)
+    for party in ("CH", "FR", "KE"):
+        await c.start(party)
+    c.http = aiohttp.ClientSession()
+    try:
+        yield c
+    finally:
+        await c.http.close()
+        for party in list(c.gateways):
+            await c.stop(party)
+
+
+@pytest.fixture
+def permit_ch_fr():
+    return make_permit(random.Random(42), issuer="CH", importer_country="FR", number="CH26-000042")

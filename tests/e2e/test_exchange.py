@@ -1,0 +1,278 @@
+"""Point-to-point exchange over real sockets on 127.0.0.1: the happy path and every refusal."""
+
+from __future__ import annotations
+
+import random
+import uuid
+from datetime import datetime, timedelta, timezone
+
+import pytest
+from lxml import etree
+
+from adapters.exchange_xml import build_envelope, read_error, read_receipt
+from adapters.ns import EXCHANGE
+from domain.messages import Action, Direction, EnvelopeHeader, MessageStatus
+from gateway.outbound import conversation_id
+from gateway.security import Security
+from keys.pki import make_test_ca
+from keys.store import KeyStore, TrustStore
+from keys.xmldsig import Signer
+from simulators.samples import make_permit
+
+FINAL = {MessageStatus.ACKNOWLEDGED, MessageStatus.REJECTED, MessageStatus.SEND_FAILURE}
+
+
+async def _deliver(cluster, permit):
+    status, body = await cluster.submit(permit)
+    assert status == 202, body
+    [msg] = body["messages"]
+    return await cluster.wait_status("CH", msg["message_id"], FINAL)
+
+
+async def test_delivery_with_signed_receipt(cluster, permit_ch_fr):
+    sent = await _deliver(cluster, permit_ch_fr)
+    assert sent.status is MessageStatus.ACKNOWLEDGED
+    # The receipt is FR's, names our message and our payload digest, and verifies independently.
+    verified = cluster.security("CH").verify(sent.receipt, "FR")
+    receipt = read_receipt(verified.signed_root)
+    assert receipt.message_id == sent.message_id and receipt.payload_digest == sent.payload_digest
+    # FR has the permit, with CH's signature intact, in its inbox.
+    status, inbox = await cluster.get("FR", "/v1/inbox")
+    assert status == 200
+    [item] = inbox["messages"]
+    assert item["issuer"] == "CH" and item["number"] == "CH26-000042"
+    assert item["permit"]["number"] == "CH26-000042"
+    status, view = await cluster.get("FR", "/v1/permits/CH/CH26-000042")
+    assert status == 200 and view["direction"] == "inbound" and view["status"] == "VALID"
+    async with cluster.http.get(f"{cluster.url('FR')}/v1/permits/CH/CH26-000042/xml", headers=cluster.headers("FR")) as resp:
+        signed = await resp.read()
+    assert cluster.security("FR").verify(signed, "CH").signer == "CH"
+    # Status history on the sender shows who did what, when.
+    status, message = await cluster.get("CH", f"/v1/messages/{sent.message_id}")
+    assert [e["status"] for e in message["events"]] == ["SEND_ENQUEUED", "SENDING", "ACKNOWLEDGED"]
+    # Acknowledging the inbox item moves it to DELIVERED, and again changes nothing.
+    for _ in range(2):
+        status, acked = await cluster.post_json("FR", item["ack_url"])
+        assert status == 200 and acked["status"] == "DELIVERED"
+    status, inbox = await cluster.get("FR", "/v1/inbox")
+    assert inbox["messages"] == []
+
+
+async def _envelope(cluster, *, sender="CH", receiver="FR", permit=None, sent_at=None, security=None, mutate=None, message_id=None):
+    """A hop envelope as CH's gateway would send it, optionally tampered with."""
+    permit = permit or make_permit(random.Random(7), issuer="CH", importer_country="FR", number="CH26-777777")
+    from adapters.cites_write import permit_to_xml
+
+    issuer_security = cluster.security("CH")
+    payload = issuer_security.sign(permit_to_xml(permit))
+    header = EnvelopeHeader(
+        message_id=message_id or str(uuid.uuid4()),
+        conversation_id=conversation_id("CH", permit.number),
+        sender=sender,
+        receiver=receiver,
+        document_type="CITESEPermit",
+        document_number=permit.number,
+        document_issuer="CH",
+        document_version=1,
+        action=Action.ISSUE,
+        created_at=datetime.now(timezone.utc),
+    )
+    if mutate == "payload":
+        payload = payload.replace(b"</ram:ScientificName>", b" var. fake</ram:ScientificName>", 1)
+    element = build_envelope(header, payload, sent_at=sent_at or datetime.now(timezone.utc))
+    # With mutate="payload" the envelope's digest matches the tampered payload: only the issuer's
+    # signature over the permit can catch it.
+    signed = (security or issuer_security).sign(element)
+    if mutate == "envelope":
+        signed = signed.replace(b"<ex:DocumentNumber>CH26-777777<", b"<ex:DocumentNumber>CH26-777778<", 1)
+        assert b"CH26-777778" in signed
+    return header, signed
+
+
+async def _post_envelope(cluster, party, body):
+    async with cluster.http.post(
+        f"{cluster.url(party)}/exchange/v1/messages", data=body, headers={"Content-Type": "application/xml"}
+    ) as resp:
+        return resp.status, await resp.read()
+
+
+def _error_code(cluster, party_answering, body) -> str:
+    verified = cluster.security("CH").verify(body, party_answering)
+    return read_error(verified.signed_root).code
+
+
+async def test_duplicate_send_gets_the_same_receipt_and_no_second_effect(cluster):
+    header, body = await _envelope(cluster)
+    status1, receipt1 = await _post_envelope(cluster, "FR", body)
+    status2, receipt2 = await _post_envelope(cluster, "FR", body)
+    assert status1 == status2 == 200
+    assert receipt1 == receipt2
+    inbound = [m for m in await cluster.store("FR").messages_for_permit("CH", "CH26-777777") if m.direction is Direction.INBOUND]
+    assert len(inbound) == 1
+    assert len(await cluster.store("FR").get_permit_versions("CH", "CH26-777777")) == 1
+
+
+@pytest.mark.parametrize(
+    "case, expected_status, expected_code",
+    [
+        ("tampered_envelope", 422, "DIGEST_MISMATCH"),
+        ("tampered_permit", 422, "DIGEST_MISMATCH"),
+        ("misaddressed", 422, "MISADDRESSED"),
+        ("posing_as_other_party", 403, "SENDER_MISMATCH"),
+        ("unknown_certificate", 422, "SIGNER_UNTRUSTED"),
+        ("replayed_old_message", 409, "REPLAY_REJECTED"),
+        ("unknown_sender", 403, "UNKNOWN_PARTNER"),
+    ],
+)
+async def test_hostile_envelopes_are_refused_with_their_code(cluster, case, expected_status, expected_code, tmp_path):
+    kwargs = {}
+    if case == "tampered_envelope":
+        kwargs["mutate"] = "envelope"
+    elif case == "tampered_permit":
+        kwargs["mutate"] = "payload"
+    elif case == "misaddressed":
+        kwargs["receiver"] = "KE"
+    elif case == "posing_as_other_party":
+        kwargs["security"] = cluster.security("KE")  # KE signs an envelope that says From=CH
+    elif case == "unknown_certificate":
+        ca = make_test_ca("Rogue CA")
+        store = KeyStore(tmp_path / "rogue")
+        store.init_party("CH", "rsa2048", ca=ca)
+        identity = store.load_signing_identity("CH")
+        kwargs["security"] = Security.from_parts(party="CH", signer=Signer(identity), trust=TrustStore(), certificate_pem=identity.cert_pem)
+    elif case == "replayed_old_message":
+        kwargs["sent_at"] = datetime.now(timezone.utc) - timedelta(hours=2)
+    elif case == "unknown_sender":
+        kwargs["sender"] = "BR"
+    _, body = await _envelope(cluster, **kwargs)
+    status, answer = await _post_envelope(cluster, "FR", body)
+    assert status == expected_status, answer
+    assert _error_code(cluster, "FR", answer) == expected_code
+    # Nothing was stored on the receiver.
+    assert await cluster.store("FR").messages_for_permit("CH", "CH26-777777") == []
+    assert await cluster.store("FR").messages_for_permit("CH", "CH26-777778") == []
+
+
+async def test_malformed_and_hostile_bodies_get_signed_errors(cluster):
+    for body, code in [
+        (b"", "XML_MALFORMED"),
+        (b"<not-closed>", "XML_MALFORMED"),
+        (b'<?xml version="1.0"?><!DOCTYPE lol [<!ENTITY a "aaaa">]><ex:Envelope xmlns:ex="urn:epix-gateway:exchange:1"/>', "XML_FORBIDDEN_CONSTRUCT"),
+        (b'<ex:Envelope xmlns:ex="urn:epix-gateway:exchange:1"><ex:Header/></ex:Envelope>', "ENVELOPE_INVALID"),
+    ]:
+        status, answer = await _post_envelope(cluster, "FR", body)
+        assert 400 <= status < 500
+        assert _error_code(cluster, "FR", answer) == code
+
+
+async def test_partner_down_then_back_is_delivered_once(cluster, permit_ch_fr):
+    await cluster.stop("FR")
+    status, body = await cluster.submit(permit_ch_fr)
+    assert status == 202
+    message_id = body["messages"][0]["message_id"]
+    waiting = await cluster.wait_status("CH", message_id, {MessageStatus.WAITING_FOR_RETRY})
+    assert waiting.last_error_code == "PARTNER_UNAVAILABLE"
+    await cluster.start("FR")
+    done = await cluster.wait_status("CH", message_id, {MessageStatus.ACKNOWLEDGED})
+    assert done.attempts >= 2
+    inbound = [m for m in await cluster.store("FR").messages_for_permit("CH", permit_ch_fr.number) if m.direction is Direction.INBOUND]
+    assert len(inbound) == 1
+
+
+async def test_partner_down_too_long_is_parked_then_operator_retry_keeps_the_id(cluster, permit_ch_fr):
+    await cluster.stop("FR")
+    status, body = await cluster.submit(permit_ch_fr)
+    message_id = body["messages"][0]["message_id"]
+    parked = await cluster.wait_status("CH", message_id, {MessageStatus.SEND_FAILURE})
+    assert parked.attempts == 4
+    status, view = await cluster.get("CH", f"/v1/messages/{message_id}")
+    assert "parked" in view["events"][-1]["detail"]
+    # An MA token may not retry; an operator may, and the message keeps its id.
+    status, err = await cluster.post_json("CH", f"/v1/messages/{message_id}/retry")
+    assert status == 403 and err["code"] == "FORBIDDEN"
+    await cluster.start("FR")
+    status, retried = await cluster.post_json("CH", f"/v1/messages/{message_id}/retry", operator=True)
+    assert status == 202 and retried["message_id"] == message_id
+    await cluster.wait_status("CH", message_id, {MessageStatus.ACKNOWLEDGED})
+    inbound = await cluster.store("FR").get_message(message_id)
+    assert inbound is not None and inbound.direction is Direction.INBOUND
+
+
+async def test_cancel_and_replace_reach_everyone_who_received_the_original(cluster):
+    rng = random.Random(5)
+    original = make_permit(rng, issuer="CH", importer_country="FR", number="CH26-100001")
+    await _deliver(cluster, original)
+    status, body = await cluster.post_json("CH", "/v1/permits/CH/CH26-100001/cancel", {"reason": "Issued in error"})
+    assert status == 202 and body["messages"][0]["action"] == "cancel"
+    await cluster.wait_status("CH", body["messages"][0]["message_id"], {MessageStatus.ACKNOWLEDGED})
+    [version] = await cluster.store("FR").get_permit_versions("CH", "CH26-100001")
+    assert version.status == "CANCELLED"
+    # Cancelling twice is idempotent; replacing a cancelled permit is refused.
+    status, again = await cluster.post_json("CH", "/v1/permits/CH/CH26-100001/cancel", {"reason": "again"})
+    assert status == 202 and again["replayed"] is True
+
+    second = make_permit(rng, issuer="CH", importer_country="FR", number="CH26-100002")
+    await _deliver(cluster, second)
+    replacement = make_permit(rng, issuer="CH", importer_country="FR", number="CH26-100003", replaces="CH26-100002")
+    status, body = await cluster.submit(replacement)
+    assert status == 202 and body["messages"][0]["action"] == "replace"
+    await cluster.wait_status("CH", body["messages"][0]["message_id"], {MessageStatus.ACKNOWLEDGED})
+    [old] = await cluster.store("FR").get_permit_versions("CH", "CH26-100002")
+    assert old.status == "REPLACED" and old.replaced_by == "CH26-100003"
+    status, view = await cluster.get("CH", "/v1/permits/CH/CH26-100002")
+    assert view["status"] == "REPLACED"
+
+
+async def test_idempotency_key_returns_the_same_messages(cluster, permit_ch_fr):
+    s1, b1 = await cluster.submit(permit_ch_fr, key="abc-1")
+    s2, b2 = await cluster.submit(permit_ch_fr, key="abc-1")
+    assert s1 == s2 == 202
+    assert [m["message_id"] for m in b1["messages"]] == [m["message_id"] for m in b2["messages"]]
+    assert b2["replayed"] is True
+    other = make_permit(random.Random(99), issuer="CH", importer_country="FR", number="CH26-999999")
+    s3, b3 = await cluster.submit(other, key="abc-1")
+    assert s3 == 409 and b3["code"] == "IDEMPOTENCY_CONFLICT"
+
+
+async def test_local_api_refusals_are_specific_and_change_nothing(cluster, permit_ch_fr):
+    url = f"{cluster.url('CH')}/v1/permits"
+    async with cluster.http.post(url, json={}) as resp:
+        assert resp.status == 401 and (await resp.json())["code"] == "UNAUTHENTICATED"
+    async with cluster.http.post(url, data=b"{oops", headers={**cluster.headers("CH"), "Content-Type": "application/json"}) as resp:
+        assert resp.status == 400 and (await resp.json())["code"] == "JSON_MALFORMED"
+    async with cluster.http.post(url, data=b"hello", headers={**cluster.headers("CH"), "Content-Type": "text/plain"}) as resp:
+        assert resp.status == 415 and (await resp.json())["code"] == "UNSUPPORTED_MEDIA_TYPE"
+    # A CH token cannot issue a French permit.
+    french = make_permit(random.Random(3), issuer="FR", importer_country="CH", number="FR26-1")
+    status, body = await cluster.submit(french, party="CH")
+    assert status == 403 and body["code"] == "FORBIDDEN"
+    # Every rule problem at once.
+    from dataclasses import replace
+
+    bad = replace(permit_ch_fr, valid_until=permit_ch_fr.issue_date + timedelta(days=400), purpose="?")
+    status, body = await cluster.submit(bad)
+    assert status == 422 and body["code"] == "PERMIT_INVALID"
+    codes = {p["code"] for p in body["context"]["problems"]}
+    assert len(codes) >= 2
+    # An operator reading another gateway's message that does not exist.
+    status, body = await cluster.get("CH", f"/v1/messages/{uuid.uuid4()}")
+    assert status == 404 and body["code"] == "NOT_FOUND"
+    assert (await cluster.store("CH").counts_by_status()) == {} or sum((await cluster.store("CH").counts_by_status()).values()) == 0
+
+
+async def test_ops_endpoints(cluster, permit_ch_fr):
+    await _deliver(cluster, permit_ch_fr)
+    async with cluster.http.get(f"{cluster.url('CH')}/healthz") as resp:
+        assert resp.status == 200
+    async with cluster.http.get(f"{cluster.url('CH')}/readyz") as resp:
+        assert resp.status == 200
+    async with cluster.http.get(f"{cluster.url('CH')}/metrics") as resp:
+        text = await resp.text()
+    assert 'epix_delivery_attempts_total{outcome="acknowledged"} 1.0' in text
+    assert 'epix_messages{status="ACKNOWLEDGED"} 1' in text
+    async with cluster.http.get(f"{cluster.url('CH')}/v1/openapi.json") as resp:
+        spec = await resp.json()
+    assert "/v1/permits" in spec["paths"]
+    async with cluster.http.get(f"{cluster.url('FR')}/exchange/v1/directory") as resp:
+        directory = await resp.json()
+    assert directory["party"] == "FR" and "BEGIN CERTIFICATE" in directory["certificate_pem"]
