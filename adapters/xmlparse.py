@@ -23,8 +23,10 @@ class XmlLimits:
 
 DEFAULT_LIMITS = XmlLimits()
 
-# An XML declaration naming an encoding other than UTF-8 (or its ASCII subset).
-_DECL_ENCODING = re.compile(rb"^<\?xml[^>]*encoding\s*=\s*[\"']([A-Za-z0-9._-]+)[\"']")
+# An XML declaration naming an encoding other than UTF-8 (or its ASCII subset). Matched on the
+# whole declaration, however long: whitespace inside it is unbounded, so a fixed-size head could
+# miss an encoding pushed past its end.
+_DECL_ENCODING = re.compile(rb"<\?xml[^>]*?encoding\s*=\s*[\"']([A-Za-z0-9._-]+)[\"']")
 _UTF8_NAMES = {b"utf-8", b"utf8", b"us-ascii", b"ascii"}
 _FORBIDDEN_MARKERS = (b"<!DOCTYPE", b"<!ENTITY", b"<!ELEMENT", b"<!ATTLIST")
 
@@ -72,8 +74,7 @@ def parse_xml(data: bytes, *, limits: XmlLimits = DEFAULT_LIMITS, what: str = "d
         raise EpixError(ErrorCode.XML_ENCODING, f"The {what} is UTF-16 or UTF-32; only UTF-8 is accepted.")
     if data.startswith(b"\xef\xbb\xbf"):
         data = data[3:]
-    head = data.lstrip()[:200]
-    m = _DECL_ENCODING.match(head)
+    m = _DECL_ENCODING.match(data, len(data) - len(data.lstrip()))
     if m and m.group(1).lower() not in _UTF8_NAMES:
         raise EpixError(
             ErrorCode.XML_ENCODING,
@@ -98,6 +99,13 @@ def parse_xml(data: bytes, *, limits: XmlLimits = DEFAULT_LIMITS, what: str = "d
         root = etree.fromstring(data, parser=_PARSER)
     except etree.XMLSyntaxError as exc:
         line = getattr(exc, "lineno", None)
+        if "Excessive depth" in (exc.msg or ""):
+            # libxml2's own nesting limit (256) fires before our probe can run.
+            raise EpixError(
+                ErrorCode.XML_TOO_DEEP,
+                f"The {what} nests elements more than {limits.max_depth} levels deep.",
+                limit=limits.max_depth,
+            ) from None
         raise EpixError(
             ErrorCode.XML_MALFORMED,
             f"The {what} is not well-formed XML: {exc.msg}" + (f" (line {line})." if line else "."),

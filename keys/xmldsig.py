@@ -28,9 +28,9 @@ from __future__ import annotations
 
 import base64
 import binascii
-import copy
 import hashlib
 import os
+import re
 from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from functools import lru_cache
@@ -93,6 +93,9 @@ _DS_SIGNATURE = f"{{{DS}}}Signature"
 _NS = {"ds": DS}
 _DS = ElementMaker(namespace=DS, nsmap={"ds": DS})
 _DIGEST_MARK = "DIGESTVALUEPLACEHOLDER"
+_VALUE_MARK = "SIGNATUREVALUEPLACEHOLDER"
+# The end tag of the root, alone at the end of a document (trailing whitespace allowed).
+_ROOT_END_TAG = re.compile(rb"</([A-Za-z_][\w.\-]*(?::[A-Za-z_][\w.\-]*)?)\s*>\s*\Z")
 
 # signxml's parser settings made as strict as ours: the bytes it parses have already passed
 # parse_xml, this only keeps a second parse from being looser than the first.
@@ -134,6 +137,13 @@ class Signer:
         signed_info = self._skeleton.find("ds:SignedInfo", _NS)
         canonical = etree.tostring(signed_info, method="c14n", exclusive=True)
         self._signed_info_head, self._signed_info_tail = canonical.split(_DIGEST_MARK.encode("ascii"))
+        # The serialised Signature is fixed too, but for the digest and the value: splicing bytes
+        # instead of building and serialising elements per document saves most of the overhead.
+        self._skeleton[1].text = _VALUE_MARK
+        serialised = etree.tostring(self._skeleton, encoding="UTF-8")
+        head, rest = serialised.split(_DIGEST_MARK.encode("ascii"))
+        middle, tail = rest.split(_VALUE_MARK.encode("ascii"))
+        self._signature_parts = (head, middle, tail)
         if isinstance(self._key, ec.EllipticCurvePrivateKey):
             self._coordinate_bytes = (self._key.curve.key_size + 7) // 8
             self._ecdsa = ec.ECDSA(hashes.SHA256())
@@ -157,17 +167,19 @@ class Signer:
         return r.to_bytes(n, "big") + s.to_bytes(n, "big")
 
     def sign(self, document: bytes | etree._Element) -> bytes:
-        """The document with an enveloped signature appended to its root, as UTF-8 bytes.
+        """The document with an enveloped signature as the root's last child, as UTF-8 bytes.
 
         Bytes go through the hardened parser first. An element must be a document root; it is
-        left as it was (the signature is appended for serialisation, then removed again).
+        not modified.
         """
         if isinstance(document, (bytes, bytearray, memoryview)):
-            tree = parse_xml(bytes(document), what="document to sign")
+            data = bytes(document)
+            tree = parse_xml(data, what="document to sign")
         elif isinstance(document, etree._Element):
             if document.getparent() is not None:
                 raise ValueError("Signer.sign signs whole documents: pass the root element")
             tree = document.getroottree()
+            data = etree.tostring(tree, xml_declaration=True, encoding="UTF-8")
         else:
             raise TypeError("Signer.sign takes bytes or an lxml root element")
         root = tree.getroot()
@@ -179,17 +191,26 @@ class Signer:
         # URI="" is the document minus comments; tree-level exclusive C14N is exactly that.
         digest = hashlib.sha256(etree.tostring(tree, method="c14n", exclusive=True, with_comments=False)).digest()
         digest_b64 = base64.b64encode(digest)
-        signed_info = self._signed_info_head + digest_b64 + self._signed_info_tail
-        value = self._signature_value(signed_info)
-
-        signature = copy.deepcopy(self._skeleton)
-        signature[0][2][2].text = digest_b64.decode("ascii")  # SignedInfo/Reference/DigestValue
-        signature[1].text = base64.b64encode(value).decode("ascii")  # SignatureValue
-        root.append(signature)
+        value_b64 = base64.b64encode(self._signature_value(self._signed_info_head + digest_b64 + self._signed_info_tail))
+        head, middle, tail = self._signature_parts
+        signature = head + digest_b64 + middle + value_b64 + tail
+        end = _ROOT_END_TAG.search(data)
+        if end is not None and end.group(1).decode("utf-8") == _qualified_name(root):
+            # Inserting one element right before the root's end tag adds exactly what the
+            # enveloped-signature transform removes again, so the digest above still holds.
+            return data[: end.start()] + signature + data[end.start() :]
+        # An empty root (<a/>) or something after the root: let lxml place the signature.
+        element = parse_xml(signature, what="signature").getroot()
+        root.append(element)
         try:
             return etree.tostring(tree, xml_declaration=True, encoding="UTF-8")
         finally:
-            root.remove(signature)
+            root.remove(element)
+
+
+def _qualified_name(element: etree._Element) -> str:
+    local = etree.QName(element).localname
+    return f"{element.prefix}:{local}" if element.prefix else local
 
 
 # --------------------------------------------------------------------------- verification
@@ -327,6 +348,14 @@ class _SignxmlVerifier(XMLVerifier):
 
     _default_parser = etree.XMLParser(**_SIGNXML_PARSER_OPTIONS)
 
+    def get_root(self, data):
+        # The tree we pass is private to one verify() call and fresh from parse_xml (which has
+        # refused DTDs, entities and PIs); signxml copies before it mutates anything, so its
+        # defensive serialise-and-reparse of the whole document would only cost time.
+        if isinstance(data, etree._Element):
+            return data
+        return super().get_root(data)
+
 
 _BASE_CONFIG = SignatureConfiguration(
     require_x509=True,
@@ -409,7 +438,7 @@ class Verifier:
         party = self.trust.check(certificate, expected_party=expected_signer, intermediates=intermediates, at=at)
         try:
             result = _SignxmlVerifier().verify(
-                data,
+                tree.getroot(),
                 x509_cert=certificate,
                 expect_config=replace(_BASE_CONFIG, verification_time=at),
             )
