@@ -1,0 +1,317 @@
+"""The durable store's port: permits, exchange messages, their event history and the delivery queue.
+
+The embedded queue is not a separate table: an outbound message row *is* its queue entry. A
+message waiting to be sent carries the time it becomes due, a sender that holds it carries a
+lease, and claiming moves it to SENDING in the same transaction that records the event. So an
+accepted permit, its messages and their queue entries are durable together or not at all.
+
+Two implementations share one schema (``schema.py``): SQLite for the embedded default and
+PostgreSQL for several gateway processes behind one database.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from domain.errors import EpixError, ErrorCode
+from domain.messages import ALLOWED_TRANSITIONS, Action, Direction, MessageStatus
+
+PERMIT_STATUSES = frozenset({"VALID", "CANCELLED", "REPLACED"})
+MAX_PAGE = 1000  # a list request larger than this is a mistake, not a need
+LEASE_EXPIRED_DETAIL = "the previous sender's lease ran out before it reported an outcome; sending again"
+
+Clock = Callable[[], datetime]
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+def as_utc(value: datetime) -> datetime:
+    """Every timestamp is stored in UTC. A naive value is taken to be UTC already, never local time."""
+    if value.tzinfo is None:
+        return value.replace(tzinfo=UTC)
+    return value.astimezone(UTC)
+
+
+@dataclass(frozen=True, slots=True)
+class PermitRecord:
+    issuer: str
+    number: str
+    version: int
+    direction: Direction
+    status: str  # "VALID" | "CANCELLED" | "REPLACED"
+    permit_json: bytes  # canonical JSON (opaque to the store)
+    signed_xml: bytes  # the issuer-signed CITESEPermit (opaque)
+    digest: str  # sha256 hex of signed_xml
+    sender: str | None  # inbound: party that delivered it
+    replaces: str | None
+    replaced_by: str | None
+    created_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class MessageRecord:
+    message_id: str
+    conversation_id: str
+    direction: Direction
+    sender: str
+    receiver: str
+    document_type: str
+    action: Action
+    issuer: str
+    number: str
+    version: int
+    status: MessageStatus
+    attempts: int
+    next_attempt_at: datetime | None
+    lease_until: datetime | None
+    last_error_code: str | None
+    last_error_detail: str | None
+    via: str | None  # hub party id when routed through a hub
+    receipt: bytes | None  # signed receipt (outbound: the one we got; inbound: the one we gave)
+    payload_digest: str | None
+    created_at: datetime
+    updated_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class MessageEvent:
+    message_id: str
+    seq: int
+    at: datetime
+    status: MessageStatus
+    actor: str
+    detail: str | None
+    error_code: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class MessageFilter:
+    status: MessageStatus | None = None
+    direction: Direction | None = None
+    sender: str | None = None
+    receiver: str | None = None
+    issuer: str | None = None
+    number: str | None = None
+    limit: int = 100
+    # Keyset pagination on (created_at, message_id) descending: pass the last row's created_at as
+    # ``before`` and, so that messages created in the same microsecond are not skipped, its
+    # message_id as ``before_id``.
+    before: datetime | None = None
+    before_id: str | None = None
+
+
+def sources_of(new: MessageStatus) -> frozenset[MessageStatus]:
+    """The statuses from which ``new`` may be reached (the inverse of ALLOWED_TRANSITIONS)."""
+    return _SOURCES[new]
+
+
+_SOURCES: dict[MessageStatus, frozenset[MessageStatus]] = {
+    target: frozenset(s for s, targets in ALLOWED_TRANSITIONS.items() if s is not None and target in targets)
+    for target in MessageStatus
+}
+
+
+def refused_transition(message_id: str, current: MessageStatus, new: MessageStatus) -> EpixError:
+    return EpixError(
+        ErrorCode.CONFLICT,
+        f"Message {message_id} is {current.value}; it cannot move to {new.value}.",
+        message_id=message_id,
+        status=current.value,
+        requested=new.value,
+    )
+
+
+def not_found(message_id: str) -> EpixError:
+    return EpixError(ErrorCode.NOT_FOUND, f"No message {message_id} is held by this gateway.", message_id=message_id)
+
+
+def version_conflict(issuer: str, number: str, version: int) -> EpixError:
+    return EpixError(
+        ErrorCode.VERSION_CONFLICT,
+        f"Permit {issuer}/{number} version {version} is already held with different content; "
+        "issue a new version instead of changing this one.",
+        issuer=issuer,
+        number=number,
+        version=version,
+    )
+
+
+def idempotency_conflict(key: str) -> EpixError:
+    return EpixError(
+        ErrorCode.IDEMPOTENCY_CONFLICT,
+        f"The idempotency key {key!r} was already used for a different request.",
+        idempotency_key=key,
+    )
+
+
+def check_outbound(permit: PermitRecord, messages: Sequence[MessageRecord]) -> None:
+    """An outbound batch must be about the permit it comes with; anything else is a caller bug."""
+    if permit.direction is not Direction.OUTBOUND:
+        raise EpixError(ErrorCode.CONFLICT, "accept_outbound was given an inbound permit.", number=permit.number)
+    if permit.status not in PERMIT_STATUSES:
+        raise unknown_permit_status(permit.status)
+    for m in messages:
+        if m.direction is not Direction.OUTBOUND or m.status is not MessageStatus.SEND_ENQUEUED:
+            raise EpixError(
+                ErrorCode.CONFLICT,
+                f"Message {m.message_id} must be an outbound message in SEND_ENQUEUED to be accepted.",
+                message_id=m.message_id,
+            )
+        if (m.issuer, m.number, m.version) != (permit.issuer, permit.number, permit.version):
+            raise EpixError(
+                ErrorCode.CONFLICT,
+                f"Message {m.message_id} is about permit {m.issuer}/{m.number} v{m.version}, "
+                f"not the permit {permit.issuer}/{permit.number} v{permit.version} it was accepted with.",
+                message_id=m.message_id,
+            )
+
+
+def check_inbound(permit: PermitRecord | None, message: MessageRecord) -> None:
+    if message.direction is not Direction.INBOUND or message.status is not MessageStatus.RECEIVED:
+        raise EpixError(
+            ErrorCode.CONFLICT,
+            f"Message {message.message_id} must be an inbound message in RECEIVED to be stored as received.",
+            message_id=message.message_id,
+        )
+    if permit is not None:
+        if permit.direction is not Direction.INBOUND:
+            raise EpixError(ErrorCode.CONFLICT, "store_inbound was given an outbound permit.", number=permit.number)
+        if permit.status not in PERMIT_STATUSES:
+            raise unknown_permit_status(permit.status)
+
+
+def unknown_permit_status(status: str) -> EpixError:
+    return EpixError(
+        ErrorCode.CONFLICT,
+        f"{status!r} is not a permit status; use one of {', '.join(sorted(PERMIT_STATUSES))}.",
+        status=status,
+    )
+
+
+async def ack_inbox_via(store: Store, message_id: str, *, actor: str) -> MessageRecord:
+    """RECEIVED -> DELIVERED; a second acknowledgement finds it DELIVERED and changes nothing."""
+    try:
+        return await store.transition(message_id, MessageStatus.DELIVERED, actor=actor)
+    except EpixError as e:
+        if e.code is not ErrorCode.CONFLICT:
+            raise
+        held = await store.get_message(message_id)
+        if held is not None and held.direction is Direction.INBOUND and held.status is MessageStatus.DELIVERED:
+            return held
+        raise
+
+
+def check_page(f: MessageFilter) -> None:
+    if not 1 <= f.limit <= MAX_PAGE:
+        raise EpixError(ErrorCode.CONFLICT, f"A page holds 1 to {MAX_PAGE} messages, not {f.limit}.", limit=f.limit)
+    if f.before_id is not None and f.before is None:
+        raise EpixError(ErrorCode.CONFLICT, "before_id only makes sense together with before.")
+
+
+class Store(ABC):
+    """Durable state of one gateway (or of several gateway processes sharing one PostgreSQL)."""
+
+    @abstractmethod
+    async def open(self) -> None:
+        """Connect and bring the schema up to date (idempotent, versioned)."""
+
+    @abstractmethod
+    async def close(self) -> None: ...
+
+    @abstractmethod
+    async def accept_outbound(
+        self,
+        permit: PermitRecord,
+        messages: Sequence[MessageRecord],
+        *,
+        actor: str,
+        idempotency_key: str | None = None,
+        principal: str | None = None,
+        request_hash: str | None = None,
+    ) -> list[MessageRecord]:
+        """Store a permit version, its outbound messages (queued, due now) and their first events
+        in one transaction. The same (issuer, number, version) with the same digest returns what
+        is already held; a different digest raises VERSION_CONFLICT. An idempotency key already
+        used with another request hash raises IDEMPOTENCY_CONFLICT."""
+
+    @abstractmethod
+    async def idempotency_lookup(self, principal: str, key: str) -> tuple[str, list[str]] | None:
+        """(request_hash, message_ids) recorded for this principal's key, if any."""
+
+    @abstractmethod
+    async def get_permit_versions(self, issuer: str, number: str) -> list[PermitRecord]:
+        """Every version held, ordered by version (then direction, outbound first)."""
+
+    @abstractmethod
+    async def set_permit_status(
+        self, issuer: str, number: str, status: str, *, replaced_by: str | None = None
+    ) -> None:
+        """Set the status of the latest version held of this permit (NOT_FOUND if none)."""
+
+    @abstractmethod
+    async def get_message(self, message_id: str) -> MessageRecord | None: ...
+
+    @abstractmethod
+    async def list_messages(self, f: MessageFilter) -> list[MessageRecord]:
+        """Newest first, keyset-paginated (see MessageFilter.before / before_id)."""
+
+    @abstractmethod
+    async def message_events(self, message_id: str) -> list[MessageEvent]:
+        """The append-only history of one message, oldest first."""
+
+    @abstractmethod
+    async def messages_for_permit(self, issuer: str, number: str) -> list[MessageRecord]:
+        """Every message about any version of this permit, oldest first."""
+
+    @abstractmethod
+    async def transition(
+        self,
+        message_id: str,
+        new: MessageStatus,
+        *,
+        actor: str,
+        detail: str | None = None,
+        error_code: str | None = None,
+        receipt: bytes | None = None,
+        next_attempt_at: datetime | None = None,
+        increment_attempts: bool = False,
+    ) -> MessageRecord:
+        """Move a message to ``new`` and append the event, atomically. A move that
+        domain.messages forbids raises CONFLICT; an unknown message raises NOT_FOUND."""
+
+    @abstractmethod
+    async def claim_due(
+        self, *, limit: int, lease_s: float, now: datetime, actor: str, receiver: str | None = None
+    ) -> list[MessageRecord]:
+        """Claim up to ``limit`` due outbound messages for sending (see the module docstring)."""
+
+    @abstractmethod
+    async def next_due_at(self) -> datetime | None:
+        """The earliest time an outbound message becomes due or a lease runs out."""
+
+    @abstractmethod
+    async def store_inbound(
+        self, permit: PermitRecord | None, message: MessageRecord, *, actor: str
+    ) -> tuple[bool, MessageRecord]:
+        """(True, stored) for a new message; (False, the one already held) for a duplicate, by
+        message id or by the same permit version and digest under another message id."""
+
+    @abstractmethod
+    async def inbox(self, receiver: str, *, limit: int = 100) -> list[MessageRecord]:
+        """Inbound messages RECEIVED for ``receiver`` and not yet acknowledged, oldest first."""
+
+    @abstractmethod
+    async def ack_inbox(self, message_id: str, *, actor: str) -> MessageRecord:
+        """Mark an inbox message DELIVERED; acknowledging it again returns it unchanged."""
+
+    @abstractmethod
+    async def counts_by_status(self) -> dict[str, int]: ...
+
+    @abstractmethod
+    async def ping(self) -> None:
+        """Raise if the database cannot answer a query."""
