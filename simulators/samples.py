@@ -28,11 +28,12 @@ SPECIES = (
 )
 # Only current terms are used for new permits; BUL is historical, so replace it at build time.
 _CURRENT_TERM_FIX = {"BUL": "LIV"}
-# Sources C (bred in captivity) and R (ranched) are for animals; a plant drawn with one of them
-# gets the plant counterpart instead (A artificially propagated, Y assisted production). Mapped
+# Sources C (bred in captivity) and R (ranched) are for animals, A (artificially propagated) for
+# plants (Res. Conf. 12.3); a draw that gives the wrong kind gets the counterpart instead. Mapped
 # after the draw, so the random sequence, and every seed's permit otherwise, stays the same.
 PLANTS = frozenset({"Dalbergia nigra", "Aquilaria malaccensis", "Galanthus nivalis", "Swietenia macrophylla"})
 _PLANT_SOURCE_FIX = {"C": "A", "R": "Y"}
+_ANIMAL_SOURCE_FIX = {"A": "C"}
 
 COUNTRY_NAMES = {
     "CH": "Switzerland",
@@ -99,8 +100,7 @@ def make_permit(
         sci, common, appendix, term, unit, desc = rng.choice(SPECIES)
         term = _CURRENT_TERM_FIX.get(term, term)
         source = rng.choice(SOURCES_BY_APPENDIX[appendix])
-        if sci in PLANTS:
-            source = _PLANT_SOURCE_FIX.get(source, source)
+        source = (_PLANT_SOURCE_FIX if sci in PLANTS else _ANIMAL_SOURCE_FIX).get(source, source)
         qty = Decimal(rng.randint(1, 400)) if unit == "NAR" else Decimal(rng.randint(1, 50000)) / Decimal(100)
         origin_kw = {}
         if doc_type == "R":
