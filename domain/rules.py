@@ -45,51 +45,82 @@ class Problem:
         return {"code": self.code, "path": self.path, "message": self.message, "severity": self.severity.value}
 
 
-# Every code validate() can return, with the rule's source. Tests check that nothing else is emitted.
+@dataclass(frozen=True, slots=True)
+class Rule:
+    severity: Severity
+    source: str  # where the rule comes from, for the docs and for people reading a problem
+
+
+_E, _W = Severity.ERROR, Severity.WARNING
+
+
+# Every code validate() can return, its severity and its source. A code always has the same
+# severity; tests check that the rules emit exactly these codes.
 RULES = MappingProxyType(
     {
-        "MISSING_REQUIRED": "Res. Conf. 12.3 Annex 2: boxes 1, 2, 3, 4, 5a, 6, 7/8, 9, 10, 11 and 13 must be "
-        "completed; box 14 needs the port and one line per endorsed item",
-        "UNKNOWN_DOCUMENT_TYPE": "EPT v2 document type code: E export, R re-export, I import, O other",
-        "UNKNOWN_PURPOSE": "Res. Conf. 12.3 Annex 2 box 5a; purpose codes of the Guidelines",
-        "UNKNOWN_SOURCE": "Res. Conf. 12.3 Annex 2 box 10; source codes of Res. Conf. 12.3",
-        "UNKNOWN_APPENDIX": "Convention Articles II to V: Appendices I, II and III",
-        "UNKNOWN_TERM": "Res. Conf. 12.3 Annex 2 box 9; term codes of the Guidelines (May 2021)",
-        "HISTORICAL_TERM": "term code dropped from the Guidelines (Trade Database guide v9 Table A2.3)",
-        "UNKNOWN_UNIT": "Res. Conf. 12.3 Annex 2 box 11; UN/ECE Rec 20 units of the Guidelines (May 2021)",
-        "HISTORICAL_UNIT": "unit dropped from the Guidelines in May 2021 (Trade Database guide v9 Table A2.4)",
-        "UNKNOWN_COUNTRY": "ISO 3166-1 alpha-2, as required by Res. Conf. 12.3 Annex 2",
-        "USER_ASSIGNED_COUNTRY": "ISO 3166-1 user-assigned code (AA, QM-QZ, XA-XZ, ZZ), e.g. XX for unknown",
-        "INVALID_DATE": "box 2 and 13 dates must be dates with a time",
-        "DATE_WITHOUT_OFFSET": "a date without a UTC offset is read as UTC; the offset decides the day",
-        "VALIDITY_REVERSED": "box 2: the validity cannot end before it starts",
-        "ISSUED_AFTER_EXPIRY": "box 2 and 13: a permit cannot be issued after its validity ends",
-        "VALID_FROM_BEFORE_ISSUE": "box 2 and 13: a permit is not valid before it is granted (one day of clock skew allowed)",
-        "VALIDITY_TOO_LONG": "Convention Art. VI.2 and Res. Conf. 12.3: export permits and re-export "
-        "certificates at most 6 months from issue, import permits at most 12 months; other documents "
-        "(type O) are held to 12 months by this gateway",
-        "PERMIT_EXPIRED": "Res. Conf. 12.3: a permit is not accepted after its last day of validity",
-        "PERMIT_NOT_YET_VALID": "box 2: the validity has not started yet",
-        "SAME_COUNTRY": "Convention Art. I(c): CITES permits cover trade between countries",
-        "EXPORTER_NOT_IN_ISSUING_COUNTRY": "Art. VI: an export permit is granted by the State of export",
-        "IMPORTER_NOT_IN_ISSUING_COUNTRY": "Art. III.3: an import permit is granted by the State of import",
-        "DUPLICATE_ITEM_ID": "box 14 refers to items by their letter, which must therefore be unique",
-        "QUANTITY_INVALID": "box 11: the quantity is a finite number",
-        "QUANTITY_NOT_POSITIVE": "box 11: a permit covers a positive quantity",
-        "QUOTA_NEGATIVE": "box 11a: quota figures are never negative",
-        "QUOTA_EXCEEDED": "box 11a: the quantity exported to date cannot exceed the annual quota",
-        "QUOTA_INCOMPLETE": "box 11a: the quota box gives both the total to date and the annual quota",
-        "APPENDIX_I_COMMERCIAL_WILD": "Convention Art. III.3(c): no primarily commercial trade in wild Appendix-I specimens",
-        "IMPORT_PERMIT_NOT_APPENDIX_I": "Convention Art. III: import permits are required for Appendix I only "
-        "(some Parties, e.g. the EU, require them for more)",
-        "REEXPORT_ORIGIN_MISSING": "Res. Conf. 12.3 Annex 2 box 12: a re-export certificate gives the country of "
-        "origin and its permit (or box 12a, the last re-export)",
-        "ENDORSEMENT_UNKNOWN_ITEM": "box 14: an endorsed line refers to an item of the permit",
-        "ENDORSEMENT_DUPLICATE_LINE": "box 14: one endorsed quantity per item",
-        "ENDORSED_QUANTITY_NOT_POSITIVE": "box 14: the quantity that crossed the border is positive",
-        "ENDORSED_QUANTITY_EXCEEDS": "box 14: no more may cross the border than the permit allows (box 11)",
-        "ENDORSED_UNIT_MISMATCH": "box 14: the endorsed quantity is in the unit of box 11",
-        "ENDORSED_OUTSIDE_VALIDITY": "box 14 and 2: an endorsement is made while the permit is valid",
+        "MISSING_REQUIRED": Rule(
+            _E,
+            "Res. Conf. 12.3 Annex 2: boxes 1, 2, 3, 4, 5a, 6, 7/8, 9, 10, 11 and 13 must be completed; box "
+            "14 needs the port and one line per endorsed item",
+        ),
+        "UNKNOWN_DOCUMENT_TYPE": Rule(_E, "EPT v2 document type code: E export, R re-export, I import, O other"),
+        "UNKNOWN_PURPOSE": Rule(_E, "Res. Conf. 12.3 Annex 2 box 5a; purpose codes of the Guidelines"),
+        "UNKNOWN_SOURCE": Rule(_E, "Res. Conf. 12.3 Annex 2 box 10; source codes of Res. Conf. 12.3"),
+        "UNKNOWN_APPENDIX": Rule(_E, "Convention Articles II to V: Appendices I, II and III"),
+        "UNKNOWN_TERM": Rule(_E, "Res. Conf. 12.3 Annex 2 box 9; term codes of the Guidelines (May 2021)"),
+        "HISTORICAL_TERM": Rule(_W, "term code dropped from the Guidelines (Trade Database guide v9 Table A2.3)"),
+        "UNKNOWN_UNIT": Rule(_E, "Res. Conf. 12.3 Annex 2 box 11; UN/ECE Rec 20 units of the Guidelines (May 2021)"),
+        "HISTORICAL_UNIT": Rule(
+            _W,
+            "unit dropped from the Guidelines in May 2021 (Trade Database guide v9 Table A2.4)",
+        ),
+        "UNKNOWN_COUNTRY": Rule(_E, "ISO 3166-1 alpha-2, as required by Res. Conf. 12.3 Annex 2"),
+        "USER_ASSIGNED_COUNTRY": Rule(_W, "ISO 3166-1 user-assigned code (AA, QM-QZ, XA-XZ, ZZ), e.g. XX for unknown"),
+        "INVALID_DATE": Rule(_E, "box 2 and 13 dates must be dates with a time"),
+        "DATE_WITHOUT_OFFSET": Rule(_W, "a date without a UTC offset is read as UTC; the offset decides the day"),
+        "VALIDITY_REVERSED": Rule(_E, "box 2: the validity cannot end before it starts"),
+        "ISSUED_AFTER_EXPIRY": Rule(_E, "box 2 and 13: a permit cannot be issued after its validity ends"),
+        "VALID_FROM_BEFORE_ISSUE": Rule(
+            _E,
+            "box 2 and 13: a permit is not valid before it is granted (one day of clock skew allowed)",
+        ),
+        "VALIDITY_TOO_LONG": Rule(
+            _E,
+            "Convention Art. VI.2 and Res. Conf. 12.3: export permits and re-export certificates at most 6 "
+            "months from issue, import permits at most 12 months; other documents (type O) are held to 12 "
+            "months by this gateway",
+        ),
+        "PERMIT_EXPIRED": Rule(_E, "Res. Conf. 12.3: a permit is not accepted after its last day of validity"),
+        "PERMIT_NOT_YET_VALID": Rule(_W, "box 2: the validity has not started yet"),
+        "SAME_COUNTRY": Rule(_E, "Convention Art. I(c): CITES permits cover trade between countries"),
+        "EXPORTER_NOT_IN_ISSUING_COUNTRY": Rule(_W, "Art. VI: an export permit is granted by the State of export"),
+        "IMPORTER_NOT_IN_ISSUING_COUNTRY": Rule(_W, "Art. III.3: an import permit is granted by the State of import"),
+        "DUPLICATE_ITEM_ID": Rule(_E, "box 14 refers to items by their letter, which must therefore be unique"),
+        "QUANTITY_INVALID": Rule(_E, "box 11: the quantity is a finite number"),
+        "QUANTITY_NOT_POSITIVE": Rule(_E, "box 11: a permit covers a positive quantity"),
+        "QUOTA_NEGATIVE": Rule(_E, "box 11a: quota figures are never negative"),
+        "QUOTA_EXCEEDED": Rule(_E, "box 11a: the quantity exported to date cannot exceed the annual quota"),
+        "QUOTA_INCOMPLETE": Rule(_W, "box 11a: the quota box gives both the total to date and the annual quota"),
+        "APPENDIX_I_COMMERCIAL_WILD": Rule(
+            _E,
+            "Convention Art. III.3(c): no primarily commercial trade in wild Appendix-I specimens",
+        ),
+        "IMPORT_PERMIT_NOT_APPENDIX_I": Rule(
+            _W,
+            "Convention Art. III: import permits are required for Appendix I only (some Parties, e.g. the EU, "
+            "require them for more)",
+        ),
+        "REEXPORT_ORIGIN_MISSING": Rule(
+            _E,
+            "Res. Conf. 12.3 Annex 2 box 12: a re-export certificate gives the country of origin and its "
+            "permit (or box 12a, the last re-export)",
+        ),
+        "ENDORSEMENT_UNKNOWN_ITEM": Rule(_E, "box 14: an endorsed line refers to an item of the permit"),
+        "ENDORSEMENT_DUPLICATE_LINE": Rule(_E, "box 14: one endorsed quantity per item"),
+        "ENDORSED_QUANTITY_NOT_POSITIVE": Rule(_E, "box 14: the quantity that crossed the border is positive"),
+        "ENDORSED_QUANTITY_EXCEEDS": Rule(_E, "box 14: no more may cross the border than the permit allows (box 11)"),
+        "ENDORSED_UNIT_MISMATCH": Rule(_E, "box 14: the endorsed quantity is in the unit of box 11"),
+        "ENDORSED_OUTSIDE_VALIDITY": Rule(_W, "box 14 and 2: an endorsement is made while the permit is valid"),
     }
 )
 
@@ -157,12 +188,8 @@ def ensure_valid(permit: Permit, *, today: date | None = None) -> list[Problem]:
 # --- helpers -----------------------------------------------------------------------------------
 
 
-def _error(out: list[Problem], code: str, path: str, message: str) -> None:
-    out.append(Problem(code, path, message, Severity.ERROR))
-
-
-def _warning(out: list[Problem], code: str, path: str, message: str) -> None:
-    out.append(Problem(code, path, message, Severity.WARNING))
+def _report(out: list[Problem], code: str, path: str, message: str) -> None:
+    out.append(Problem(code, path, message, RULES[code].severity))
 
 
 def _code(out: list[Problem], value: object, allowed: frozenset[str], path: str, what: str, unknown: str) -> bool:
@@ -170,12 +197,12 @@ def _code(out: list[Problem], value: object, allowed: frozenset[str], path: str,
     if value in allowed:
         return True
     if not value:
-        _error(out, "MISSING_REQUIRED", path, f"{what} is missing.")
+        _report(out, "MISSING_REQUIRED", path, f"{what} is missing.")
     else:
         hint = " (codes are written in capitals)" if isinstance(value, str) and value.upper() in allowed else ""
         listed = ", ".join(sorted(allowed)) if len(allowed) <= 12 else None
         tail = f"; it must be one of {listed}" if listed else ""
-        _error(out, unknown, path, f"{what} {value!r} is not a known code{tail}{hint}.")
+        _report(out, unknown, path, f"{what} {value!r} is not a known code{tail}{hint}.")
     return False
 
 
@@ -184,10 +211,10 @@ def _country(out: list[Problem], value: str | None, path: str, what: str, *, req
         return
     if not value:
         if required:
-            _error(out, "MISSING_REQUIRED", path, f"{what} is missing.")
+            _report(out, "MISSING_REQUIRED", path, f"{what} is missing.")
         return
     if value in _USER_COUNTRIES:
-        _warning(
+        _report(
             out,
             "USER_ASSIGNED_COUNTRY",
             path,
@@ -195,20 +222,20 @@ def _country(out: list[Problem], value: str | None, path: str, what: str, *, req
         )
         return
     hint = " (country codes are written in capitals)" if isinstance(value, str) and value.upper() in _COUNTRIES else ""
-    _error(out, "UNKNOWN_COUNTRY", path, f"{what} {value!r} is not an ISO 3166-1 alpha-2 country code{hint}.")
+    _report(out, "UNKNOWN_COUNTRY", path, f"{what} {value!r} is not an ISO 3166-1 alpha-2 country code{hint}.")
 
 
 def _moment(out: list[Problem], value: object, path: str, what: str) -> datetime | None:
     """An aware datetime to compare with, or None (the problem is reported)."""
     if isinstance(value, datetime):
         if value.tzinfo is None or value.utcoffset() is None:
-            _warning(out, "DATE_WITHOUT_OFFSET", path, f"{what} has no UTC offset; it is read as UTC.")
+            _report(out, "DATE_WITHOUT_OFFSET", path, f"{what} has no UTC offset; it is read as UTC.")
             return value.replace(tzinfo=timezone.utc)
         return value
     if value is None:
-        _error(out, "MISSING_REQUIRED", path, f"{what} is missing.")
+        _report(out, "MISSING_REQUIRED", path, f"{what} is missing.")
     else:
-        _error(out, "INVALID_DATE", path, f"{what} is not a date with a time.")
+        _report(out, "INVALID_DATE", path, f"{what} is not a date with a time.")
     return None
 
 
@@ -228,12 +255,12 @@ def _quantity_ok(value: object) -> bool:
 
 def _header(permit: Permit, out: list[Problem]) -> None:
     if not permit.number:
-        _error(out, "MISSING_REQUIRED", "number", "Box 1: the permit number is missing.")
+        _report(out, "MISSING_REQUIRED", "number", "Box 1: the permit number is missing.")
     _code(out, permit.type, _DOC_TYPES, "type", "Box 1: the document type", "UNKNOWN_DOCUMENT_TYPE")
     _code(out, permit.purpose, _PURPOSES, "purpose", "Box 5a: the purpose of the transaction", "UNKNOWN_PURPOSE")
     authority = permit.authority
     if authority is None or not authority.name:
-        _error(out, "MISSING_REQUIRED", "authority.name", "Box 6: the name of the issuing Management Authority is missing.")
+        _report(out, "MISSING_REQUIRED", "authority.name", "Box 6: the name of the issuing Management Authority is missing.")
     _country(
         out,
         authority.address.country if authority is not None else None,
@@ -251,7 +278,7 @@ def _dates(permit: Permit, out: list[Problem], today: date | None) -> None:
     start = _moment(out, permit.valid_from, "valid_from", "Box 2: the start of validity")
     end = _moment(out, permit.valid_until, "valid_until", "Box 2: the end of validity")
     if start is not None and end is not None and start > end:
-        _error(
+        _report(
             out,
             "VALIDITY_REVERSED",
             "valid_until",
@@ -259,7 +286,7 @@ def _dates(permit: Permit, out: list[Problem], today: date | None) -> None:
         )
     if issued is not None and end is not None:
         if issued > end:
-            _error(
+            _report(
                 out,
                 "ISSUED_AFTER_EXPIRY",
                 "issue_date",
@@ -273,7 +300,7 @@ def _dates(permit: Permit, out: list[Problem], today: date | None) -> None:
             last_day = add_months(issued_day, months)
             end_day = end.astimezone(issued.tzinfo).date()
             if end_day > last_day:
-                _error(
+                _report(
                     out,
                     "VALIDITY_TOO_LONG",
                     "valid_until",
@@ -282,7 +309,7 @@ def _dates(permit: Permit, out: list[Problem], today: date | None) -> None:
                     f"{last_day.isoformat()}, not {end_day.isoformat()}.",
                 )
     if issued is not None and start is not None and start < issued - _CLOCK_SKEW:
-        _error(
+        _report(
             out,
             "VALID_FROM_BEFORE_ISSUE",
             "valid_from",
@@ -291,14 +318,14 @@ def _dates(permit: Permit, out: list[Problem], today: date | None) -> None:
         )
     if today is not None:
         if end is not None and today > end.date():
-            _error(
+            _report(
                 out,
                 "PERMIT_EXPIRED",
                 "valid_until",
                 f"The permit expired: its last day of validity was {end.date().isoformat()} and today is {today.isoformat()}.",
             )
         if start is not None and today < start.date():
-            _warning(
+            _report(
                 out,
                 "PERMIT_NOT_YET_VALID",
                 "valid_from",
@@ -311,7 +338,7 @@ def _dates(permit: Permit, out: list[Problem], today: date | None) -> None:
 
 def _party_country(out: list[Problem], party: Party | None, path: str, box: str) -> str | None:
     if party is None or not party.name:
-        _error(out, "MISSING_REQUIRED", f"{path}.name", f"{box}: the name is missing.")
+        _report(out, "MISSING_REQUIRED", f"{path}.name", f"{box}: the name is missing.")
     country = party.address.country if party is not None else None
     _country(out, country, f"{path}.address.country", f"{box}: the country", required=True)
     return country or None
@@ -323,7 +350,7 @@ def _parties(permit: Permit, out: list[Problem]) -> None:
     issuer = permit.authority.address.country if permit.authority is not None else None
     kind = permit.type
     if exporter and importer and exporter == importer and kind in _CROSS_BORDER_TYPES:
-        _error(
+        _report(
             out,
             "SAME_COUNTRY",
             "importer.address.country",
@@ -334,7 +361,7 @@ def _parties(permit: Permit, out: list[Problem]) -> None:
     # exporting a trophy, a tourist's personal effects), and box 3 of an import permit may name
     # an agent abroad. The issuing MA decides; partners see the warning.
     if issuer and kind in _EXPORT_TYPES and exporter and exporter != issuer:
-        _warning(
+        _report(
             out,
             "EXPORTER_NOT_IN_ISSUING_COUNTRY",
             "exporter.address.country",
@@ -342,7 +369,7 @@ def _parties(permit: Permit, out: list[Problem]) -> None:
             "is granted by the country of export.",
         )
     if issuer and kind == "I" and importer and importer != issuer:
-        _warning(
+        _report(
             out,
             "IMPORTER_NOT_IN_ISSUING_COUNTRY",
             "importer.address.country",
@@ -359,20 +386,20 @@ def _items(permit: Permit, out: list[Problem]) -> dict[str, object]:
     by_id: dict[str, object] = {}
     items = permit.items or ()
     if not items:
-        _error(out, "MISSING_REQUIRED", "items", "Boxes 7 to 11: the permit lists no specimens.")
+        _report(out, "MISSING_REQUIRED", "items", "Boxes 7 to 11: the permit lists no specimens.")
     kind = permit.type
     commercial = permit.purpose == "T"
     for i, item in enumerate(items):
         p = f"items[{i}]"
         label = f"Item {item.id}" if item.id else f"Item {i + 1}"
         if not item.id:
-            _error(out, "MISSING_REQUIRED", f"{p}.id", f"{label}: the item letter is missing.")
+            _report(out, "MISSING_REQUIRED", f"{p}.id", f"{label}: the item letter is missing.")
         elif item.id in by_id:
-            _error(out, "DUPLICATE_ITEM_ID", f"{p}.id", f"{label}: another item has the same letter {item.id!r}.")
+            _report(out, "DUPLICATE_ITEM_ID", f"{p}.id", f"{label}: another item has the same letter {item.id!r}.")
         else:
             by_id[item.id] = item
         if not item.scientific_name:
-            _error(out, "MISSING_REQUIRED", f"{p}.scientific_name", f"{label}, box 7/8: the scientific name is missing.")
+            _report(out, "MISSING_REQUIRED", f"{p}.scientific_name", f"{label}, box 7/8: the scientific name is missing.")
         _term(out, item.term, f"{p}.term", label)
         appendix_ok = _code(out, item.appendix, _APPENDICES, f"{p}.appendix", f"{label}, box 10: the Appendix", "UNKNOWN_APPENDIX")
         source_ok = _code(out, item.source, _SOURCES, f"{p}.source", f"{label}, box 10: the source", "UNKNOWN_SOURCE")
@@ -382,7 +409,7 @@ def _items(permit: Permit, out: list[Problem]) -> dict[str, object]:
         _country(out, item.origin_country, f"{p}.origin_country", f"{label}, box 12: the country of origin", required=False)
         _country(out, item.reexport_country, f"{p}.reexport_country", f"{label}, box 12a: the country of last re-export", required=False)
         if appendix_ok and source_ok and commercial and item.appendix == "I" and item.source == "W":
-            _error(
+            _report(
                 out,
                 "APPENDIX_I_COMMERCIAL_WILD",
                 f"{p}.source",
@@ -390,7 +417,7 @@ def _items(permit: Permit, out: list[Problem]) -> dict[str, object]:
                 "commercial purposes (purpose T) (Convention Art. III).",
             )
         if kind == "I" and appendix_ok and item.appendix != "I":
-            _warning(
+            _report(
                 out,
                 "IMPORT_PERMIT_NOT_APPENDIX_I",
                 f"{p}.appendix",
@@ -408,7 +435,7 @@ def _term(out: list[Problem], value: str, path: str, label: str) -> None:
     old = _OLD_TERMS.get(value) if isinstance(value, str) else None
     if old is not None:
         instead = f"; use {old.replaced_by} instead" if old.replaced_by else ""
-        _warning(
+        _report(
             out,
             "HISTORICAL_TERM",
             path,
@@ -424,7 +451,7 @@ def _unit(out: list[Problem], value: str, path: str, label: str) -> None:
     old = _OLD_UNITS.get(value) if isinstance(value, str) else None
     if old is not None:
         instead = f"; since 2021 the Guidelines use {old.maps_to}" if old.maps_to else ""
-        _warning(
+        _report(
             out,
             "HISTORICAL_UNIT",
             path,
@@ -432,7 +459,7 @@ def _unit(out: list[Problem], value: str, path: str, label: str) -> None:
         )
         return
     if not value:
-        _error(
+        _report(
             out,
             "MISSING_REQUIRED",
             path,
@@ -444,11 +471,11 @@ def _unit(out: list[Problem], value: str, path: str, label: str) -> None:
 
 def _quantity(out: list[Problem], value: object, path: str, label: str) -> None:
     if value is None:
-        _error(out, "MISSING_REQUIRED", path, f"{label}, box 11: the quantity is missing.")
+        _report(out, "MISSING_REQUIRED", path, f"{label}, box 11: the quantity is missing.")
     elif not _quantity_ok(value):
-        _error(out, "QUANTITY_INVALID", path, f"{label}, box 11: the quantity {value!r} is not a finite number.")
+        _report(out, "QUANTITY_INVALID", path, f"{label}, box 11: the quantity {value!r} is not a finite number.")
     elif value <= _ZERO:
-        _error(out, "QUANTITY_NOT_POSITIVE", path, f"{label}, box 11: the quantity must be more than zero, not {value}.")
+        _report(out, "QUANTITY_NOT_POSITIVE", path, f"{label}, box 11: the quantity must be more than zero, not {value}.")
 
 
 def _quota(out: list[Problem], item, p: str, label: str) -> None:
@@ -460,18 +487,18 @@ def _quota(out: list[Problem], item, p: str, label: str) -> None:
         if value is None:
             continue
         if not _quantity_ok(value) or value < _ZERO:
-            _error(out, "QUOTA_NEGATIVE", f"{p}.{field}", f"{label}, box 11a: {what} must be zero or more, not {value}.")
+            _report(out, "QUOTA_NEGATIVE", f"{p}.{field}", f"{label}, box 11a: {what} must be zero or more, not {value}.")
             usable = False
     if used is None or annual is None:
         given = "quota_used" if annual is None else "quota_annual"
-        _warning(
+        _report(
             out,
             "QUOTA_INCOMPLETE",
             f"{p}.{given}",
             f"{label}, box 11a: give both the quantity exported to date and the annual quota.",
         )
     elif usable and used > annual:
-        _error(
+        _report(
             out,
             "QUOTA_EXCEEDED",
             f"{p}.quota_used",
@@ -490,7 +517,7 @@ def _reexport_origin(out: list[Problem], item, p: str, label: str) -> None:
     if item.origin_permit is None or not item.origin_permit.number:
         missing.append("the number of the origin permit")
     path = f"{p}.origin_country" if not item.origin_country else f"{p}.origin_permit"
-    _error(
+    _report(
         out,
         "REEXPORT_ORIGIN_MISSING",
         path,
@@ -505,7 +532,7 @@ def _reexport_origin(out: list[Problem], item, p: str, label: str) -> None:
 def _endorsement(permit: Permit, by_id: dict, out: list[Problem]) -> None:
     e = permit.endorsement
     if not e.port:
-        _error(out, "MISSING_REQUIRED", "endorsement.port", "Box 14: the port of export or import is missing.")
+        _report(out, "MISSING_REQUIRED", "endorsement.port", "Box 14: the port of export or import is missing.")
     when = _moment(out, e.date, "endorsement.date", "Box 14: the date of the endorsement")
     start, end = permit.valid_from, permit.valid_until
     if (
@@ -516,7 +543,7 @@ def _endorsement(permit: Permit, by_id: dict, out: list[Problem]) -> None:
         and end.tzinfo is not None
         and not (start - _CLOCK_SKEW <= when <= end + _CLOCK_SKEW)
     ):
-        _warning(
+        _report(
             out,
             "ENDORSED_OUTSIDE_VALIDITY",
             "endorsement.date",
@@ -524,25 +551,25 @@ def _endorsement(permit: Permit, by_id: dict, out: list[Problem]) -> None:
             f"({start.date().isoformat()} to {end.date().isoformat()}).",
         )
     if not e.lines:
-        _error(out, "MISSING_REQUIRED", "endorsement.lines", "Box 14: the endorsement gives no quantity for any item.")
+        _report(out, "MISSING_REQUIRED", "endorsement.lines", "Box 14: the endorsement gives no quantity for any item.")
     seen: set[str] = set()
     for i, line in enumerate(e.lines or ()):
         p = f"endorsement.lines[{i}]"
         item = by_id.get(line.item_id)
         if item is None:
-            _error(
+            _report(
                 out,
                 "ENDORSEMENT_UNKNOWN_ITEM",
                 f"{p}.item_id",
                 f"Box 14: the endorsement refers to item {line.item_id!r}, which the permit does not list.",
             )
         elif line.item_id in seen:
-            _error(out, "ENDORSEMENT_DUPLICATE_LINE", f"{p}.item_id", f"Box 14: item {line.item_id} is endorsed twice.")
+            _report(out, "ENDORSEMENT_DUPLICATE_LINE", f"{p}.item_id", f"Box 14: item {line.item_id} is endorsed twice.")
         seen.add(line.item_id)
         label = f"Box 14, item {line.item_id}"
         quantity_ok = _quantity_ok(line.quantity)
         if not quantity_ok or line.quantity <= _ZERO:
-            _error(
+            _report(
                 out,
                 "ENDORSED_QUANTITY_NOT_POSITIVE",
                 f"{p}.quantity",
@@ -552,14 +579,14 @@ def _endorsement(permit: Permit, by_id: dict, out: list[Problem]) -> None:
         if item is None:
             continue
         if line.unit != item.unit:
-            _error(
+            _report(
                 out,
                 "ENDORSED_UNIT_MISMATCH",
                 f"{p}.unit",
                 f"{label}: the quantity is given in {line.unit!r} but the permit gives this item in {item.unit!r}.",
             )
         elif quantity_ok and _quantity_ok(item.quantity) and line.quantity > item.quantity:
-            _error(
+            _report(
                 out,
                 "ENDORSED_QUANTITY_EXCEEDS",
                 f"{p}.quantity",

@@ -458,10 +458,11 @@ def test_the_catalogue_lists_exactly_the_codes_the_rules_emit():
     import re
 
     source = inspect.getsource(rules)
-    emitted = set(re.findall(r'_(?:error|warning)\(\s*out,\s*"([A-Z_]+)"', source))
+    emitted = set(re.findall(r'_report\(\s*out,\s*"([A-Z_]+)"', source))
     emitted |= set(re.findall(r'"(UNKNOWN_[A-Z_]+)"\)', source))
     assert emitted == set(rules.RULES), emitted ^ set(rules.RULES)
     assert all(re.fullmatch(r"[A-Z][A-Z_]+", c) for c in rules.RULES)
+    assert all(r.severity in (Severity.ERROR, Severity.WARNING) and r.source for r in rules.RULES.values())
 
 
 # --- the sample permits pass -----------------------------------------------------------------------
