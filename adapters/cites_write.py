@@ -47,14 +47,15 @@ Mapping decisions (the reader in ``adapters.cites_read`` uses the same ones):
   is omitted too. Datetimes are ISO 8601 with their own offset (microseconds only when non-zero);
   decimals are written exactly, never through float.
 
-Speed: this is on the hot path, so elements are made with ``etree.SubElement`` and names
-precomputed as ``QName`` strings (both in C), and the constant context is built once with
-``ElementMaker`` and copied. The output has no indentation so that signatures stay stable.
+Speed: this is on the hot path, so elements are made with ``etree.SubElement`` (in C) from
+names precomputed once as ``QName`` objects, and the constant context is built once with
+``ElementMaker`` and deep-copied (also in C). The output has no indentation so that signatures stay stable.
 """
 
 from __future__ import annotations
 
 import copy
+import dataclasses
 from datetime import datetime
 from decimal import Decimal
 
@@ -212,6 +213,8 @@ def _address(parent: etree._Element, address: Address) -> None:
 
 
 def _party(parent: etree._Element, tag: etree.QName, party: Party) -> None:
+    if not (party.name or party.id or any(dataclasses.astuple(party.address))):
+        return
     el = _SubElement(parent, tag)
     _leaf(el, ID, party.id)
     _leaf(el, NAME, party.name)

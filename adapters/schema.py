@@ -55,7 +55,11 @@ def _raise(errors: list[dict[str, Any]]) -> None:
 
 
 class PermitSchema:
-    """The CITESEPermit XSD compiled by libxml2; build it once (see ``permit_schema()``)."""
+    """The CITESEPermit XSD compiled by libxml2; build it once (see ``permit_schema()``).
+
+    libxml2 keeps the errors of the last validation on the schema object, so one instance
+    serves one thread at a time (the event loop); a worker thread should build its own.
+    """
 
     def __init__(self, path: Path = PERMIT_XSD) -> None:
         parser = etree.XMLParser(**_SCHEMA_PARSER_OPTIONS)
