@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Iterable
 
@@ -46,6 +46,7 @@ from keys.pki import (
 )
 
 ANCHOR_DIR = "_ca"
+_SECOND = timedelta(seconds=1)  # the chain verifier treats the window's edges as outside it
 
 
 @dataclass(frozen=True, slots=True)
@@ -349,7 +350,7 @@ class TrustStore:
         # Verify the chain at a moment inside the leaf's own window, so that a leaf that is merely
         # expired is reported as CERT_EXPIRED rather than as an untrusted signer; the window itself
         # is then checked against the real time.
-        moment = min(max(at, cert.not_valid_before_utc), cert.not_valid_after_utc)
+        moment = min(max(at, cert.not_valid_before_utc + _SECOND), cert.not_valid_after_utc - _SECOND)
         try:
             verifier = (
                 verification.PolicyBuilder()
