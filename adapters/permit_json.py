@@ -10,7 +10,8 @@ Choices, each for exactness:
 - Quantities are ``Decimal`` end to end: read with ``parse_float=Decimal`` (numeric strings are
   accepted too) and written as JSON numbers with exactly the digits of the Decimal, so
   ``12.50`` stays ``12.50``. ``permit_to_dict`` therefore holds ``Decimal`` values; serialise it
-  with ``permit_to_json`` (the standard ``json`` module would refuse or round them).
+  with ``permit_to_json`` (plain ``json.dumps`` refuses Decimal; with ``default=str`` it writes
+  quantities as strings, which the reader accepts too).
 - Optional fields that are null or empty are left out of the output; on input they may be absent
   or ``null``. Unknown fields and repeated keys are refused, so a typo never silently drops a box.
 - The field list is derived from ``domain.model`` at import time: a new model field that this
@@ -89,10 +90,13 @@ def permit_to_dict(permit: Permit) -> dict[str, Any]:
     return _object_to_dict(permit)
 
 
-def permit_to_json(permit: Permit) -> bytes:
-    """Compact UTF-8 JSON, fields in model order: the same permit always gives the same bytes."""
+def permit_to_json(permit: Permit, *, indent: int | None = None) -> bytes:
+    """UTF-8 JSON, fields in model order: the same permit always gives the same bytes.
+
+    Compact by default (what travels and is stored); ``indent`` pretty-prints for people.
+    """
     parts: list[str] = []
-    _write(permit_to_dict(permit), parts, "$")
+    _write(permit_to_dict(permit), parts, "$", "\n" if indent is not None else None, indent or 0)
     try:
         return "".join(parts).encode("utf-8")
     except UnicodeEncodeError as exc:
@@ -127,25 +131,32 @@ def _value_to_json(f: _Field, value: Any, name: str) -> Any:
     return value
 
 
-def _write(value: Any, parts: list[str], path: str) -> None:
+def _write(value: Any, parts: list[str], path: str, newline: str | None, step: int) -> None:
+    """Appends ``value`` as JSON; ``newline`` is None for compact output, else the current indentation."""
     if isinstance(value, str):
         parts.append(encode_basestring(value))
-    elif isinstance(value, dict):
-        parts.append("{")
-        for i, (key, item) in enumerate(value.items()):
-            if i:
-                parts.append(",")
-            parts.append(encode_basestring(key))
-            parts.append(":")
-            _write(item, parts, f"{path}.{key}" if path != "$" else key)
-        parts.append("}")
-    elif isinstance(value, list):
-        parts.append("[")
-        for i, item in enumerate(value):
-            if i:
-                parts.append(",")
-            _write(item, parts, f"{path}[{i}]")
-        parts.append("]")
+    elif isinstance(value, (dict, list)):
+        opening, closing = ("{", "}") if isinstance(value, dict) else ("[", "]")
+        if not value:
+            parts.append(opening + closing)
+            return
+        inner = newline + " " * step if newline is not None else None
+        parts.append(opening)
+        entries = value.items() if isinstance(value, dict) else enumerate(value)
+        for i, (key, item) in enumerate(entries):
+            parts.append("," if i else "")
+            if inner is not None:
+                parts.append(inner)
+            if isinstance(value, dict):
+                parts.append(encode_basestring(key))
+                parts.append(": " if inner is not None else ":")
+                sub = key if path == "$" else f"{path}.{key}"
+            else:
+                sub = f"{path}[{key}]"
+            _write(item, parts, sub, inner, step)
+        if newline is not None:
+            parts.append(newline)
+        parts.append(closing)
     elif value is None:
         parts.append("null")
     elif isinstance(value, bool):

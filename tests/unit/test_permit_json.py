@@ -88,6 +88,22 @@ def test_output_is_compact_utf8_in_model_field_order():
     assert text.startswith('{"number":')
 
 
+def test_indented_output_is_the_same_json():
+    p = replace(sample(), special_conditions=())
+    pretty = permit_to_json(p, indent=2)
+    assert pretty.startswith(b'{\n  "number": ')
+    assert b'\n    "address": {\n      "street": ' in pretty
+    assert json.loads(pretty, parse_float=Decimal) == json.loads(permit_to_json(p), parse_float=Decimal)
+    assert permit_from_json(pretty) == p
+    # what the standard library would print, Decimal aside
+    assert pretty.decode() == json.dumps(json.loads(pretty), indent=2, ensure_ascii=False)
+
+
+def test_a_dict_dumped_with_default_str_reads_back():
+    p = sample()
+    assert permit_from_json(json.dumps(permit_to_dict(p), default=str).encode()) == p
+
+
 def test_decimals_are_written_exactly_as_json_numbers():
     item = sample().items[0]
     p = replace(
