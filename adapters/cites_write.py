@@ -35,6 +35,9 @@ Mapping decisions (the reader in ``adapters.cites_read`` uses the same ones):
   UnitQuantity/@unitCode, OccurrenceLogisticsLocation/Name) for each endorsed line of that item;
   box 11a ApplicableCrossBorderRegulatoryProcedure/UsedToDateQuotaQuantity, AnnualQuotaQuantity
   with the item's unit as unitCode.
+* Endorsed quantities sit inside their items, so EPT v2 does not carry the order of
+  ``Endorsement.lines`` across items: a reader gets them back in item order. A line naming an
+  item the permit does not have cannot be placed and is refused (PERMIT_INVALID).
 * box 14/15 consignment level: C/TransportContractReferencedDocument/ID (bill of lading or air
   waybill) and C/ExaminationTransportEvent with ActualOccurrenceDateTime, OccurrenceLogisticsLocation/Name
   (port) and CertifyingTradeParty/Name (officer).
