@@ -410,3 +410,33 @@ def test_schema_fields_match_the_model(schema, cls):
     required = [f.name for f in fields if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
     assert node.get("required", []) == required
     assert node["additionalProperties"] is False
+
+
+# --- docs/PERMIT-JSON.md stays true --------------------------------------------------------------------
+
+DOC_PATH = SCHEMA_PATH.parents[1] / "docs" / "PERMIT-JSON.md"
+
+
+def _doc_example() -> str:
+    blocks = re.findall(r"```json\n(.*?)```", DOC_PATH.read_text(encoding="utf-8"), flags=re.S)
+    return next(b for b in blocks if b.startswith('{\n  "number"'))
+
+
+def test_the_documented_example_reads_is_written_back_identically_and_breaks_no_rule():
+    from domain.rules import validate
+
+    example = _doc_example()
+    permit = permit_from_json(example.encode())
+    assert permit_to_json(permit, indent=2).decode() + "\n" == example
+    assert validate(permit) == []
+
+
+def test_the_docs_name_every_field_and_every_rule():
+    from domain.rules import RULES
+
+    doc = DOC_PATH.read_text(encoding="utf-8")
+    for cls in [Permit, *_DEF_OF]:
+        for f in dataclasses.fields(cls):
+            assert f"`{f.name}`" in doc, (cls.__name__, f.name)
+    for code in RULES:
+        assert f"| `{code}` | {RULES[code].severity.value} |" in doc, code
