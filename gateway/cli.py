@@ -70,6 +70,27 @@ def cmd_keys_init(args) -> int:
     return EXIT_OK
 
 
+def cmd_keys_test_pki(args) -> int:
+    """A throwaway CA and one CA-issued key per party: for the demo, compose and tests, never production."""
+    from keys.pki import Algorithm, cert_to_pem, make_test_ca
+    from keys.store import KeyStore
+
+    root = Path(args.dir)
+    certs = root / "certs"
+    certs.mkdir(parents=True, exist_ok=True)
+    ca = make_test_ca("EPIX test CA")
+    (root / "ca.pem").write_bytes(cert_to_pem(ca.certificate))
+    for party in [p.strip() for p in args.parties.split(",") if p.strip()]:
+        store = KeyStore(root / party)
+        if store.has_party(party):
+            print(f"{party}: key exists, kept")
+        else:
+            paths = store.init_party(party, Algorithm.parse(args.algorithm), ca=ca)
+            print(f"{party}: key {paths.key}")
+        (certs / f"{party}.pem").write_bytes(store.paths(party).cert.read_bytes())
+    return EXIT_OK
+
+
 def cmd_to_xml(args) -> int:
     from adapters.cites_write import permit_to_xml
 
@@ -157,6 +178,12 @@ def build_parser() -> argparse.ArgumentParser:
     init.add_argument("--dir", required=True, help="key directory (kept out of the repository)")
     init.add_argument("--passphrase-env", help="encrypt the private key with the passphrase in this environment variable")
     init.set_defaults(func=cmd_keys_init)
+
+    pki = keys.add_parser("test-pki", help="a throwaway test CA and a key per party (demo and tests only)")
+    pki.add_argument("--parties", required=True, help="comma-separated party ids, e.g. CH,FR")
+    pki.add_argument("--algorithm", choices=["rsa2048", "rsa3072", "p256"], default="rsa2048")
+    pki.add_argument("--dir", required=True)
+    pki.set_defaults(func=cmd_keys_test_pki)
 
     permit = sub.add_parser("permit", help="convert, validate, sign and verify permits").add_subparsers(
         dest="permit_command", required=True, metavar="SUBCOMMAND"
