@@ -242,6 +242,23 @@ async def test_idempotency_key_reused_for_another_request_is_refused(store):
     assert await store.get_permit_versions("CH", "CH-2026-0002") == []  # nothing of it was kept
 
 
+async def test_a_refused_write_among_concurrent_ones_leaves_no_trace_and_spares_the_others(store):
+    await accept(store, permit("P-HELD"))
+    # On SQLite these are committed together in one transaction: the conflict must be undone alone.
+    results = await asyncio.gather(
+        *(accept(store, permit(f"P-{i}")) for i in range(5)),
+        accept(store, permit("P-HELD", xml=b"<other/>")),
+        *(accept(store, permit(f"P-{i}")) for i in range(5, 10)),
+        return_exceptions=True,
+    )
+
+    refused = [r for r in results if isinstance(r, EpixError)]
+    assert [e.code for e in refused] == [ErrorCode.VERSION_CONFLICT]
+    assert await store.counts_by_status() == {"SEND_ENQUEUED": 11}
+    for i in range(10):
+        assert len(await store.get_permit_versions("CH", f"P-{i}")) == 1
+
+
 async def test_accept_refuses_messages_about_another_permit(store):
     other = message(permit("CH-OTHER"))
     with pytest.raises(EpixError) as caught:
