@@ -147,6 +147,8 @@ _TYPE_NAMES = MappingProxyType(
 
 def validate(permit: Permit, *, today: date | None = None) -> list[Problem]:
     """Every problem of ``permit``; an empty list means acceptable. Time checks need ``today``."""
+    if isinstance(today, datetime):  # a datetime is a date too, but does not compare with one
+        today = today.date()
     out: list[Problem] = []
     _header(permit, out)
     _dates(permit, out, today)
@@ -192,11 +194,16 @@ def _report(out: list[Problem], code: str, path: str, message: str) -> None:
     out.append(Problem(code, path, message, RULES[code].severity))
 
 
+def _blank(value: object) -> bool:
+    """Whether a required text is absent: None, empty or only spaces."""
+    return value is None or (isinstance(value, str) and not value.strip())
+
+
 def _code(out: list[Problem], value: object, allowed: frozenset[str], path: str, what: str, unknown: str) -> bool:
     """Whether ``value`` is in ``allowed``; reports a missing or unknown code otherwise."""
-    if value in allowed:
+    if isinstance(value, str) and value in allowed:
         return True
-    if not value:
+    if _blank(value):
         _report(out, "MISSING_REQUIRED", path, f"{what} is missing.")
     else:
         hint = " (codes are written in capitals)" if isinstance(value, str) and value.upper() in allowed else ""
@@ -207,13 +214,13 @@ def _code(out: list[Problem], value: object, allowed: frozenset[str], path: str,
 
 
 def _country(out: list[Problem], value: str | None, path: str, what: str, *, required: bool) -> None:
-    if value in _COUNTRIES:
+    if isinstance(value, str) and value in _COUNTRIES:
         return
-    if not value:
+    if _blank(value):
         if required:
             _report(out, "MISSING_REQUIRED", path, f"{what} is missing.")
         return
-    if value in _USER_COUNTRIES:
+    if isinstance(value, str) and value in _USER_COUNTRIES:
         _report(
             out,
             "USER_ASSIGNED_COUNTRY",
@@ -254,12 +261,12 @@ def _quantity_ok(value: object) -> bool:
 
 
 def _header(permit: Permit, out: list[Problem]) -> None:
-    if not permit.number:
+    if _blank(permit.number):
         _report(out, "MISSING_REQUIRED", "number", "Box 1: the permit number is missing.")
     _code(out, permit.type, _DOC_TYPES, "type", "Box 1: the document type", "UNKNOWN_DOCUMENT_TYPE")
     _code(out, permit.purpose, _PURPOSES, "purpose", "Box 5a: the purpose of the transaction", "UNKNOWN_PURPOSE")
     authority = permit.authority
-    if authority is None or not authority.name:
+    if authority is None or _blank(authority.name):
         _report(out, "MISSING_REQUIRED", "authority.name", "Box 6: the name of the issuing Management Authority is missing.")
     _country(
         out,
@@ -337,7 +344,7 @@ def _dates(permit: Permit, out: list[Problem], today: date | None) -> None:
 
 
 def _party_country(out: list[Problem], party: Party | None, path: str, box: str) -> str | None:
-    if party is None or not party.name:
+    if party is None or _blank(party.name):
         _report(out, "MISSING_REQUIRED", f"{path}.name", f"{box}: the name is missing.")
     country = party.address.country if party is not None else None
     _country(out, country, f"{path}.address.country", f"{box}: the country", required=True)
@@ -392,13 +399,13 @@ def _items(permit: Permit, out: list[Problem]) -> dict[str, object]:
     for i, item in enumerate(items):
         p = f"items[{i}]"
         label = f"Item {item.id}" if item.id else f"Item {i + 1}"
-        if not item.id:
+        if _blank(item.id):
             _report(out, "MISSING_REQUIRED", f"{p}.id", f"{label}: the item letter is missing.")
         elif item.id in by_id:
             _report(out, "DUPLICATE_ITEM_ID", f"{p}.id", f"{label}: another item has the same letter {item.id!r}.")
         else:
             by_id[item.id] = item
-        if not item.scientific_name:
+        if _blank(item.scientific_name):
             _report(out, "MISSING_REQUIRED", f"{p}.scientific_name", f"{label}, box 7/8: the scientific name is missing.")
         _term(out, item.term, f"{p}.term", label)
         appendix_ok = _code(out, item.appendix, _APPENDICES, f"{p}.appendix", f"{label}, box 10: the Appendix", "UNKNOWN_APPENDIX")
@@ -430,7 +437,7 @@ def _items(permit: Permit, out: list[Problem]) -> dict[str, object]:
 
 
 def _term(out: list[Problem], value: str, path: str, label: str) -> None:
-    if value in _TERMS:
+    if isinstance(value, str) and value in _TERMS:
         return
     old = _OLD_TERMS.get(value) if isinstance(value, str) else None
     if old is not None:
@@ -446,7 +453,7 @@ def _term(out: list[Problem], value: str, path: str, label: str) -> None:
 
 
 def _unit(out: list[Problem], value: str, path: str, label: str) -> None:
-    if value in _UNITS:
+    if isinstance(value, str) and value in _UNITS:
         return
     old = _OLD_UNITS.get(value) if isinstance(value, str) else None
     if old is not None:
@@ -458,7 +465,7 @@ def _unit(out: list[Problem], value: str, path: str, label: str) -> None:
             f"{label}, box 11: the unit {value!r} ({old.description}) is no longer in the CITES Guidelines{instead}.",
         )
         return
-    if not value:
+    if _blank(value):
         _report(
             out,
             "MISSING_REQUIRED",
@@ -531,7 +538,7 @@ def _reexport_origin(out: list[Problem], item, p: str, label: str) -> None:
 
 def _endorsement(permit: Permit, by_id: dict, out: list[Problem]) -> None:
     e = permit.endorsement
-    if not e.port:
+    if _blank(e.port):
         _report(out, "MISSING_REQUIRED", "endorsement.port", "Box 14: the port of export or import is missing.")
     when = _moment(out, e.date, "endorsement.date", "Box 14: the date of the endorsement")
     start, end = permit.valid_from, permit.valid_until

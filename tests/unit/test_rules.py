@@ -8,12 +8,14 @@ from datetime import date, datetime, timedelta, timezone
 from decimal import Decimal
 
 import pytest
+from hypothesis import given, settings
 
 from domain import rules
 from domain.errors import EpixError, ErrorCode
 from domain.model import Address, DocumentRef, EndorsedLine, Endorsement, LineItem, Party, Permit
 from domain.rules import Problem, Severity, add_months, ensure_valid, errors, has_errors, validate, warnings
 from simulators.samples import make_permit
+from tests.strategies import permits
 
 CET = timezone(timedelta(hours=1))
 ISSUED = datetime(2025, 1, 15, 10, 0, tzinfo=CET)
@@ -482,3 +484,31 @@ def test_sample_permits_have_no_errors(kind):
 
 def test_sample_fixture_is_clean(sample_permit):
     assert validate(sample_permit) == []
+
+
+def test_blank_text_counts_as_missing():
+    problems = validate(permit(number="  ", exporter=party(" ", "CH"), items=(item(scientific_name="\t", unit=" "),)))
+    assert sorted(p.path for p in problems if p.code == "MISSING_REQUIRED") == [
+        "exporter.name",
+        "items[0].scientific_name",
+        "items[0].unit",
+        "number",
+    ]
+
+
+def test_values_of_the_wrong_type_are_reported_not_raised():
+    problems = validate(permit(purpose=["T"], items=(item(term=7, unit=None, appendix=("I",)),)))
+    assert {"UNKNOWN_PURPOSE", "UNKNOWN_TERM", "UNKNOWN_APPENDIX", "MISSING_REQUIRED"} <= set(codes_of(problems))
+
+
+def test_today_may_be_given_as_a_datetime():
+    assert "PERMIT_EXPIRED" in codes_of(validate(permit(), today=datetime(2025, 8, 1, 12, tzinfo=CET)))
+
+
+@settings(max_examples=300)
+@given(permits())
+def test_any_permit_gets_a_list_of_catalogued_problems_never_an_exception(p):
+    problems = validate(p, today=date(2030, 1, 1))
+    for problem in problems:
+        assert problem.code in rules.RULES and problem.message.endswith(".")
+        assert problem.severity is rules.RULES[problem.code].severity
