@@ -28,7 +28,7 @@ import json
 import re
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from decimal import Decimal, InvalidOperation
+from decimal import Decimal
 from json.encoder import encode_basestring  # the C-accelerated string escaper json.dumps uses
 from typing import Any
 
@@ -40,8 +40,10 @@ MAX_JSON_BYTES = 1_000_000  # a 50-item permit is ~40 kB; this leaves room and c
 MAX_DIGITS = 30  # significant digits of a quantity
 MAX_EXPONENT = 30  # |adjusted exponent| of a quantity: 1e-30 .. 1e30 covers grams to tonnes of anything
 
-_DATETIME = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}(?::\d{2}(?:\.\d{1,6})?)?(?:Z|[+-]\d{2}:\d{2})")
-_NUMBER = re.compile(r"-?(?:0|[1-9]\d*)(?:\.\d+)?(?:[eE][+-]?\d+)?")
+# ASCII digits only: Decimal() and fromisoformat() would also take other scripts' digits.
+_DATETIME = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}(?::\d{2}(?:\.\d{1,6})?)?(?:Z|[+-]\d{2}:\d{2})", re.ASCII)
+_DATE_ONLY = re.compile(r"\d{4}-\d{2}-\d{2}", re.ASCII)
+_NUMBER = re.compile(r"-?(?:0|[1-9]\d*)(?:\.\d+)?(?:[eE][+-]?\d+)?", re.ASCII)
 
 
 # --- the field table, derived from the model -------------------------------------------------------
@@ -312,7 +314,7 @@ def _read_datetime(raw: Any, path: str) -> datetime:
     if not isinstance(raw, str):
         raise _bad(path, f"{path} must be a date and time as an ISO 8601 string, not {_json_type(raw)}.")
     if not _DATETIME.fullmatch(raw):
-        hint = " a date alone is not enough," if re.fullmatch(r"\d{4}-\d{2}-\d{2}", raw) else ""
+        hint = " a date alone is not enough," if _DATE_ONLY.fullmatch(raw) else ""
         raise _bad(
             path,
             f"{path} must be a date and time with a UTC offset, e.g. 2025-01-15T10:00:00+01:00;{hint} got {raw[:40]!r}.",

@@ -201,6 +201,8 @@ def test_text_may_be_given_as_str():
         (lambda d: d.__setitem__("special_conditions", "one"), "special_conditions", "array"),
         (lambda d: d.__setitem__("special_conditions", [1]), "special_conditions[0]", "string"),
         (lambda d: d.__setitem__("signed_by", "\ud800"), "signed_by", "surrogate"),
+        (lambda d: d["items"][0].__setitem__("quantity", "\u0661\u0662"), "items[0].quantity", "not one"),
+        (lambda d: d.__setitem__("issue_date", "\u0662026-03-01T10:00:00Z"), "issue_date", "UTC offset"),
     ],
 )
 def test_bad_fields_are_refused_naming_the_field(mutate, path, words):
