@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
 import sys
 from pathlib import Path
@@ -99,10 +98,9 @@ def cmd_to_xml(args) -> int:
 
 
 def cmd_to_json(args) -> int:
-    from adapters.permit_json import permit_to_dict
+    from adapters.permit_json import permit_to_json
 
-    permit = _load_permit(_read(args.file))
-    _write(json.dumps(permit_to_dict(permit), indent=2, ensure_ascii=False).encode("utf-8"), args.output)
+    _write(permit_to_json(_load_permit(_read(args.file)), indent=2), args.output)
     return EXIT_OK
 
 

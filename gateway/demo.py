@@ -21,7 +21,7 @@ from pathlib import Path
 
 import aiohttp
 
-from adapters.permit_json import permit_to_dict
+from adapters.permit_json import permit_to_dict, permit_to_json
 from domain.messages import Direction, MessageStatus
 from gateway import appkeys
 from gateway.logs import configure_logging
@@ -67,7 +67,7 @@ async def _ma_system(party: str, net: Network, http, rng: random.Random, count: 
     others = [p for p in PARTIES if p != party]
     for i in range(count):
         permit = make_permit(rng, issuer=party, importer_country=rng.choice(others), number=f"{party}26-{i:05d}")
-        body = json.dumps(permit_to_dict(permit), default=str).encode()
+        body = permit_to_json(permit)
         status, answer = await _post(http, f"{node.url}/v1/permits", node.ma_token, body, key=f"{party}-{i}", tally=tally)
         if status == 202:
             tally.accepted += 1
@@ -88,7 +88,7 @@ async def _ma_system(party: str, net: Network, http, rng: random.Random, count: 
                     rng, issuer=party, importer_country=permit.importer.address.country, number=f"{party}26-{i:05d}R", replaces=permit.number
                 )
                 status, answer = await _post(
-                    http, f"{node.url}/v1/permits", node.ma_token, json.dumps(permit_to_dict(replacement), default=str).encode(), key=f"{party}-{i}R", tally=tally
+                    http, f"{node.url}/v1/permits", node.ma_token, permit_to_json(replacement), key=f"{party}-{i}R", tally=tally
                 )
                 tally.replacements += status == 202
         else:

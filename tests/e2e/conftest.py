@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import random
 import time
 
 import aiohttp
 import pytest
 
-from adapters.permit_json import permit_to_dict
+from adapters.permit_json import permit_to_json
 from domain.messages import MessageStatus
 from gateway import appkeys
 from simulators.network import GatewayProcess, Network, build_network
@@ -50,7 +49,7 @@ class Cluster:
         if key:
             headers["Idempotency-Key"] = key
         async with self.http.post(
-            f"{self.url(party)}/v1/permits", data=json.dumps(permit_to_dict(permit), default=str), headers={**headers, "Content-Type": "application/json"}
+            f"{self.url(party)}/v1/permits", data=permit_to_json(permit), headers={**headers, "Content-Type": "application/json"}
         ) as resp:
             return resp.status, await resp.json()
 
