@@ -1,0 +1,77 @@
+"""``python -m bench [stages|e2e|all] [--quick] [--json PATH]``: the project's own benchmark.
+
+Prints a table per benchmark and writes its JSON to ``bench/results/<name>.json`` (or to
+``--json``; with ``all`` and ``--json``, the path gets ``-stages`` / ``-e2e`` before its suffix).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import sys
+import time
+from pathlib import Path
+
+from bench import e2e, stages
+from bench.measure import FULL, QUICK
+from bench.report import default_json_path, write_json
+
+
+def _json_path(name: str, given: Path | None, several: bool) -> Path:
+    if given is None:
+        return default_json_path(name)
+    if several:
+        return given.with_name(f"{given.stem}-{name}{given.suffix or '.json'}")
+    return given
+
+
+def _log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m bench",
+        description="Benchmarks of epix-gateway: pipeline stages against the raw-crypto floor, and end-to-end exchanges.",
+    )
+    parser.add_argument(
+        "which",
+        nargs="?",
+        choices=("stages", "e2e", "all"),
+        default="all",
+        help="stages: one core per stage vs raw crypto (about 45 s); e2e: two gateways over HTTP, SQLite and PostgreSQL; all (default)",
+    )
+    parser.add_argument("--quick", action="store_true", help="a few seconds per benchmark: smoke numbers, not results")
+    parser.add_argument("--json", type=Path, metavar="PATH", help="where to write the JSON (default bench/results/<name>.json)")
+    parser.add_argument("-n", "--permits", type=int, help="e2e: permits per peak pass (default 1000, --quick 100)")
+    parser.add_argument("-c", "--concurrency", type=int, help="e2e: concurrent clients at peak (default 32, --quick 16)")
+    parser.add_argument(
+        "--pg",
+        default=os.environ.get("EPIX_TEST_PG_DSN", e2e.DEFAULT_PG_DSN),
+        help="e2e: PostgreSQL DSN (schemas are created and dropped); 'none' skips PostgreSQL (default $EPIX_TEST_PG_DSN or %(default)s)",
+    )
+    args = parser.parse_args(argv)
+    names = ("stages", "e2e") if args.which == "all" else (args.which,)
+    failed = False
+    for name in names:
+        started = time.perf_counter()
+        _log(f"{name}{' (quick)' if args.quick else ''} ...")
+        if name == "stages":
+            result = stages.run(QUICK if args.quick else FULL, log=_log)
+            text = stages.render(result)
+        else:
+            settings = e2e.Settings.quick() if args.quick else e2e.Settings()
+            settings = settings.with_overrides(permits=args.permits, concurrency=args.concurrency, pg_dsn=None if args.pg == "none" else args.pg)
+            result = asyncio.run(e2e.run(settings, log=_log))
+            text = e2e.render(result)
+            failed = failed or bool(result.get("errors"))
+        result["elapsed_s"] = round(time.perf_counter() - started, 1)
+        print(text)
+        path = write_json(result, _json_path(name, args.json, len(names) > 1))
+        print(f"({result['elapsed_s']} s; JSON: {path})\n")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
