@@ -194,7 +194,8 @@ class Signer:
         value_b64 = base64.b64encode(self._signature_value(self._signed_info_head + digest_b64 + self._signed_info_tail))
         head, middle, tail = self._signature_parts
         signature = head + digest_b64 + middle + value_b64 + tail
-        end = _ROOT_END_TAG.search(data)
+        # Only the last end tag can be the root's; matching there alone keeps this O(1).
+        end = _ROOT_END_TAG.match(data, max(data.rfind(b"</"), 0))
         if end is not None and end.group(1).decode("utf-8") == _qualified_name(root):
             # Inserting one element right before the root's end tag adds exactly what the
             # enveloped-signature transform removes again, so the digest above still holds.
