@@ -167,7 +167,11 @@ class PostgresStore(Store):
             self._pool = await asyncpg.create_pool(
                 self._dsn, min_size=self._min_size, max_size=self._max_size, server_settings=settings
             )
-        except (OSError, asyncpg.PostgresError) as e:
+        except (OSError, asyncpg.PostgresConnectionError) as e:
+            raise EpixError(
+                ErrorCode.STORE_UNAVAILABLE, f"PostgreSQL cannot be reached: {e}", schema=self.schema
+            ) from e
+        except asyncpg.PostgresError as e:  # unknown database, role refused, no right to create the schema
             raise EpixError(
                 ErrorCode.CONFIG_INVALID, f"The PostgreSQL database could not be opened: {e}", schema=self.schema
             ) from e
@@ -194,7 +198,7 @@ class PostgresStore(Store):
     @property
     def pool(self) -> asyncpg.Pool:
         if self._pool is None:
-            raise EpixError(ErrorCode.INTERNAL_ERROR, "The store is not open.")
+            raise EpixError(ErrorCode.STORE_UNAVAILABLE, "The store is not open (or already closed).")
         return self._pool
 
     # --- permits and outbound ----------------------------------------------------------------
@@ -413,4 +417,7 @@ class PostgresStore(Store):
         return {r[0]: r[1] for r in await self.pool.fetch(q.SELECT_COUNTS)}
 
     async def ping(self) -> None:
-        await self.pool.fetchval("SELECT 1")
+        try:
+            await self.pool.fetchval("SELECT 1")
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as e:
+            raise EpixError(ErrorCode.STORE_UNAVAILABLE, f"PostgreSQL does not answer: {e}") from e

@@ -21,6 +21,7 @@ second connection, which WAL lets run beside the writer.
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import sqlite3
 from collections.abc import Callable, Sequence
@@ -97,9 +98,11 @@ class _Connection:
             self._conn = self._connect()
         return fn(self._conn, *args)
 
+    def submit(self, fn: Callable[..., T], *args: Any) -> asyncio.Future[T]:
+        return asyncio.get_running_loop().run_in_executor(self._executor, self._call, fn, args)
+
     async def run(self, fn: Callable[..., T], *args: Any) -> T:
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._executor, self._call, fn, args)
+        return await self.submit(fn, *args)
 
     async def close(self) -> None:
         def _close(conn: sqlite3.Connection) -> None:
@@ -164,6 +167,30 @@ class _Outcome:
     value: Any
 
 
+@dataclass(frozen=True, slots=True, eq=False)
+class _Job:
+    fn: Callable[..., Any]
+    args: tuple[Any, ...]
+    done: asyncio.Future[Any]
+
+
+def _settle(batch: list[_Job], running: asyncio.Future[list[_Outcome]]) -> None:
+    if running.cancelled() or running.exception() is not None:
+        # The transaction as a whole failed (disk full, lock timeout): nothing of it was kept.
+        error = running.exception() if not running.cancelled() else None
+        failure = error or EpixError(ErrorCode.STORE_UNAVAILABLE, "The SQLite write was interrupted.")
+        outcomes = [_Outcome(False, failure)] * len(batch)
+    else:
+        outcomes = running.result()
+    for job, outcome in zip(batch, outcomes):
+        if job.done.done():  # its caller was cancelled after the write started; the write stands
+            continue
+        if outcome.ok:
+            job.done.set_result(outcome.value)
+        else:
+            job.done.set_exception(outcome.value)
+
+
 class SqliteStore(Store):
     def __init__(
         self,
@@ -188,15 +215,20 @@ class SqliteStore(Store):
         )
         self._reader = _Connection(self.path, (*common, "PRAGMA query_only = ON"), "reader")
         self._write_lock = asyncio.Lock()
-        self._queued: list[tuple[Callable[..., Any], tuple[Any, ...], asyncio.Future[Any]]] = []
+        self._queued: list[_Job] = []
 
     # --- lifecycle ---------------------------------------------------------------------------
 
     async def open(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        await self._writer.open()
-        await self._write(_migrate, _enc(self._clock()))
-        await self._reader.open()
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            await self._writer.open()
+            await self._write(_migrate, _enc(self._clock()))
+            await self._reader.open()
+        except (OSError, sqlite3.Error) as e:
+            raise EpixError(
+                ErrorCode.STORE_UNAVAILABLE, f"The SQLite database {self.path} could not be opened: {e}"
+            ) from e
 
     async def close(self) -> None:
         async with self._write_lock:
@@ -210,27 +242,23 @@ class SqliteStore(Store):
         queued so far in one transaction (see ``_run_batch``), so concurrent requests share fsyncs
         instead of waiting for one each.
         """
-        done: asyncio.Future[T] = asyncio.get_running_loop().create_future()
-        self._queued.append((fn, args, done))
-        async with self._write_lock:
-            if not done.done():
-                batch, self._queued = self._queued[:MAX_BATCH], self._queued[MAX_BATCH:]
-                try:
-                    outcomes = await self._writer.run(_run_batch, [(f, a) for f, a, _ in batch])
-                except BaseException as e:
-                    # The transaction as a whole failed (disk, lock timeout): nothing of it was kept.
-                    for _, _, waiting in batch:
-                        if not waiting.done():
-                            waiting.set_exception(e)
-                    raise
-                for (_, _, waiting), outcome in zip(batch, outcomes):
-                    if waiting.done():  # its caller was cancelled; the write itself stands
-                        continue
-                    if outcome.ok:
-                        waiting.set_result(outcome.value)
-                    else:
-                        waiting.set_exception(outcome.value)
-        return await done
+        job = _Job(fn, args, asyncio.get_running_loop().create_future())
+        self._queued.append(job)
+        try:
+            async with self._write_lock:
+                while not job.done.done():
+                    batch, self._queued = self._queued[:MAX_BATCH], self._queued[MAX_BATCH:]
+                    running = self._writer.submit(_run_batch, [(j.fn, j.args) for j in batch])
+                    # Settled by callback, not by this task: if this task is cancelled meanwhile,
+                    # the batch still finishes on its thread and every caller still hears of it.
+                    running.add_done_callback(functools.partial(_settle, batch))
+                    await asyncio.wait([running])
+        except asyncio.CancelledError:
+            if any(queued is job for queued in self._queued):
+                self._queued = [queued for queued in self._queued if queued is not job]  # never started
+            job.done.cancel()
+            raise
+        return await job.done
 
     async def _read(self, fn: Callable[..., T], *args: Any) -> T:
         return await self._reader.run(fn, *args)
@@ -374,7 +402,10 @@ class SqliteStore(Store):
         return {status: count for status, count in rows}
 
     async def ping(self) -> None:
-        await self._read(_fetchone, "SELECT 1", ())
+        try:
+            await self._read(_fetchone, "SELECT COUNT(*) FROM schema_migrations", ())
+        except (sqlite3.Error, RuntimeError) as e:  # RuntimeError: the connection's thread is shut down
+            raise EpixError(ErrorCode.STORE_UNAVAILABLE, f"The SQLite database {self.path} does not answer: {e}") from e
 
 
 # --- the functions below run on a connection's thread --------------------------------------------

@@ -671,9 +671,37 @@ async def test_sqlite_files_are_in_wal_mode(tmp_path):
         assert conn.execute("PRAGMA journal_mode").fetchone() == ("wal",)
 
 
-@pytest.mark.postgres
-async def test_postgres_unreachable_is_a_clear_configuration_error():
-    store = PostgresStore("postgresql://postgres@127.0.0.1:1/test")
+async def test_postgres_unreachable_is_store_unavailable():
+    store = PostgresStore("postgresql://postgres@127.0.0.1:1/test")  # nothing listens on port 1
     with pytest.raises(EpixError) as caught:
         await store.open()
+    assert caught.value.code is ErrorCode.STORE_UNAVAILABLE
+
+
+@pytest.mark.postgres
+async def test_postgres_unknown_database_is_a_configuration_error():
+    reason = await _pg_reachable()
+    if reason is not None:
+        if IN_CI:
+            pytest.fail(reason)
+        pytest.skip(reason)
+    dsn = PG_DSN.rsplit("/", 1)[0] + "/no_such_database_epix"
+    with pytest.raises(EpixError) as caught:
+        await PostgresStore(dsn).open()
     assert caught.value.code is ErrorCode.CONFIG_INVALID
+
+
+async def test_sqlite_in_an_unwritable_place_is_store_unavailable(tmp_path):
+    (tmp_path / "file").write_text("not a directory")
+    with pytest.raises(EpixError) as caught:
+        await SqliteStore(tmp_path / "file" / "epix.sqlite3").open()
+    assert caught.value.code is ErrorCode.STORE_UNAVAILABLE
+
+
+async def test_ping_after_close_is_store_unavailable(backend):
+    store = await backend()
+    await store.ping()
+    await store.close()
+    with pytest.raises(EpixError) as caught:
+        await store.ping()
+    assert caught.value.code is ErrorCode.STORE_UNAVAILABLE
