@@ -37,6 +37,7 @@ from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import aiohttp
+import structlog
 
 from adapters.permit_json import permit_to_dict
 from bench.measure import FULL, QUICK, Budget, Timings, measure
@@ -294,8 +295,31 @@ async def _pg_schemas(dsn: str, schemas: list[str], *, create: bool) -> None:
         await conn.close()
 
 
+async def _passes(kind: str, store, node, settings: Settings, log: Callable[[str], None]) -> dict[str, Any]:
+    """Warm-up, peak and paced passes against one running pair of gateways."""
+    url, token = node.url, node.ma_token
+    peak_subs = _submissions("P", settings.permits, 1)
+    paced_subs = _submissions("H", settings.paced_permits, 2)
+    connector = aiohttp.TCPConnector(limit=max(settings.concurrency, 64))
+    async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=60)) as http:
+        log(f"  {kind}: warm-up ({settings.warmup}) ...")
+        warm = await _pass("warm-up", store, http, url, token, _submissions("W", settings.warmup, 3), settings=settings, rate=None)
+        if warm["acknowledged"] != settings.warmup:
+            first = (warm["first_submit_errors"] or [f"statuses {warm['not_acknowledged'] or warm['final_counts']}"])[0]
+            return {"error": f"the warm-up exchanges were not all acknowledged ({str(first)[:300]})", "warm_up": warm}
+        log(f"  {kind}: peak, {settings.permits} permits, {settings.concurrency} clients ...")
+        peak = await _pass("peak", store, http, url, token, peak_subs, settings=settings, rate=None)
+        if not peak["throughput_per_s"]:
+            return {"error": "no message was acknowledged in the peak pass", "peak": peak}
+        half = peak["throughput_per_s"] / 2
+        log(f"  {kind}: paced, {settings.paced_permits} permits at {half:.1f}/s ...")
+        paced = await _pass("paced", store, http, url, token, paced_subs, settings=settings, rate=half)
+        return {"peak": peak, "paced": paced}
+
+
 async def run_store(kind: str, settings: Settings, floor: dict[str, Any], log: Callable[[str], None]) -> dict[str, Any]:
     from gateway import appkeys
+    from gateway.logs import configure_logging
     from simulators.network import GatewayProcess, build_network
 
     result: dict[str, Any] = {"store": kind}
@@ -313,40 +337,31 @@ async def run_store(kind: str, settings: Settings, floor: dict[str, Any], log: C
         store_urls = {p: _with_schema(settings.pg_dsn, s) for p, s in zip((SENDER, RECEIVER), schemas)}
         result["schemas"] = schemas
 
-    gateways = []
+    saved_logging = structlog.get_config()
     try:
-        with tempfile.TemporaryDirectory(prefix="epix-bench-") as tmp:
+        with tempfile.TemporaryDirectory(prefix="epix-bench-") as tmp, open(Path(tmp) / "gateways.log", "w", encoding="utf-8") as logfile:
+            # What an operator would run: INFO, JSON lines, to a file (not to the table on stdout).
+            configure_logging(level="INFO", json=True, stream=logfile)
             net = build_network(
                 Path(tmp) / "net",
                 (SENDER, RECEIVER),
                 store_urls=store_urls,
                 retry={"max_attempts": 8, "first_delay_s": 0.05, "factor": 2.0, "max_delay_s": 1.0},
             )
-            for party in (SENDER, RECEIVER):
-                gateways.append(await GatewayProcess(net[party].config()).start())
-            store = gateways[0].app[appkeys.STORE]
-            url, token = net[SENDER].url, net[SENDER].ma_token
-            peak_subs = _submissions("P", settings.permits, 1)
-            paced_subs = _submissions("H", settings.paced_permits, 2)
-            connector = aiohttp.TCPConnector(limit=max(settings.concurrency, 64))
-            async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=60)) as http:
-                log(f"  {kind}: warm-up ({settings.warmup}) ...")
-                warm = await _pass("warm-up", store, http, url, token, _submissions("W", settings.warmup, 3), settings=settings, rate=None)
-                if warm["acknowledged"] != settings.warmup:
-                    return {**result, "error": "the warm-up exchanges were not all acknowledged", "warm_up": warm}
-                log(f"  {kind}: peak, {settings.permits} permits, {settings.concurrency} clients ...")
-                peak = await _pass("peak", store, http, url, token, peak_subs, settings=settings, rate=None)
-                result["peak"] = peak
-                if not peak["throughput_per_s"]:
-                    return {**result, "error": "no message was acknowledged in the peak pass"}
-                half = peak["throughput_per_s"] / 2
-                log(f"  {kind}: paced, {settings.paced_permits} permits at {half:.1f}/s ...")
-                result["paced"] = await _pass("paced", store, http, url, token, paced_subs, settings=settings, rate=half)
+            gateways: list[GatewayProcess] = []
+            try:
+                for party in (SENDER, RECEIVER):
+                    gateways.append(await GatewayProcess(net[party].config()).start())
+                result.update(await _passes(kind, gateways[0].app[appkeys.STORE], net[SENDER], settings, log))
+            finally:
+                for gw in reversed(gateways):
+                    await gw.stop()
     finally:
-        for gw in reversed(gateways):
-            await gw.stop()
+        structlog.configure(**saved_logging)
         if schemas:
             await _pg_schemas(settings.pg_dsn, schemas, create=False)
+    if "error" in result:
+        return result
     peak_rate = result["peak"]["throughput_per_s"]
     result["ratio_to_floor"] = round(peak_rate / floor["floor_exchanges_per_s"], 3)
     p99 = result["paced"]["latency_ms"]["p99"]
@@ -375,6 +390,7 @@ async def run(settings: Settings = Settings(), *, log: Callable[[str], None] = p
             "throughput_per_s = acknowledged messages / (last ACKNOWLEDGED updated_at - first submission).",
             "latency_ms: client POST sent -> ACKNOWLEDGED updated_at in CH's store (same clock). "
             "store_latency_ms: message created_at -> ACKNOWLEDGED updated_at, both in CH's store.",
+            "The gateways log at INFO as JSON lines to a file in the run's temporary directory, as in production.",
             "paced pass: open loop at half the peak pass's throughput; its latency_ms.p99 is the latency target.",
             "Each exchange: CH builds and signs the permit, stores it with its outbox message, signs the envelope, POSTs it; "
             "FR verifies envelope and permit, validates, stores, signs a receipt; CH verifies the receipt.",
@@ -386,7 +402,7 @@ async def run(settings: Settings = Settings(), *, log: Callable[[str], None] = p
         try:
             out["stores"].append(await run_store(kind, settings, floor, log))
         except Exception as e:  # noqa: BLE001 -- report what failed and carry on with the next store
-            tb = traceback.format_exc(limit=6)
+            tb = traceback.format_exc(limit=-8)
             out["stores"].append({"store": kind, "error": f"{type(e).__name__}: {e}", "traceback": tb})
         entry = out["stores"][-1]
         if "error" in entry:
