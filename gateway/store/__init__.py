@@ -1,8 +1,8 @@
 """Durable state: permits, exchange messages with their history, and the delivery queue.
 
-``open_store(None, data_dir)`` gives the embedded SQLite store in the data directory;
-``open_store("postgresql://…", data_dir)`` the shared PostgreSQL one. Both implement ``Store``;
-nothing is connected until ``await store.open()`` (and ``await store.close()`` at the end).
+``await open_store(None, data_dir)`` gives the embedded SQLite store in the data directory,
+``await open_store("postgresql://…", data_dir)`` the shared PostgreSQL one, both opened (schema
+migrated); ``await store.close()`` at the end. ``store_for`` names the store without any I/O.
 """
 
 from __future__ import annotations
@@ -14,12 +14,12 @@ from domain.errors import EpixError, ErrorCode
 
 from .base import MessageEvent, MessageFilter, MessageRecord, PermitRecord, Store
 
-__all__ = ["MessageEvent", "MessageFilter", "MessageRecord", "PermitRecord", "Store", "open_store"]
+__all__ = ["MessageEvent", "MessageFilter", "MessageRecord", "PermitRecord", "Store", "open_store", "store_for"]
 
 SQLITE_FILE = "epix.sqlite3"
 
 
-def open_store(url: str | None, data_dir: Path, *, schema: str | None = None) -> Store:
+def store_for(url: str | None, data_dir: Path, *, schema: str | None = None) -> Store:
     """The store a URL names, not yet opened (no I/O happens here).
 
     - ``None`` or ``sqlite:`` → ``data_dir/epix.sqlite3``; ``sqlite:///abs/path.db`` → that file.
@@ -56,3 +56,9 @@ def open_store(url: str | None, data_dir: Path, *, schema: str | None = None) ->
         f"The database URL scheme {scheme!r} is not supported; use sqlite: or postgresql://.",
     )
 
+
+async def open_store(url: str | None, data_dir: Path, *, schema: str | None = None) -> Store:
+    """The store a URL names, opened: connected and its schema migrated."""
+    store = store_for(url, data_dir, schema=schema)
+    await store.open()
+    return store

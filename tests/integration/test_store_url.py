@@ -7,34 +7,43 @@ from pathlib import Path
 import pytest
 
 from domain.errors import EpixError, ErrorCode
-from gateway.store import open_store
+from gateway.store import open_store, store_for
 from gateway.store.postgres import PostgresStore
 from gateway.store.sqlite import SqliteStore
 
 
 def test_no_url_is_sqlite_in_the_data_directory(tmp_path):
-    store = open_store(None, tmp_path)
+    store = store_for(None, tmp_path)
     assert isinstance(store, SqliteStore)
     assert store.path == tmp_path / "epix.sqlite3"
     assert not store.path.exists()  # nothing happens before open()
 
 
 def test_sqlite_url_with_a_path_and_options(tmp_path):
-    assert open_store("sqlite:", tmp_path).path == tmp_path / "epix.sqlite3"
-    store = open_store(f"sqlite://{tmp_path}/other.db?synchronous=NORMAL", Path("/unused"))
+    assert store_for("sqlite:", tmp_path).path == tmp_path / "epix.sqlite3"
+    store = store_for(f"sqlite://{tmp_path}/other.db?synchronous=NORMAL", Path("/unused"))
     assert store.path == tmp_path / "other.db"
     with pytest.raises(EpixError) as caught:
-        open_store("sqlite:?synchronous=SOMETIMES", tmp_path)
+        store_for("sqlite:?synchronous=SOMETIMES", tmp_path)
     assert caught.value.code is ErrorCode.CONFIG_INVALID
 
 
 @pytest.mark.parametrize("scheme", ["postgresql", "postgres"])
 def test_postgres_url_takes_the_schema_out_of_the_dsn(tmp_path, scheme):
-    store = open_store(f"{scheme}://epix@db.example:5432/epix?schema=tenant_ch&sslmode=disable", tmp_path)
+    store = store_for(f"{scheme}://epix@db.example:5432/epix?schema=tenant_ch&sslmode=disable", tmp_path)
     assert isinstance(store, PostgresStore)
     assert store.schema == "tenant_ch"
     assert "schema=" not in store._dsn and "sslmode=disable" in store._dsn
-    assert open_store(f"{scheme}://h/db", tmp_path, schema="t_kw").schema == "t_kw"
+    assert store_for(f"{scheme}://h/db", tmp_path, schema="t_kw").schema == "t_kw"
+
+
+async def test_open_store_opens_it(tmp_path):
+    store = await open_store(None, tmp_path)
+    try:
+        await store.ping()
+        assert (tmp_path / "epix.sqlite3").exists()
+    finally:
+        await store.close()
 
 
 @pytest.mark.parametrize(
@@ -43,5 +52,5 @@ def test_postgres_url_takes_the_schema_out_of_the_dsn(tmp_path, scheme):
 )
 def test_unusable_urls_are_configuration_errors(tmp_path, url):
     with pytest.raises(EpixError) as caught:
-        open_store(url, tmp_path)
+        store_for(url, tmp_path)
     assert caught.value.code is ErrorCode.CONFIG_INVALID
