@@ -18,7 +18,7 @@ from gateway.config import Token
 from gateway.logs import get_logger
 
 log = get_logger("epix.http")
-PRINCIPAL: str = "principal"
+PRINCIPAL = web.RequestKey("principal", Token)
 PUBLIC_PREFIXES = ("/healthz", "/readyz", "/metrics", "/v1/openapi.json", "/exchange/")
 
 

@@ -136,8 +136,6 @@ class OutboundService:
             principal=principal.name if idempotency_key else None,
             request_hash=request_hash,
         )
-        if permit.replaces:
-            await self.store.set_permit_status(issuer, permit.replaces, "REPLACED", replaced_by=permit.number)
         self.wake()
         replayed = bool(stored) and {m.message_id for m in stored} != {m.message_id for m in messages}
         warnings = [p for p in problems if p.severity is rules.Severity.WARNING]

@@ -76,6 +76,7 @@ class MessageRecord:
     payload_digest: str | None
     created_at: datetime
     updated_at: datetime
+    payload: bytes | None = None  # the exact document delivered: a signed permit or cancellation
 
 
 @dataclass(frozen=True, slots=True)
@@ -138,6 +139,15 @@ def version_conflict(issuer: str, number: str, version: int) -> EpixError:
         issuer=issuer,
         number=number,
         version=version,
+    )
+
+
+def not_cancellable(issuer: str, number: str) -> EpixError:
+    return EpixError(
+        ErrorCode.CONFLICT,
+        f"Permit {issuer}/{number} is not a valid outbound permit any more (already cancelled or replaced).",
+        issuer=issuer,
+        number=number,
     )
 
 
@@ -240,6 +250,13 @@ class Store(ABC):
         used with another request hash raises IDEMPOTENCY_CONFLICT."""
 
     @abstractmethod
+    @abstractmethod
+    async def accept_cancellation(
+        self, issuer: str, number: str, messages: Sequence[MessageRecord], *, actor: str
+    ) -> list[MessageRecord]:
+        """Mark the outbound permit CANCELLED and enqueue the cancellation messages, in one
+        transaction; CONFLICT when it is not VALID (cancelled or replaced meanwhile)."""
+
     async def idempotency_lookup(self, principal: str, key: str) -> tuple[str, list[str]] | None:
         """(request_hash, message_ids) recorded for this principal's key, if any."""
 

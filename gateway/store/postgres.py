@@ -39,6 +39,7 @@ from .base import (
     check_outbound,
     check_page,
     idempotency_conflict,
+    not_cancellable,
     not_found,
     refused_transition,
     unknown_permit_status,
@@ -65,8 +66,9 @@ def _affected(status: str) -> int:
 _ARRAY_TYPES = (
     "text", "text", "text", "text", "text", "text", "text", "text", "text", "int4", "text", "int4",
     "timestamptz", "timestamptz", "text", "text", "text", "bytea", "text", "timestamptz",
-    "timestamptz", "timestamptz",
+    "timestamptz", "bytea", "timestamptz",
 )  # fmt: skip  -- q.message_values order: MESSAGE_COLUMNS, then due_at
+_NOW, _ACTOR = 13 + len(_ARRAY_TYPES), 14 + len(_ARRAY_TYPES)
 
 _ACCEPT = f"""
     WITH p AS (
@@ -79,7 +81,7 @@ _ACCEPT = f"""
         RETURNING message_id
     ), e AS (
         INSERT INTO message_events ({q.EVENT_COLUMNS})
-        SELECT message_id, 1, $35::timestamptz, 'SEND_ENQUEUED', $36::text, 'accepted', NULL FROM m
+        SELECT message_id, 1, ${_NOW}::timestamptz, 'SEND_ENQUEUED', ${_ACTOR}::text, 'accepted', NULL FROM m
     )
     SELECT EXISTS (SELECT 1 FROM p)
 """
@@ -228,9 +230,12 @@ class PostgresStore(Store):
         columns = list(zip(*(q.message_values(m, _enc) for m in held))) or [()] * len(_ARRAY_TYPES)
         args = (*q.permit_values(permit, _enc), *columns, as_utc(now), actor)
         async with self.pool.acquire() as conn:
-            if idempotency_key is None:
+            if idempotency_key is None and not permit.replaces:
                 # A single statement is its own transaction: no BEGIN/COMMIT round trips.
                 return await self._accept(conn, permit, held, args)
+            if idempotency_key is None:
+                async with conn.transaction():
+                    return await self._accept(conn, permit, held, args)
             key = (principal or "", idempotency_key)
             async with conn.transaction():
                 row = await conn.fetchrow(q.SELECT_IDEMPOTENCY, *key)
@@ -251,11 +256,30 @@ class PostgresStore(Store):
         self, conn: asyncpg.Connection, permit: PermitRecord, held: list[MessageRecord], args: tuple[Any, ...]
     ) -> list[MessageRecord]:
         if await conn.fetchval(_ACCEPT, *args):
+            if permit.replaces:
+                await conn.execute(
+                    q.MARK_REPLACED, permit.issuer, permit.replaces, permit.number, Direction.OUTBOUND.value
+                )
             return held
         version = (permit.issuer, permit.number, permit.version, Direction.OUTBOUND.value)
         if await conn.fetchval(q.SELECT_PERMIT_DIGEST, *version) != permit.digest:
             raise version_conflict(permit.issuer, permit.number, permit.version)
         return [q.message_from_row(r, _dec) for r in await conn.fetch(q.SELECT_VERSION_MESSAGES, *version)]
+
+    async def accept_cancellation(
+        self, issuer: str, number: str, messages: Sequence[MessageRecord], *, actor: str
+    ) -> list[MessageRecord]:
+        now = as_utc(self._clock())
+        held = [replace(m, next_attempt_at=as_utc(m.next_attempt_at or now), lease_until=None) for m in messages]
+        async with self.pool.acquire() as conn, conn.transaction():
+            if _affected(await conn.execute(q.MARK_CANCELLED, issuer, number, Direction.OUTBOUND.value)) == 0:
+                raise not_cancellable(issuer, number)
+            await conn.executemany(q.INSERT_MESSAGE, [q.message_values(m, _enc) for m in held])
+            await conn.executemany(
+                q.INSERT_EVENT,
+                [(m.message_id, 1, now, MessageStatus.SEND_ENQUEUED.value, actor, "accepted", None) for m in held],
+            )
+        return held
 
     @staticmethod
     async def _messages_by_ids(conn: asyncpg.Connection, ids: list[str]) -> list[MessageRecord]:
@@ -377,6 +401,8 @@ class PostgresStore(Store):
                         q.INSERT_EVENT, held.message_id, 1, as_utc(self._clock()), MessageStatus.RECEIVED.value,
                         actor, None, None,
                     )  # fmt: skip
+                    for sql, effect_args in q.inbound_effects(permit, held):
+                        await conn.execute(sql, *effect_args)
                     return True, held
             except asyncpg.UniqueViolationError:
                 # The same message id arrived twice at once and the other copy committed first.

@@ -81,6 +81,8 @@ _V1 = (
         via               TEXT,
         receipt           {blob},
         payload_digest    TEXT,
+        -- the exact document to deliver (outbound) or that was delivered (inbound), byte for byte
+        payload           {blob},
         -- seq of the newest event, so that appending one needs no MAX() over the history
         last_seq          INTEGER NOT NULL,
         created_at        {ts} NOT NULL,
@@ -190,7 +192,7 @@ PERMIT_COLUMNS = (
 MESSAGE_COLUMNS = (
     "message_id, conversation_id, direction, sender, receiver, document_type, action, issuer, "
     "number, version, status, attempts, next_attempt_at, lease_until, last_error_code, "
-    "last_error_detail, via, receipt, payload_digest, created_at, updated_at"
+    "last_error_detail, via, receipt, payload_digest, created_at, updated_at, payload"
 )
 EVENT_COLUMNS = "message_id, seq, at, status, actor, detail, error_code"
 
@@ -204,7 +206,7 @@ INSERT_PERMIT = f"""
 INSERT_MESSAGE = f"""
     INSERT INTO messages ({MESSAGE_COLUMNS}, due_at, last_seq)
     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20,
-            $21, $22, 1)
+            $21, $22, $23, 1)
 """
 INSERT_EVENT = f"INSERT INTO message_events ({EVENT_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7)"
 INSERT_IDEMPOTENCY = """
@@ -249,6 +251,16 @@ SELECT_INBOX = f"""
     SELECT {MESSAGE_COLUMNS} FROM messages
     WHERE status = 'RECEIVED' AND receiver = $1 AND direction = 'inbound'
     ORDER BY created_at, message_id LIMIT $2
+"""
+# The effects of a replacement or a cancellation on the permit they concern, in the same
+# transaction as the message that carries them.
+MARK_REPLACED = """
+    UPDATE permits SET status = 'REPLACED', replaced_by = $3
+    WHERE issuer = $1 AND number = $2 AND direction = $4 AND status = 'VALID'
+"""
+MARK_CANCELLED = """
+    UPDATE permits SET status = 'CANCELLED'
+    WHERE issuer = $1 AND number = $2 AND direction = $3 AND status = 'VALID'
 """
 SELECT_COUNTS = "SELECT status, COUNT(*) FROM messages GROUP BY status"
 SELECT_NEXT_DUE = "SELECT MIN(due_at) FROM messages WHERE due_at IS NOT NULL"
@@ -308,7 +320,7 @@ def message_values(m: MessageRecord, ts: Encode) -> tuple[Any, ...]:
         m.message_id, m.conversation_id, m.direction.value, m.sender, m.receiver, m.document_type,
         m.action.value, m.issuer, m.number, m.version, m.status.value, m.attempts,
         ts(m.next_attempt_at), ts(m.lease_until), m.last_error_code, m.last_error_detail, m.via,
-        m.receipt, m.payload_digest, ts(m.created_at), ts(m.updated_at), ts(due),
+        m.receipt, m.payload_digest, ts(m.created_at), ts(m.updated_at), m.payload, ts(due),
     )  # fmt: skip
 
 
@@ -327,7 +339,7 @@ def message_from_row(r: Any, ts: Decode) -> MessageRecord:
         status=MessageStatus(r[10]), attempts=r[11], next_attempt_at=ts(r[12]), lease_until=ts(r[13]),
         last_error_code=r[14], last_error_detail=r[15], via=r[16],
         receipt=None if r[17] is None else bytes(r[17]), payload_digest=r[18],
-        created_at=ts(r[19]), updated_at=ts(r[20]),
+        created_at=ts(r[19]), updated_at=ts(r[20]), payload=None if r[21] is None else bytes(r[21]),
     )  # fmt: skip
 
 
@@ -377,3 +389,13 @@ def list_query(
         sql += " WHERE " + " AND ".join(where)
     sql += f" ORDER BY created_at DESC, message_id DESC LIMIT ${len(args)}"
     return sql, args
+
+
+def inbound_effects(permit: PermitRecord | None, message: MessageRecord) -> list[tuple[str, tuple[Any, ...]]]:
+    """What a newly received message does to the permits already held (same transaction)."""
+    effects: list[tuple[str, tuple[Any, ...]]] = []
+    if message.action is Action.CANCEL:
+        effects.append((MARK_CANCELLED, (message.issuer, message.number, Direction.INBOUND.value)))
+    if permit is not None and permit.replaces:
+        effects.append((MARK_REPLACED, (permit.issuer, permit.replaces, permit.number, Direction.INBOUND.value)))
+    return effects

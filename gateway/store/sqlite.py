@@ -50,6 +50,7 @@ from .base import (
     check_outbound,
     check_page,
     idempotency_conflict,
+    not_cancellable,
     not_found,
     refused_transition,
     unknown_permit_status,
@@ -290,6 +291,13 @@ class SqliteStore(Store):
         key = None if idempotency_key is None else (principal or "", idempotency_key, request_hash or "")
         return await self._write(_accept, permit, held, actor, key, _enc(now))
 
+    async def accept_cancellation(
+        self, issuer: str, number: str, messages: Sequence[MessageRecord], *, actor: str
+    ) -> list[MessageRecord]:
+        now = self._clock()
+        held = [replace(m, next_attempt_at=as_utc(m.next_attempt_at or now), lease_until=None) for m in messages]
+        return await self._write(_accept_cancellation, issuer, number, held, actor, _enc(now))
+
     async def idempotency_lookup(self, principal: str, key: str) -> tuple[str, list[str]] | None:
         row = await self._read(_fetchone, _sql(q.SELECT_IDEMPOTENCY), (principal, key))
         return None if row is None else (row[0], json.loads(row[1]))
@@ -468,16 +476,33 @@ def _accept(
         ).fetchall()
         held = [q.message_from_row(r, _dec) for r in rows]
     else:
-        conn.executemany(_sql(q.INSERT_MESSAGE), [q.message_values(m, _enc) for m in messages])
-        conn.executemany(
-            _sql(q.INSERT_EVENT),
-            [(m.message_id, 1, now, MessageStatus.SEND_ENQUEUED.value, actor, "accepted", None) for m in messages],
-        )
+        _insert_outbound(conn, messages, actor, now)
+        if permit.replaces:
+            conn.execute(
+                _sql(q.MARK_REPLACED), (permit.issuer, permit.replaces, permit.number, Direction.OUTBOUND.value)
+            )
         held = messages
     if key is not None:
         ids = json.dumps([m.message_id for m in held])
         conn.execute(_sql(q.INSERT_IDEMPOTENCY), (*key, ids, now))
     return held
+
+
+def _insert_outbound(conn: sqlite3.Connection, messages: Sequence[MessageRecord], actor: str, now: str) -> None:
+    conn.executemany(_sql(q.INSERT_MESSAGE), [q.message_values(m, _enc) for m in messages])
+    conn.executemany(
+        _sql(q.INSERT_EVENT),
+        [(m.message_id, 1, now, MessageStatus.SEND_ENQUEUED.value, actor, "accepted", None) for m in messages],
+    )
+
+
+def _accept_cancellation(
+    conn: sqlite3.Connection, issuer: str, number: str, messages: list[MessageRecord], actor: str, now: str
+) -> list[MessageRecord]:
+    if conn.execute(_sql(q.MARK_CANCELLED), (issuer, number, Direction.OUTBOUND.value)).rowcount == 0:
+        raise not_cancellable(issuer, number)
+    _insert_outbound(conn, messages, actor, now)
+    return messages
 
 
 def _transition(
@@ -563,4 +588,6 @@ def _store_inbound(
         _sql(q.INSERT_EVENT),
         (message.message_id, 1, now, MessageStatus.RECEIVED.value, actor, None, None),
     )
+    for sql, args in q.inbound_effects(permit, message):
+        conn.execute(_sql(sql), args)
     return True, message
