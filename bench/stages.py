@@ -56,7 +56,7 @@ def _signed_info_and_value(signed: bytes) -> tuple[bytes, bytes]:
     return signed_info, value
 
 
-def _raw_crypto(key) -> tuple[Callable[[bytes], bytes], Callable[[bytes, bytes], None], Callable[[bytes], bytes]]:
+def raw_crypto(key) -> tuple[Callable[[bytes], bytes], Callable[[bytes, bytes], None], Callable[[bytes], bytes]]:
     """(sign, verify, as_der) straight on the key: the same primitives and parameters the signer uses.
 
     ``as_der`` turns an XML-DSig SignatureValue into what ``verify`` takes (ECDSA: r||s -> DER).
@@ -152,7 +152,7 @@ def run(budget: Budget = FULL, *, algorithms: tuple[Algorithm, ...] = ALGORITHMS
         cert = issue_party_certificate(ISSUER, key, ca=ca)
         signer = Signer(SigningIdentity.of(key, cert, ISSUER))
         verifier = Verifier(TrustStore.of({ISSUER: [cert]}))
-        raw_sign, raw_verify, as_der = _raw_crypto(key)
+        raw_sign, raw_verify, as_der = raw_crypto(key)
 
         signed = [signer.sign(d) for d in docs]
         signed_sizes[algorithm.value] = round(mean(map(len, signed)), 1)
