@@ -56,6 +56,7 @@ class DeliveryWorker:
         self._wake = asyncio.Event()
         self._slots = asyncio.Semaphore(config.delivery.concurrency)
         self._inflight: set[asyncio.Task] = set()
+        self._held: set[str] = set()  # claimed by this sender and not yet settled
 
     def wake(self) -> None:
         self._wake.set()
@@ -72,6 +73,22 @@ class DeliveryWorker:
                 task.cancel()
             if self._inflight:
                 await asyncio.gather(*self._inflight, return_exceptions=True)
+            await self._release_unfinished()
+
+    async def _release_unfinished(self) -> None:
+        """On a graceful stop, hand back what this sender still holds instead of letting its
+        lease run out, so that a restart (or another instance) takes it up at once."""
+        now = datetime.now(timezone.utc)
+        for message_id in list(self._held):
+            with contextlib.suppress(Exception):
+                await self.store.transition(
+                    message_id,
+                    MessageStatus.SEND_ENQUEUED,
+                    actor=self.actor,
+                    detail="sender stopped; released for another attempt",
+                    next_attempt_at=now,
+                )
+        self._held.clear()
 
     async def run_once(self) -> int:
         free = self.config.delivery.concurrency - len(self._inflight)
@@ -79,10 +96,20 @@ class DeliveryWorker:
             await asyncio.wait(self._inflight, return_when=asyncio.FIRST_COMPLETED)
             return 1
         now = datetime.now(timezone.utc)
-        batch = await self.store.claim_due(
-            limit=min(free, self.config.delivery.batch), lease_s=self.config.delivery.lease_s, now=now, actor=self.actor
+        claim = asyncio.ensure_future(
+            self.store.claim_due(
+                limit=min(free, self.config.delivery.batch), lease_s=self.config.delivery.lease_s, now=now, actor=self.actor
+            )
         )
+        try:
+            batch = await asyncio.shield(claim)
+        except asyncio.CancelledError:
+            # Stopping while a claim commits: remember what it took, so that it is released.
+            with contextlib.suppress(Exception):
+                self._held.update(m.message_id for m in await claim)
+            raise
         for message in batch:
+            self._held.add(message.message_id)
             task = asyncio.create_task(self._deliver_guarded(message))
             self._inflight.add(task)
             task.add_done_callback(self._inflight.discard)
@@ -103,6 +130,7 @@ class DeliveryWorker:
         )
         try:
             await self.deliver(message)
+            self._held.discard(message.message_id)
         except asyncio.CancelledError:
             raise
         except Exception:

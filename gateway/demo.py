@@ -13,6 +13,7 @@ import json
 import random
 import statistics
 import tempfile
+import textwrap
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -43,8 +44,11 @@ class Tally:
     issued: list[tuple[str, str]] = field(default_factory=list)  # (issuer, number)
 
 
+_T0 = time.monotonic()
+
+
 def _say(text: str) -> None:
-    print(text, flush=True)
+    print(f"[{time.monotonic() - _T0:6.2f}s] {text}", flush=True)
 
 
 async def _post(http: aiohttp.ClientSession, url: str, token: str, body: bytes, *, key: str | None, tally: Tally, content_type="application/json"):
@@ -199,12 +203,17 @@ def _table(summary: dict) -> str:
     line = "+" + "-" * (width + 2) + "+" + "-" * 44 + "+"
     out = [line]
     for name, value in rows:
-        out.append(f"| {name:<{width}} | {str(value):<42} |")
+        text = str(value)
+        chunks = textwrap.wrap(text, 42) or [""]
+        out.append(f"| {name:<{width}} | {chunks[0]:<42} |")
+        out += [f"| {'':<{width}} | {chunk:<42} |" for chunk in chunks[1:]]
     out.append(line)
     return "\n".join(out)
 
 
 async def run_demo(*, permits: int = 300, json_path: str | None = None, seed: int = 7, workdir: str | None = None) -> dict:
+    global _T0
+    _T0 = time.monotonic()
     configure_logging(level="ERROR")
     root = Path(workdir) if workdir else Path(tempfile.mkdtemp(prefix="epix-demo-"))
     _say(f"epix demo: building a test PKI and {len(PARTIES)} gateways in {root}")

@@ -136,7 +136,7 @@ class GatewayProcess:
 
     async def start(self) -> "GatewayProcess":
         self.app = create_app(self.config)
-        self._runner = web.AppRunner(self.app, access_log=None, handle_signals=False)
+        self._runner = web.AppRunner(self.app, access_log=None, handle_signals=False, shutdown_timeout=1.0)
         await self._runner.setup()
         site = web.TCPSite(self._runner, "127.0.0.1", self.config.port, reuse_address=True)
         await site.start()
