@@ -391,6 +391,8 @@ async def run(settings: Settings = Settings(), *, log: Callable[[str], None] = p
             "latency_ms: client POST sent -> ACKNOWLEDGED updated_at in CH's store (same clock). "
             "store_latency_ms: message created_at -> ACKNOWLEDGED updated_at, both in CH's store.",
             "The gateways log at INFO as JSON lines to a file in the run's temporary directory, as in production.",
+            "peak pass latencies include the backlog: when CH's API accepts faster than it delivers (compare accept_rate_per_s "
+            "with throughput_per_s) they measure queueing, not one exchange.",
             "paced pass: open loop at half the peak pass's throughput; its latency_ms.p99 is the latency target.",
             "Each exchange: CH builds and signs the permit, stores it with its outbox message, signs the envelope, POSTs it; "
             "FR verifies envelope and permit, validates, stores, signs a receipt; CH verifies the receipt.",
