@@ -14,6 +14,7 @@ from domain.messages import MessageStatus
 from gateway import appkeys
 from simulators.network import GatewayProcess, Network, build_network
 from simulators.samples import make_permit
+from tests.pg import PgSchema
 
 
 class Cluster:
@@ -72,15 +73,27 @@ class Cluster:
         raise AssertionError(f"message {message_id} on {party} is {m.status if m else None}, expected {statuses}")
 
 
-@pytest.fixture
-async def cluster(tmp_path):
+PARTIES = ("CH", "FR", "KE")
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+async def cluster(request, tmp_path):
+    """CH, FR and KE on 127.0.0.1, each on its own store: SQLite files, or PostgreSQL schemas."""
+    schemas = []
+    store_urls = None
+    if request.param == "postgres":
+        schemas = [PgSchema(f"e2e_{p.lower()}") for p in PARTIES]
+        for schema in schemas:
+            await schema.create()
+        store_urls = {p: s.url for p, s in zip(PARTIES, schemas)}
     net = build_network(
         tmp_path / "net",
-        ("CH", "FR", "KE"),
+        PARTIES,
+        store_urls=store_urls,
         retry={"max_attempts": 4, "first_delay_s": 0.1, "factor": 2.0, "max_delay_s": 0.5},
     )
     c = Cluster(net)
-    for party in ("CH", "FR", "KE"):
+    for party in PARTIES:
         await c.start(party)
     c.http = aiohttp.ClientSession()
     try:
@@ -89,6 +102,8 @@ async def cluster(tmp_path):
         await c.http.close()
         for party in list(c.gateways):
             await c.stop(party)
+        for schema in schemas:
+            await schema.drop()
 
 
 @pytest.fixture

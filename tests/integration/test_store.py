@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import os
 import sqlite3
 import subprocess
 import sys
@@ -26,7 +25,7 @@ from gateway.store.postgres import PostgresStore
 from gateway.store.sqlite import SqliteStore
 from tests.conftest import IN_CI
 
-PG_DSN = os.environ.get("EPIX_TEST_PG_DSN", "postgresql://postgres@127.0.0.1:5432/test")
+from tests.pg import PG_DSN, PgSchema, pg_unreachable_reason
 T0 = datetime(2026, 11, 23, 14, 0, 0, tzinfo=UTC)
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -47,42 +46,8 @@ class Clock:
 # --- backends ------------------------------------------------------------------------------------
 
 
-async def _pg_reachable() -> str | None:
-    try:
-        conn = await asyncpg.connect(PG_DSN, timeout=3)
-    except (OSError, asyncpg.PostgresError, asyncio.TimeoutError) as e:
-        return f"PostgreSQL at {PG_DSN} is not reachable ({e})"
-    await conn.close()
-    return None
-
-
-class PgSchema:
-    """A fresh schema for one test, dropped afterwards; several stores may share it."""
-
-    def __init__(self) -> None:
-        self.name = f"t_{uuid.uuid4().hex[:16]}"
-
-    async def create(self) -> None:
-        reason = await _pg_reachable()
-        if reason is not None:
-            if IN_CI:
-                pytest.fail(reason + " and CI=true requires it")
-            pytest.skip(reason)
-        conn = await asyncpg.connect(PG_DSN)
-        try:
-            await conn.execute(f"CREATE SCHEMA {self.name}")
-        finally:
-            await conn.close()
-
-    async def drop(self) -> None:
-        conn = await asyncpg.connect(PG_DSN)
-        try:
-            await conn.execute(f"DROP SCHEMA IF EXISTS {self.name} CASCADE")
-        finally:
-            await conn.close()
-
-    def store(self, clock: Clock, **kw) -> PostgresStore:
-        return PostgresStore(PG_DSN, schema=self.name, clock=clock, **kw)
+def _pg_store(pg: PgSchema, clock: Clock, **kw) -> PostgresStore:
+    return PostgresStore(PG_DSN, schema=pg.name, clock=clock, **kw)
 
 
 @pytest.fixture
@@ -105,7 +70,7 @@ async def backend(request, tmp_path, clock):
         await pg.create()
 
         def make(**kw) -> Store:
-            return pg.store(clock, **kw)
+            return _pg_store(pg, clock, **kw)
 
     async def open_one(**kw) -> Store:
         store = make(**kw)
@@ -680,7 +645,7 @@ async def test_postgres_unreachable_is_store_unavailable():
 
 @pytest.mark.postgres
 async def test_postgres_unknown_database_is_a_configuration_error():
-    reason = await _pg_reachable()
+    reason = await pg_unreachable_reason()
     if reason is not None:
         if IN_CI:
             pytest.fail(reason)
