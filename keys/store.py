@@ -21,6 +21,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
+from functools import lru_cache
 from pathlib import Path
 from typing import Iterable
 
@@ -46,6 +47,9 @@ from keys.pki import (
 )
 
 ANCHOR_DIR = "_ca"
+# Every verification looks its signer up by fingerprint; hashing the DER each time cost more than
+# the rest of the trust check. Equal certificates have equal fingerprints, so caching is exact.
+_fingerprint = lru_cache(maxsize=1024)(fingerprint)
 _SECOND = timedelta(seconds=1)  # the chain verifier treats the window's edges as outside it
 
 
@@ -327,7 +331,7 @@ class TrustStore:
         ``CERT_EXPIRED`` / ``CERT_NOT_YET_VALID``.
         """
         at = at or _now()
-        fp = fingerprint(cert)
+        fp = _fingerprint(cert)
         party = self._owner.get(fp)
         if party is not None and (expected_party is None or party == expected_party):
             check_validity(cert, at)
