@@ -63,6 +63,7 @@ class ErrorCode(Enum):
     VERSION_CONFLICT = _Spec(409, "This permit number and version is already held with other content.")
     NOT_FOUND = _Spec(404, "Nothing is known under that identifier.")
     CONFLICT = _Spec(409, "The request conflicts with the current state.")
+    QUANTITY_EXCEEDED = _Spec(409, "The write-off would take more than a permit line has left; nothing was written.")
     PAYLOAD_TOO_LARGE = _Spec(413, "The request body is larger than the gateway accepts.")
     # Delivery outcomes.
     PARTNER_UNAVAILABLE = _Spec(503, "The partner gateway could not be reached.", retryable=True)
