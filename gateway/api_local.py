@@ -51,6 +51,17 @@ def message_view(m: MessageRecord) -> dict:
     }
 
 
+async def inbox_item(store, m: MessageRecord) -> dict:
+    """What the local MA system gets for a received message: the message and, for a permit, its content."""
+    item = message_view(m)
+    versions = await store.get_permit_versions(m.issuer, m.number)
+    match = [v for v in versions if v.version == m.version and v.direction is Direction.INBOUND]
+    item["permit"] = json.loads(match[-1].permit_json) if match and m.action.value != "cancel" else None
+    item["permit_status"] = match[-1].status if match else None
+    item["ack_url"] = f"/v1/inbox/{m.message_id}/ack"
+    return item
+
+
 def _accepted_view(a: Accepted) -> dict:
     return {
         "issuer": a.issuer,
@@ -287,15 +298,7 @@ async def inbox(request: web.Request) -> web.Response:
     except ValueError:
         raise EpixError(ErrorCode.JSON_MALFORMED, "limit must be a whole number.") from None
     store = request.app[appkeys.STORE]
-    items = []
-    for m in await store.inbox(party, limit=limit):
-        item = message_view(m)
-        versions = await store.get_permit_versions(m.issuer, m.number)
-        match = [v for v in versions if v.version == m.version and v.direction is Direction.INBOUND]
-        item["permit"] = json.loads(match[-1].permit_json) if match else None
-        item["ack_url"] = f"/v1/inbox/{m.message_id}/ack"
-        items.append(item)
-    return _json({"messages": items})
+    return _json({"messages": [await inbox_item(store, m) for m in await store.inbox(party, limit=limit)]})
 
 
 @routes.post("/v1/inbox/{message_id}/ack")

@@ -35,6 +35,8 @@ def create_app(config: GatewayConfig, *, security: Security | None = None) -> we
     app[appkeys.CONFIG] = config
     app[appkeys.METRICS] = Metrics(config.party)
     app.cleanup_ctx.append(_resources(security))
+    if config.webhook.url:
+        app.cleanup_ctx.append(_webhook)
     app.add_routes(api_ops.routes)
     app.add_routes(api_local.routes)
     app.add_routes(api_exchange.routes)
@@ -76,3 +78,19 @@ def _resources(preloaded: Security | None):
             log.info("gateway.stopped", party=config.party)
 
     return resources
+
+
+async def _webhook(app: web.Application) -> AsyncIterator[None]:
+    """Pushes received permits to the MA system's webhook; runs after the resources it uses exist."""
+    from gateway.api_local import inbox_item
+    from gateway.webhook import WebhookNotifier
+
+    store = app[appkeys.STORE]
+    notifier = WebhookNotifier(app[appkeys.CONFIG], store, app[appkeys.HTTP], lambda m: inbox_item(store, m))
+    task = asyncio.create_task(notifier.run(), name="webhook")
+    try:
+        yield
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task

@@ -43,8 +43,11 @@ class DeliveryConfig:
 
 @dataclass(frozen=True, slots=True)
 class WebhookConfig:
+    """Push received permits to the local MA system (besides the inbox it can poll)."""
+
     url: str | None = None
     max_attempts: int = 5
+    secret: str | None = field(default=None, repr=False)  # HMAC key for the X-Epix-Signature header
 
 
 @dataclass(frozen=True, slots=True)
@@ -130,7 +133,13 @@ def parse_config(data: dict[str, Any], *, source: str = "config", base_dir: Path
         if passphrase is None:
             raise _bad(source, f"keys.passphrase_env names {keys['passphrase_env']}, which is not set.")
     delivery = DeliveryConfig(**data.get("delivery", {}))
-    webhook = WebhookConfig(**data.get("webhook", {}))
+    webhook_raw = dict(data.get("webhook", {}))
+    if "secret_env" in webhook_raw:
+        var = webhook_raw.pop("secret_env")
+        webhook_raw["secret"] = os.environ.get(var)
+        if webhook_raw["secret"] is None:
+            raise _bad(source, f"webhook.secret_env names {var}, which is not set.")
+    webhook = WebhookConfig(**webhook_raw)
     store_url = gw.get("store_url") or os.environ.get("EPIX_STORE_URL") or None
     return GatewayConfig(
         party=party,
