@@ -80,6 +80,16 @@ class MessageRecord:
 
 
 @dataclass(frozen=True, slots=True)
+class Unpublished:
+    """A queued outbound message that a broker has not confirmed since it was last queued."""
+
+    message_id: str
+    receiver: str
+    via: str | None
+    seq: int  # pass back to mark_published: a later re-queue has a higher seq and is published again
+
+
+@dataclass(frozen=True, slots=True)
 class MessageEvent:
     message_id: str
     seq: int
@@ -310,6 +320,16 @@ class Store(ABC):
     @abstractmethod
     async def next_due_at(self) -> datetime | None:
         """The earliest time an outbound message becomes due or a lease runs out."""
+
+    @abstractmethod
+    async def unpublished(self, *, limit: int) -> list[Unpublished]:
+        """For a message broker's outbox relay: SEND_ENQUEUED messages, oldest first, not
+        published since they were last queued (accepted, released, or retried by an operator)."""
+
+    @abstractmethod
+    async def mark_published(self, message_id: str, seq: int) -> None:
+        """The broker confirmed the message as it was at ``seq``; the relay leaves it alone until
+        it is queued again."""
 
     @abstractmethod
     async def store_inbound(

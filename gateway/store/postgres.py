@@ -33,6 +33,7 @@ from .base import (
     MessageRecord,
     PermitRecord,
     Store,
+    Unpublished,
     ack_inbox_via,
     as_utc,
     check_inbound,
@@ -374,6 +375,13 @@ class PostgresStore(Store):
 
     async def next_due_at(self) -> datetime | None:
         return await self.pool.fetchval(q.SELECT_NEXT_DUE)
+
+    async def unpublished(self, *, limit: int) -> list[Unpublished]:
+        rows = await self.pool.fetch(q.SELECT_UNPUBLISHED, limit)
+        return [Unpublished(r[0], r[1], r[2], r[3]) for r in rows]
+
+    async def mark_published(self, message_id: str, seq: int) -> None:
+        await self.pool.execute(q.MARK_PUBLISHED, message_id, seq)
 
     # --- inbound -----------------------------------------------------------------------------
 

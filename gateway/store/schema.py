@@ -154,7 +154,15 @@ _DIALECT_EXTRAS: dict[str, dict[int, tuple[str, ...]]] = {
     },
 }
 
-MIGRATIONS: tuple[Migration, ...] = (Migration(1, "permits, messages, append-only events, idempotency keys", _V1),)
+# The outbox relay's marker for a message broker (gateway.queue.rabbit): the last_seq at which the
+# message was last published and confirmed. A message in SEND_ENQUEUED whose last_seq is beyond it
+# (never published, or queued again since) is published once more; nothing else is.
+_V2 = ("ALTER TABLE messages ADD COLUMN published_seq INTEGER",)
+
+MIGRATIONS: tuple[Migration, ...] = (
+    Migration(1, "permits, messages, append-only events, idempotency keys", _V1),
+    Migration(2, "outbox relay marker: published_seq", _V2),
+)
 
 MIGRATIONS_TABLE = """
     CREATE TABLE IF NOT EXISTS schema_migrations (
@@ -264,6 +272,17 @@ MARK_CANCELLED = """
 """
 SELECT_COUNTS = "SELECT status, COUNT(*) FROM messages GROUP BY status"
 SELECT_NEXT_DUE = "SELECT MIN(due_at) FROM messages WHERE due_at IS NOT NULL"
+# The outbox relay: queued messages not published since they were last queued, and the marker.
+SELECT_UNPUBLISHED = """
+    SELECT message_id, receiver, via, last_seq FROM messages
+    WHERE status = 'SEND_ENQUEUED' AND direction = 'outbound'
+      AND (published_seq IS NULL OR published_seq < last_seq)
+    ORDER BY created_at, message_id LIMIT $1
+"""
+MARK_PUBLISHED = """
+    UPDATE messages SET published_seq = $2
+    WHERE message_id = $1 AND (published_seq IS NULL OR published_seq < $2)
+"""
 
 _WAITING = (MessageStatus.SEND_ENQUEUED, MessageStatus.WAITING_FOR_RETRY)
 

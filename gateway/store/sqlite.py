@@ -44,6 +44,7 @@ from .base import (
     MessageRecord,
     PermitRecord,
     Store,
+    Unpublished,
     ack_inbox_via,
     as_utc,
     check_inbound,
@@ -379,6 +380,13 @@ class SqliteStore(Store):
     async def next_due_at(self) -> datetime | None:
         row = await self._read(_fetchone, q.SELECT_NEXT_DUE, ())
         return _dec(row[0])
+
+    async def unpublished(self, *, limit: int) -> list[Unpublished]:
+        rows = await self._read(_fetchall, _sql(q.SELECT_UNPUBLISHED), (limit,))
+        return [Unpublished(r[0], r[1], r[2], r[3]) for r in rows]
+
+    async def mark_published(self, message_id: str, seq: int) -> None:
+        await self._write(_rowcount, _sql(q.MARK_PUBLISHED), (message_id, seq))
 
     # --- inbound -----------------------------------------------------------------------------
 

@@ -22,6 +22,7 @@ from domain.messages import Action, Direction, MessageStatus
 from gateway.store import MessageFilter, MessageRecord, PermitRecord, Store
 from gateway.store.base import LEASE_EXPIRED_DETAIL
 from gateway.store.postgres import PostgresStore
+from gateway.store.schema import MIGRATIONS
 from gateway.store.sqlite import SqliteStore
 from tests.conftest import IN_CI
 
@@ -575,7 +576,7 @@ async def test_opening_again_keeps_data_and_migrates_once(backend):
             rows = conn.execute("SELECT version FROM schema_migrations").fetchall()
     else:
         rows = await first.pool.fetch("SELECT version FROM schema_migrations")
-    assert [tuple(r) for r in rows] == [(1,)]
+    assert [tuple(r) for r in rows] == [(m.version,) for m in MIGRATIONS]
 
 
 _CRASHING_WRITER = """
