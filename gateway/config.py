@@ -83,6 +83,20 @@ def _bad(source: str, sentence: str) -> EpixError:
     return EpixError(ErrorCode.CONFIG_INVALID, f"{source}: {sentence}")
 
 
+_GATEWAY_KEYS = {
+    "party", "role", "host", "port", "data_dir", "store_url", "agreements", "replay_window_s",
+    "max_body_bytes", "start_delivery",
+}
+
+
+def _table(cls, raw: dict[str, Any], name: str, source: str):
+    try:
+        return cls(**raw)
+    except TypeError:
+        allowed = ", ".join(f for f in cls.__dataclass_fields__ if f != "secret")
+        raise _bad(source, f"[{name}] accepts {allowed}; got {', '.join(sorted(raw))}.") from None
+
+
 def _tokens(raw: list[dict[str, Any]], source: str) -> tuple[Token, ...]:
     tokens = []
     for i, t in enumerate(raw):
@@ -132,14 +146,17 @@ def parse_config(data: dict[str, Any], *, source: str = "config", base_dir: Path
         passphrase = os.environ.get(keys["passphrase_env"])
         if passphrase is None:
             raise _bad(source, f"keys.passphrase_env names {keys['passphrase_env']}, which is not set.")
-    delivery = DeliveryConfig(**data.get("delivery", {}))
+    unknown = set(gw) - _GATEWAY_KEYS
+    if unknown:
+        raise _bad(source, f"[gateway] has unknown setting(s) {', '.join(sorted(unknown))}.")
+    delivery = _table(DeliveryConfig, data.get("delivery", {}), "delivery", source)
     webhook_raw = dict(data.get("webhook", {}))
     if "secret_env" in webhook_raw:
         var = webhook_raw.pop("secret_env")
         webhook_raw["secret"] = os.environ.get(var)
         if webhook_raw["secret"] is None:
             raise _bad(source, f"webhook.secret_env names {var}, which is not set.")
-    webhook = WebhookConfig(**webhook_raw)
+    webhook = _table(WebhookConfig, webhook_raw, "webhook", source)
     store_url = gw.get("store_url") or os.environ.get("EPIX_STORE_URL") or None
     return GatewayConfig(
         party=party,

@@ -1,0 +1,141 @@
+"""Configuration and partner agreements: a bad entry stops start-up with a sentence naming it."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import pytest
+
+from domain.errors import EpixError, ErrorCode
+from domain.messages import Action
+from gateway.config import load_config, parse_config
+from routing.agreements import parse_agreements
+
+
+@pytest.fixture
+def cert(tmp_path) -> Path:
+    path = tmp_path / "fr.pem"
+    path.write_text("-----BEGIN CERTIFICATE-----\n-----END CERTIFICATE-----\n")
+    return path
+
+
+def _partner(cert: Path, **overrides) -> dict:
+    entry = {"party": "FR", "endpoint": "http://127.0.0.1:9", "certificates": [str(cert)]}
+    entry.update(overrides)
+    return entry
+
+
+def _refused(data: dict, *, own_party: str = "CH") -> str:
+    with pytest.raises(EpixError) as info:
+        parse_agreements(data, own_party=own_party, source="partners.toml")
+    assert info.value.code is ErrorCode.CONFIG_INVALID
+    return info.value.detail
+
+
+def test_a_valid_agreement_routes_direct_and_via_hub(cert):
+    agreements = parse_agreements(
+        {
+            "partner": [
+                _partner(cert),
+                {"party": "HUB-AF", "role": "hub", "endpoint": "http://127.0.0.1:10", "certificates": [str(cert)]},
+                {"party": "KE", "via": "HUB-AF", "certificates": [str(cert)], "actions": ["issue", "cancel"]},
+            ]
+        },
+        own_party="CH",
+    )
+    direct = agreements.route("FR", "CITESEPermit", Action.ISSUE)
+    assert direct.via is None and direct.next_hop.endpoint == "http://127.0.0.1:9"
+    hub = agreements.route("KE", "CITESEPermit", Action.CANCEL)
+    assert hub.via == "HUB-AF" and hub.next_hop.party == "HUB-AF"
+    with pytest.raises(EpixError) as info:
+        agreements.route("KE", "CITESEPermit", Action.REPLACE)
+    assert info.value.code is ErrorCode.NOT_AUTHORISED_FOR_DOCUMENT
+    with pytest.raises(EpixError) as info:
+        agreements.route("BR", "CITESEPermit", Action.ISSUE)
+    assert info.value.code is ErrorCode.UNKNOWN_PARTNER
+
+
+@pytest.mark.parametrize(
+    "overrides, words",
+    [
+        ({"colour": "blue"}, "unknown setting(s) colour"),
+        ({"party": "Narnia"}, "ISO 3166-1 alpha-2"),
+        ({"endpoint": "ftp://x"}, "http(s) URL"),
+        ({"role": "broker"}, "role must be one of"),
+        ({"delivery": "carrier-pigeon"}, "delivery must be"),
+        ({"documents": ["SPSCertificate"]}, "unknown document type"),
+        ({"actions": ["burn"]}, "actions are"),
+        ({"certificates": ["/no/such.pem"]}, "does not exist"),
+        ({"certificates": []}, "no pinned certificate"),
+        ({"retry": {"max_attempts": 0}}, "max_attempts >= 1"),
+        ({"retry": {"tries": 3}}, "retry accepts"),
+        ({"via": "HUB-X"}, "not a hub partner"),
+        ({"endpoint": None}, "needs an endpoint"),
+    ],
+)
+def test_each_bad_entry_is_named(cert, overrides, words):
+    entry = _partner(cert, **overrides)
+    if entry.get("endpoint") is None:
+        entry.pop("endpoint")
+    detail = _refused({"partner": [entry]})
+    assert words in detail
+    assert "partners.toml" in detail
+
+
+def test_duplicates_and_self_are_refused(cert):
+    assert "listed twice" in _refused({"partner": [_partner(cert), _partner(cert)]})
+    assert "this gateway itself" in _refused({"partner": [_partner(cert, party="CH")]})
+
+
+def test_config_tokens_are_hashed_and_scoped(cert, monkeypatch):
+    monkeypatch.setenv("OPS_TOKEN", "operator-secret")
+    config = parse_config(
+        {
+            "gateway": {"party": "CH", "port": 8500},
+            "token": [
+                {"name": "ma", "token": "ma-secret", "role": "ma", "countries": ["CH"]},
+                {"name": "ops", "token_env": "OPS_TOKEN", "role": "operator", "countries": ["*"]},
+                {"name": "customs", "sha256": hashlib.sha256(b"c").hexdigest(), "role": "customs", "countries": ["CH"]},
+            ],
+            "partner": [_partner(cert)],
+        }
+    )
+    assert config.token_for("ma-secret").name == "ma"
+    assert config.token_for("operator-secret").covers("KE")
+    assert config.token_for("c").role == "customs"
+    assert config.token_for("wrong") is None
+    assert "ma-secret" not in repr(config)
+    ma = config.token_for("ma-secret")
+    assert ma.covers("CH") and not ma.covers("FR")
+
+
+@pytest.mark.parametrize(
+    "data, words",
+    [
+        ({}, "[gateway] table"),
+        ({"gateway": {"party": "CH", "role": "relay"}}, "gateway.role"),
+        ({"gateway": {"party": "CH"}, "token": [{"name": "t", "role": "king", "countries": ["CH"]}]}, "role must be"),
+        ({"gateway": {"party": "CH"}, "token": [{"name": "t", "role": "ma", "countries": ["CH"]}]}, "give sha256"),
+        ({"gateway": {"party": "CH"}, "token": [{"name": "t", "role": "ma", "token": "x"}]}, "countries must list"),
+        ({"gateway": {"party": "CH"}, "token": [{"name": "t", "role": "ma", "token_env": "NOPE_NOT_SET", "countries": ["CH"]}]}, "is not set"),
+        ({"gateway": {"party": "CH"}, "keys": {"passphrase_env": "NOPE_NOT_SET"}}, "is not set"),
+        ({"gateway": {"party": "CH", "prot": 1}}, "unknown setting(s) prot"),
+        ({"gateway": {"party": "CH"}, "delivery": {"speed": "fast"}}, "[delivery] accepts"),
+        ({"gateway": {"party": "CH"}, "webhook": {"uri": "x"}}, "[webhook] accepts"),
+    ],
+)
+def test_bad_config_is_refused_with_a_sentence(data, words):
+    with pytest.raises(EpixError) as info:
+        parse_config(data, source="gateway.toml")
+    assert info.value.code is ErrorCode.CONFIG_INVALID
+    assert words in info.value.detail
+
+
+def test_load_config_file_errors(tmp_path):
+    with pytest.raises(EpixError, match="does not exist"):
+        load_config(tmp_path / "missing.toml")
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[gateway\nparty=")
+    with pytest.raises(EpixError, match="not valid TOML"):
+        load_config(bad)
