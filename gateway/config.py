@@ -42,6 +42,20 @@ class DeliveryConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class QueueConfig:
+    """[queue]: absent (or no url) = the embedded queue in the store; ``amqp://...`` = RabbitMQ."""
+
+    url: str | None = field(default=None, repr=False)  # may carry a password
+    prefetch: int = 16  # unacknowledged deliveries per consumer
+    confirm_timeout_s: float = 5.0  # how long to wait for the broker to confirm a publish
+    prefix: str = "epix"  # queue and exchange names start with <prefix>.<party>.
+
+    @property
+    def broker(self) -> bool:
+        return self.url is not None
+
+
+@dataclass(frozen=True, slots=True)
 class WebhookConfig:
     """Push received permits to the local MA system (besides the inbox it can poll)."""
 
@@ -66,6 +80,7 @@ class GatewayConfig:
     max_body_bytes: int = 2 * 1024 * 1024
     delivery: DeliveryConfig = field(default_factory=DeliveryConfig)
     webhook: WebhookConfig = field(default_factory=WebhookConfig)
+    queue: QueueConfig = field(default_factory=QueueConfig)
     start_delivery: bool = True
 
     @property
@@ -173,8 +188,26 @@ def parse_config(data: dict[str, Any], *, source: str = "config", base_dir: Path
         max_body_bytes=int(gw.get("max_body_bytes", 2 * 1024 * 1024)),
         delivery=delivery,
         webhook=webhook,
+        queue=_queue(data.get("queue", {}), source),
         start_delivery=bool(gw.get("start_delivery", True)),
     )
+
+
+def _queue(raw: dict[str, Any], source: str) -> QueueConfig:
+    unknown = set(raw) - {"url", "prefetch", "confirm_timeout_s", "prefix"}
+    if unknown:
+        raise _bad(source, f"[queue] does not know {', '.join(sorted(unknown))}.")
+    url = raw.get("url") or os.environ.get("EPIX_QUEUE_URL") or None
+    if url is not None and not str(url).startswith(("amqp://", "amqps://")):
+        raise _bad(source, "queue.url must be an amqp:// or amqps:// URL (leave it out for the embedded queue).")
+    prefetch = int(raw.get("prefetch", 16))
+    timeout = float(raw.get("confirm_timeout_s", 5.0))
+    prefix = str(raw.get("prefix", "epix"))
+    if prefetch < 1 or timeout <= 0:
+        raise _bad(source, "queue.prefetch must be at least 1 and queue.confirm_timeout_s above 0.")
+    if not prefix or not all(c.isalnum() or c in "-_." for c in prefix):
+        raise _bad(source, "queue.prefix may hold only letters, digits, '-', '_' and '.'.")
+    return QueueConfig(url=url, prefetch=prefetch, confirm_timeout_s=timeout, prefix=prefix)
 
 
 def load_config(path: Path) -> GatewayConfig:
