@@ -1,4 +1,4 @@
-"""The sender: takes due messages from the queue, sends each over HTTP, and records the outcome.
+"""The sender: sends each message the queue hands it over HTTP, and records the outcome.
 
 A message leaves SENDING only as ACKNOWLEDGED (a valid signed receipt that names our payload
 digest), WAITING_FOR_RETRY (a retry can help: network error, 5xx, 429), SEND_FAILURE (attempts
@@ -10,11 +10,9 @@ the receiver's duplicate detection makes the retry harmless.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from datetime import datetime, timedelta, timezone
 
 import aiohttp
-import structlog
 
 from adapters.exchange_xml import build_envelope, read_error, read_receipt, root_name
 from adapters.xmlparse import parse_xml
@@ -23,6 +21,8 @@ from domain.messages import EnvelopeHeader, MessageStatus
 from gateway.config import GatewayConfig
 from gateway.logs import get_logger
 from gateway.metrics import Metrics
+from gateway.queue.base import DeliveryQueue
+from gateway.queue.embedded import EmbeddedQueue
 from gateway.security import Security
 from gateway.store.base import MessageRecord, Store
 
@@ -39,6 +39,9 @@ class _Outcome(Exception):
 
 
 class DeliveryWorker:
+    """Sends one claimed message at a time and stores the outcome; a ``DeliveryQueue`` decides
+    which message and when (the embedded store queue by default, or RabbitMQ)."""
+
     def __init__(
         self,
         config: GatewayConfig,
@@ -46,6 +49,7 @@ class DeliveryWorker:
         security: Security,
         http: aiohttp.ClientSession,
         metrics: Metrics,
+        queue: DeliveryQueue | None = None,
     ) -> None:
         self.config = config
         self.store = store
@@ -53,100 +57,23 @@ class DeliveryWorker:
         self.http = http
         self.metrics = metrics
         self.actor = f"sender:{config.party}"
-        self._wake = asyncio.Event()
-        self._slots = asyncio.Semaphore(config.delivery.concurrency)
-        self._inflight: set[asyncio.Task] = set()
-        self._held: set[str] = set()  # claimed by this sender and not yet settled
+        self.queue = queue or EmbeddedQueue(store, config.delivery, actor=self.actor)
 
     def wake(self) -> None:
-        self._wake.set()
+        self.queue.notify()
 
     async def run(self) -> None:
-        log.info("delivery.started", party=self.config.party)
-        try:
-            while True:
-                claimed = await self.run_once()
-                if claimed == 0:
-                    await self._sleep()
-        finally:
-            for task in list(self._inflight):
-                task.cancel()
-            if self._inflight:
-                await asyncio.gather(*self._inflight, return_exceptions=True)
-            await self._release_unfinished()
+        log.info("delivery.started", party=self.config.party, queue=type(self.queue).__name__)
+        await self.queue.run(self.deliver)
 
-    async def _release_unfinished(self) -> None:
-        """On a graceful stop, hand back what this sender still holds instead of letting its
-        lease run out, so that a restart (or another instance) takes it up at once."""
-        now = datetime.now(timezone.utc)
-        for message_id in list(self._held):
-            with contextlib.suppress(Exception):
-                await self.store.transition(
-                    message_id,
-                    MessageStatus.SEND_ENQUEUED,
-                    actor=self.actor,
-                    detail="sender stopped; released for another attempt",
-                    next_attempt_at=now,
-                )
-        self._held.clear()
-
-    async def run_once(self) -> int:
-        free = self.config.delivery.concurrency - len(self._inflight)
-        if free <= 0:
-            await asyncio.wait(self._inflight, return_when=asyncio.FIRST_COMPLETED)
-            return 1
-        now = datetime.now(timezone.utc)
-        claim = asyncio.ensure_future(
-            self.store.claim_due(
-                limit=min(free, self.config.delivery.batch), lease_s=self.config.delivery.lease_s, now=now, actor=self.actor
-            )
-        )
-        try:
-            batch = await asyncio.shield(claim)
-        except asyncio.CancelledError:
-            # Stopping while a claim commits: remember what it took, so that it is released.
-            with contextlib.suppress(Exception):
-                self._held.update(m.message_id for m in await claim)
-            raise
-        for message in batch:
-            self._held.add(message.message_id)
-            task = asyncio.create_task(self._deliver_guarded(message))
-            self._inflight.add(task)
-            task.add_done_callback(self._inflight.discard)
-        return len(batch)
-
-    async def _sleep(self) -> None:
-        timeout = self.config.delivery.poll_s
-        due = await self.store.next_due_at()
-        if due is not None:
-            timeout = max(0.0, min(timeout, (due - datetime.now(timezone.utc)).total_seconds()))
-        self._wake.clear()
-        with contextlib.suppress(asyncio.TimeoutError):
-            await asyncio.wait_for(self._wake.wait(), timeout)
-
-    async def _deliver_guarded(self, message: MessageRecord) -> None:
-        structlog.contextvars.bind_contextvars(
-            message_id=message.message_id, receiver=message.receiver, action=message.action.value
-        )
-        try:
-            await self.deliver(message)
-            self._held.discard(message.message_id)
-        except asyncio.CancelledError:
-            raise
-        except Exception:
-            # The lease will expire and the message will be taken up again; nothing is lost.
-            log.exception("delivery.crashed")
-        finally:
-            structlog.contextvars.unbind_contextvars("message_id", "receiver", "action")
-
-    async def deliver(self, message: MessageRecord) -> None:
+    async def deliver(self, message: MessageRecord) -> MessageRecord:
+        """Try a claimed (SENDING) message once and return it as stored with the outcome."""
         attempt = message.attempts + 1
         try:
             receipt = await self._send(message)
         except _Outcome as outcome:
-            await self._failed(message, attempt, outcome)
-            return
-        await self.store.transition(
+            return await self._failed(message, attempt, outcome)
+        stored = await self.store.transition(
             message.message_id,
             MessageStatus.ACKNOWLEDGED,
             actor=self.actor,
@@ -157,8 +84,9 @@ class DeliveryWorker:
         self.metrics.deliveries.labels("acknowledged").inc()
         self.metrics.delivery_latency.observe((datetime.now(timezone.utc) - message.created_at).total_seconds())
         log.info("delivery.acknowledged", attempt=attempt)
+        return stored
 
-    async def _failed(self, message: MessageRecord, attempt: int, outcome: _Outcome) -> None:
+    async def _failed(self, message: MessageRecord, attempt: int, outcome: _Outcome) -> MessageRecord:
         agreement = self.config.agreements.get(message.receiver)
         if not outcome.retryable:
             status = MessageStatus.REJECTED
@@ -172,7 +100,7 @@ class DeliveryWorker:
         detail = f"attempt {attempt}: {outcome.detail}"
         if status is MessageStatus.SEND_FAILURE:
             detail += f" — parked after {attempt} attempts; an operator can retry it"
-        await self.store.transition(
+        stored = await self.store.transition(
             message.message_id,
             status,
             actor=self.actor,
@@ -183,6 +111,7 @@ class DeliveryWorker:
         )
         self.metrics.deliveries.labels(status.value.lower()).inc()
         log.warning("delivery.failed", attempt=attempt, status=status.value, code=outcome.code)
+        return stored
 
     async def _send(self, message: MessageRecord) -> bytes:
         route_agreement = self.config.agreements.get(message.via or message.receiver)

@@ -1,0 +1,38 @@
+"""The queue port: where accepted outbound messages wait for the sender, whatever carries them.
+
+The store stays the source of truth. An outbound message row is written in the same transaction
+as its permit (the outbox), and every outcome is a store transition. A queue only decides *when*
+the sender sees a message id, and guarantees it sees it again if it stopped before the outcome
+was stored. Two backends: ``EmbeddedQueue`` (the store's own due/lease columns) and
+``RabbitQueue`` (durable quorum queues per route on RabbitMQ, fed by an outbox relay).
+
+The sender (``gateway.delivery.DeliveryWorker.deliver``) takes a message already claimed
+(SENDING), tries it once, stores the outcome and returns the message as stored. Sending the same
+message id twice is harmless: receivers are idempotent on message id.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Awaitable, Callable
+
+from gateway.store.base import MessageRecord
+
+# Try a claimed (SENDING) message once; return it as stored afterwards: ACKNOWLEDGED, REJECTED,
+# WAITING_FOR_RETRY (with next_attempt_at) or SEND_FAILURE (parked).
+Deliver = Callable[[MessageRecord], Awaitable[MessageRecord]]
+
+
+class DeliveryQueue(ABC):
+    @abstractmethod
+    async def run(self, deliver: Deliver) -> None:
+        """Feed due messages to ``deliver`` until cancelled. On cancellation, hand back what is
+        held (so a restart takes it up at once) before returning."""
+
+    @abstractmethod
+    def notify(self) -> None:
+        """Messages were queued in the store (accepted, cancelled, released, retried by an
+        operator): look for them now instead of at the next poll."""
+
+    async def close(self) -> None:
+        """Release connections. ``run`` has returned by now."""

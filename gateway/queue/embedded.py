@@ -1,0 +1,117 @@
+"""The embedded queue: the store's own messages table, polled with leases.
+
+A message waiting to be sent carries the time it becomes due; ``claim_due`` moves due messages to
+SENDING with a lease in one transaction. A sender that dies leaves a lease that runs out, and the
+message is claimed again with the same id. On a graceful stop, what this process still holds is
+handed back at once instead of waiting for the lease.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from datetime import datetime, timezone
+
+import structlog
+
+from domain.messages import MessageStatus
+from gateway.config import DeliveryConfig
+from gateway.logs import get_logger
+from gateway.store.base import MessageRecord, Store
+
+from .base import Deliver, DeliveryQueue
+
+log = get_logger("epix.queue")
+
+
+class EmbeddedQueue(DeliveryQueue):
+    def __init__(self, store: Store, delivery: DeliveryConfig, *, actor: str) -> None:
+        self.store = store
+        self.delivery = delivery
+        self.actor = actor
+        self._wake = asyncio.Event()
+        self._inflight: set[asyncio.Task] = set()
+        self._held: set[str] = set()  # claimed by this process and not yet settled
+
+    def notify(self) -> None:
+        self._wake.set()
+
+    async def run(self, deliver: Deliver) -> None:
+        log.info("queue.embedded.started")
+        try:
+            while True:
+                claimed = await self.run_once(deliver)
+                if claimed == 0:
+                    await self._sleep()
+        finally:
+            for task in list(self._inflight):
+                task.cancel()
+            if self._inflight:
+                await asyncio.gather(*self._inflight, return_exceptions=True)
+            await self._release_unfinished()
+
+    async def run_once(self, deliver: Deliver) -> int:
+        free = self.delivery.concurrency - len(self._inflight)
+        if free <= 0:
+            await asyncio.wait(self._inflight, return_when=asyncio.FIRST_COMPLETED)
+            return 1
+        claim = asyncio.ensure_future(
+            self.store.claim_due(
+                limit=min(free, self.delivery.batch),
+                lease_s=self.delivery.lease_s,
+                now=datetime.now(timezone.utc),
+                actor=self.actor,
+            )
+        )
+        try:
+            batch = await asyncio.shield(claim)
+        except asyncio.CancelledError:
+            # Stopping while a claim commits: remember what it took, so that it is released.
+            with contextlib.suppress(Exception):
+                self._held.update(m.message_id for m in await claim)
+            raise
+        for message in batch:
+            self._held.add(message.message_id)
+            task = asyncio.create_task(self._deliver_guarded(deliver, message))
+            self._inflight.add(task)
+            task.add_done_callback(self._inflight.discard)
+        return len(batch)
+
+    async def _sleep(self) -> None:
+        timeout = self.delivery.poll_s
+        due = await self.store.next_due_at()
+        if due is not None:
+            timeout = max(0.0, min(timeout, (due - datetime.now(timezone.utc)).total_seconds()))
+        self._wake.clear()
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(self._wake.wait(), timeout)
+
+    async def _deliver_guarded(self, deliver: Deliver, message: MessageRecord) -> None:
+        structlog.contextvars.bind_contextvars(
+            message_id=message.message_id, receiver=message.receiver, action=message.action.value
+        )
+        try:
+            await deliver(message)
+            self._held.discard(message.message_id)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            # The lease will expire and the message will be taken up again; nothing is lost.
+            log.exception("delivery.crashed")
+        finally:
+            structlog.contextvars.unbind_contextvars("message_id", "receiver", "action")
+
+    async def _release_unfinished(self) -> None:
+        """On a graceful stop, hand back what this process still holds instead of letting its
+        lease run out, so that a restart (or another instance) takes it up at once."""
+        now = datetime.now(timezone.utc)
+        for message_id in list(self._held):
+            with contextlib.suppress(Exception):
+                await self.store.transition(
+                    message_id,
+                    MessageStatus.SEND_ENQUEUED,
+                    actor=self.actor,
+                    detail="sender stopped; released for another attempt",
+                    next_attempt_at=now,
+                )
+        self._held.clear()
