@@ -26,6 +26,7 @@ from adapters.xmlparse import parse_xml
 ENVELOPED = "http://www.w3.org/2000/09/xmldsig#enveloped-signature"
 EXC_C14N = "http://www.w3.org/2001/10/xml-exc-c14n#"
 XPATH_FILTER = "http://www.w3.org/TR/1999/REC-xpath-19991116"
+C14N_10 = "http://www.w3.org/TR/2001/REC-xml-c14n-20010315"
 RSA_SHA256 = "http://www.w3.org/2001/04/xmldsig-more#rsa-sha256"
 RSA_SHA1 = "http://www.w3.org/2000/09/xmldsig#rsa-sha1"
 ECDSA_SHA256 = "http://www.w3.org/2001/04/xmldsig-more#ecdsa-sha256"
@@ -67,7 +68,7 @@ def forge(
             target = root.getroottree()
         else:
             (target,) = root.xpath("//*[@Id=$id]", id=uri[1:])
-        digest = _HASHES[digest_method](etree.tostring(target, method="c14n", exclusive=True)).digest()
+        digest = _HASHES[digest_method](etree.tostring(target, method="c14n", exclusive=True, with_comments=False)).digest()
         references.append(
             _DS.Reference(
                 _DS.Transforms(*[_DS.Transform(Algorithm=t) for t in transforms]),
@@ -157,3 +158,68 @@ def add_id(document: bytes, path: str, value: str) -> bytes:
     root = parse_xml(document).getroot()
     root.find(path, _NS).set("Id", value)
     return _out(root)
+
+
+# --------------------------------------------------------------------------- profile variants
+
+
+def resign(signed: bytes, key, edit) -> bytes:
+    """``edit(root, signature)`` the signed document, then sign its SignedInfo again with ``key``.
+
+    The result is cryptographically valid for whatever SignedInfo the edit leaves (canonicalised
+    as its own CanonicalizationMethod says), so a refusal can only come from the profile. When
+    ``edit`` returns "exclusive" or "inclusive", the DigestValue is recomputed over that C14N of
+    the document without its signature.
+    """
+    root = _root(signed)
+    signature = root.find("ds:Signature", _NS)
+    redigest = edit(root, signature)
+    signature = next(root.iter(f"{{{DS}}}Signature"))
+    signed_info = signature.find("ds:SignedInfo", _NS)
+    if redigest is not None:
+        copy_ = copy.deepcopy(root)
+        for sig in list(copy_.iter(f"{{{DS}}}Signature")):
+            # lxml's remove() takes the tail along; the enveloped transform leaves it.
+            previous, parent = sig.getprevious(), sig.getparent()
+            if previous is not None:
+                previous.tail = (previous.tail or "") + (sig.tail or "")
+            else:
+                parent.text = (parent.text or "") + (sig.tail or "")
+            parent.remove(sig)
+        body = etree.tostring(copy_.getroottree(), method="c14n", exclusive=(redigest == "exclusive"), with_comments=False)
+        signed_info.find("ds:Reference/ds:DigestValue", _NS).text = base64.b64encode(hashlib.sha256(body).digest()).decode()
+    method = signed_info.find("ds:CanonicalizationMethod", _NS)
+    algorithm = method.get("Algorithm")
+    inclusive = method.find(f"{{{EXC_C14N}}}InclusiveNamespaces")
+    canonical = etree.tostring(
+        signed_info,
+        method="c14n",
+        exclusive=algorithm.startswith(EXC_C14N),
+        with_comments=algorithm.endswith("#WithComments"),
+        inclusive_ns_prefixes=inclusive.get("PrefixList").split() if inclusive is not None else None,
+    )
+    signature_method = signed_info.find("ds:SignatureMethod", _NS).get("Algorithm")
+    signature.find("ds:SignatureValue", _NS).text = base64.b64encode(_sign_bytes(key, signature_method, canonical)).decode()
+    return _out(root)
+
+
+def graft_signature(signed: bytes, document: bytes) -> bytes:
+    """``signed``'s Signature, untouched, appended to another (unsigned) document: its value still verifies."""
+    start = signed.index(b"<ds:Signature")
+    end = signed.index(b"</ds:Signature>") + len(b"</ds:Signature>")
+    close = document.rindex(b"</")
+    return document[:close] + signed[start:end] + document[close:]
+
+
+def c14n_amplifier(elements: int, uri_length: int) -> bytes:
+    """A small document whose exclusive C14N is huge.
+
+    Exclusive C14N declares a namespace again on every element that uses it below one that does
+    not: one long namespace URI used by many sibling elements grows ``elements * uri_length``.
+    """
+    uri = "urn:x:" + "a" * uri_length
+    return (
+        f'<rsm:CITESEPermit xmlns:rsm="{RSM}" xmlns:p="{uri}">'.encode()
+        + b"<p:e/>" * elements
+        + b"</rsm:CITESEPermit>"
+    )

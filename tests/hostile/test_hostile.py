@@ -172,6 +172,10 @@ def _signature_cases(signed: bytes, key, cert):
     yield "padded-past-limit", signed.replace(
         PERMIT_CLOSE, b"<!--" + b"x" * DEFAULT_LIMITS.max_bytes + b"-->" + PERMIT_CLOSE
     ), ErrorCode.XML_TOO_LARGE
+    # A valid signature grafted onto a 16 KB document whose canonical form is over 8 MB: the
+    # signature value verifies, and the canonical form is refused while it is being built.
+    amplifier = attacks.c14n_amplifier(elements=1100, uri_length=8000)
+    yield "c14n-amplification", attacks.graft_signature(signed, amplifier), ErrorCode.XML_TOO_LARGE
 
 
 @pytest.fixture(scope="module")
@@ -193,6 +197,7 @@ SIGNATURE_CASE_NAMES = [
     "truncated",
     "trailing-garbage",
     "padded-past-limit",
+    "c14n-amplification",
 ]
 
 

@@ -394,3 +394,137 @@ def test_unknown_canonicalization_is_refused(ch_rsa, document):
         signed, "ds:Signature/ds:SignedInfo/ds:CanonicalizationMethod", "Algorithm", "urn:made-up"
     )
     assert refused(verifier_for(ch_rsa), forged).code is ErrorCode.SIGNATURE_INVALID
+
+
+# --------------------------------------------------------------------------- the narrow profile
+
+
+def _move_signature_first(root, signature):
+    root.insert(0, signature)
+
+
+def _inclusive_c14n(root, signature):
+    signature.find("ds:SignedInfo/ds:CanonicalizationMethod", NS).set("Algorithm", attacks.C14N_10)
+
+
+def _only_enveloped(root, signature):
+    transforms = signature.find("ds:SignedInfo/ds:Reference/ds:Transforms", NS)
+    transforms.remove(transforms[1])
+    return "inclusive"  # the default reference C14N then applies
+
+
+def _transforms_swapped(root, signature):
+    transforms = signature.find("ds:SignedInfo/ds:Reference/ds:Transforms", NS)
+    transforms.insert(0, transforms[1])
+
+
+def _with_comments(root, signature):
+    signature.find("ds:SignedInfo/ds:Reference/ds:Transforms", NS)[1].set("Algorithm", attacks.EXC_C14N + "WithComments")
+
+
+def _object(root, signature):
+    etree.SubElement(signature, f"{{{DS}}}Object").text = "unsigned"
+
+
+def _signature_method_parameter(root, signature):
+    etree.SubElement(signature.find("ds:SignedInfo/ds:SignatureMethod", NS), f"{{{DS}}}HMACOutputLength").text = "128"
+
+
+def _prefix_list(value):
+    def edit(root, signature):
+        method = signature.find("ds:SignedInfo/ds:CanonicalizationMethod", NS)
+        etree.SubElement(method, f"{{{attacks.EXC_C14N}}}InclusiveNamespaces", PrefixList=value)
+
+    return edit
+
+
+@pytest.mark.parametrize(
+    "edit, code",
+    [
+        (_move_signature_first, ErrorCode.SIGNATURE_WRAPPED),
+        (_inclusive_c14n, ErrorCode.SIGNATURE_INVALID),
+        (_only_enveloped, ErrorCode.SIGNATURE_WRAPPED),
+        (_transforms_swapped, ErrorCode.SIGNATURE_WRAPPED),
+        (_with_comments, ErrorCode.SIGNATURE_WRAPPED),
+        (_object, ErrorCode.SIGNATURE_INVALID),
+        (_signature_method_parameter, ErrorCode.SIGNATURE_INVALID),
+        (_prefix_list("rsm  ram"), ErrorCode.SIGNATURE_INVALID),  # two spaces: implementations disagree
+        (_prefix_list("rsm <x>"), ErrorCode.SIGNATURE_INVALID),
+    ],
+    ids=lambda v: getattr(v, "__name__", str(v)).strip("_"),
+)
+def test_validly_signed_shapes_outside_the_profile_are_refused(ch_rsa, document, edit, code):
+    forged = attacks.resign(ch_rsa.signer.sign(document), ch_rsa.key, edit)
+    assert refused(verifier_for(ch_rsa), forged).code is code
+
+
+def test_a_prefix_list_is_honoured(ch_rsa, document):
+    # The control for the refusals above: resign itself makes signatures that verify.
+    forged = attacks.resign(ch_rsa.signer.sign(document), ch_rsa.key, _prefix_list("rsm ram"))
+    assert b"InclusiveNamespaces" in forged
+    assert verifier_for(ch_rsa).verify(forged, "CH").signer == "CH"
+
+
+def test_signature_method_must_fit_the_key(document):
+    party = Party("CH", "p256")
+    forged = attacks.forge(document, party.key, party.cert, signature_method=attacks.RSA_SHA256.replace("rsa", "ecdsa"))
+    assert verifier_for(party).verify(forged, "CH").signer == "CH"  # ecdsa-sha256 with a P-256 key: fine
+    root = parse_xml(forged).getroot()
+    root.find("ds:Signature/ds:SignedInfo/ds:SignatureMethod", NS).set("Algorithm", attacks.RSA_SHA256)
+    assert refused(verifier_for(party), etree.tostring(root)).code is ErrorCode.SIGNATURE_INVALID
+
+
+def test_ecdsa_value_of_the_wrong_length_is_signature_invalid(document):
+    party = Party("CH", "p256")
+    signed = party.signer.sign(document)
+    value = base64.b64decode(parse_xml(signed).getroot().find("ds:Signature/ds:SignatureValue", NS).text)
+    der = encode_dss_signature(int.from_bytes(value[:32], "big"), int.from_bytes(value[32:], "big"))
+    forged = attacks.set_text(signed, "ds:Signature/ds:SignatureValue", base64.b64encode(der).decode())
+    error = refused(verifier_for(party), forged)
+    assert error.code is ErrorCode.SIGNATURE_INVALID and "r||s" in error.detail
+
+
+def test_signature_value_that_is_not_base64_is_signature_invalid(ch_rsa, document):
+    forged = attacks.set_text(ch_rsa.signer.sign(document), "ds:Signature/ds:SignatureValue", "not base64!")
+    assert refused(verifier_for(ch_rsa), forged).code is ErrorCode.SIGNATURE_INVALID
+
+
+def test_text_after_the_signature_is_signed(ch_rsa):
+    # The enveloped transform removes the Signature element only: whitespace after it (a
+    # pretty-printed document) stays in what is digested, as xmlsec1 and signxml do it.
+    data = b"<a><b>1</b>\n  <!-- sig -->\n</a>"
+    forged = attacks.resign(
+        ch_rsa.signer.sign(data), ch_rsa.key, lambda root, signature: setattr(signature, "tail", "\n") or "exclusive"
+    )
+    verified = verifier_for(ch_rsa).verify(forged, "CH")
+    assert verified.signed_bytes == b"<a><b>1</b>\n  \n\n</a>"
+    untouched = forged.replace(b"</ds:Signature>\n</a>", b"</ds:Signature></a>")
+    assert untouched != forged
+    assert refused(verifier_for(ch_rsa), untouched).code is ErrorCode.DIGEST_MISMATCH
+
+
+def test_signed_root_is_reparsed_from_the_digested_bytes(ch_rsa, document):
+    signed = ch_rsa.signer.sign(document.replace(b"<rsm:HeaderExchangedDocument>", b"<!--c--><rsm:HeaderExchangedDocument>", 1))
+    verified = verifier_for(ch_rsa).verify(signed, "CH")
+    assert etree.tostring(verified.signed_root.getroottree(), method="c14n", exclusive=True) == verified.signed_bytes
+    assert b"<!--" not in etree.tostring(verified.signed_root)
+    assert verified.signed_root.getparent() is None and verified.signed_root.find(".//ds:Signature", NS) is None
+
+
+def test_canonical_form_is_bounded(ch_rsa, document):
+    grafted = attacks.graft_signature(ch_rsa.signer.sign(document), attacks.c14n_amplifier(elements=1100, uri_length=8000))
+    assert len(grafted) < 20_000
+    error = refused(verifier_for(ch_rsa), grafted)
+    assert error.code is ErrorCode.XML_TOO_LARGE and "canonical form" in error.detail
+    # The same shape, small enough, is an ordinary digest mismatch: the bound is what refused it.
+    small = attacks.graft_signature(ch_rsa.signer.sign(document), attacks.c14n_amplifier(elements=10, uri_length=80))
+    assert refused(verifier_for(ch_rsa), small).code is ErrorCode.DIGEST_MISMATCH
+
+
+def test_the_common_shape_and_the_long_way_read_the_same_profile(ch, document):
+    from keys.xmldsig import _check_profile, _common_profile
+
+    signature = parse_xml(ch.signer.sign(document)).getroot()[-1]
+    assert _common_profile(signature) == _check_profile(signature)
+    etree.SubElement(signature.find("ds:SignedInfo", NS), f"{{{DS}}}Reference", URI="")
+    assert _common_profile(signature) is None
