@@ -19,6 +19,8 @@ from datetime import UTC, datetime
 from domain.errors import EpixError, ErrorCode
 from domain.messages import ALLOWED_TRANSITIONS, Action, Direction, MessageStatus
 
+from .ledger import CustomsLedger
+
 PERMIT_STATUSES = frozenset({"VALID", "CANCELLED", "REPLACED"})
 MAX_PAGE = 1000  # a list request larger than this is a mistake, not a need
 LEASE_EXPIRED_DETAIL = "the previous sender's lease ran out before it reported an outcome; sending again"
@@ -233,8 +235,11 @@ def check_page(f: MessageFilter) -> None:
         raise EpixError(ErrorCode.CONFLICT, "before_id only makes sense together with before.")
 
 
-class Store(ABC):
-    """Durable state of one gateway (or of several gateway processes sharing one PostgreSQL)."""
+class Store(CustomsLedger, ABC):
+    """Durable state of one gateway (or of several gateway processes sharing one PostgreSQL).
+
+    The customs ledger (write-offs, balances, verification audit, pre-arrival feed) is declared
+    in ``ledger.py``."""
 
     @abstractmethod
     async def open(self) -> None:

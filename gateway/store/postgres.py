@@ -24,6 +24,7 @@ from domain.errors import EpixError, ErrorCode
 from domain.messages import Direction, MessageStatus
 
 from . import schema as q
+from .ledger_postgres import PostgresLedger
 from .base import (
     LEASE_EXPIRED_DETAIL,
     PERMIT_STATUSES,
@@ -134,7 +135,7 @@ def _transition_sql(new: MessageStatus, with_error: bool, with_receipt: bool) ->
     return sql, tuple(names)
 
 
-class PostgresStore(Store):
+class PostgresStore(PostgresLedger, Store):
     def __init__(
         self,
         dsn: str,

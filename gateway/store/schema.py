@@ -18,6 +18,7 @@ from typing import Any
 from domain.messages import Action, Direction, MessageStatus
 
 from .base import MessageEvent, MessageRecord, PermitRecord, sources_of
+from .ledger import LEDGER_DDL
 
 
 @dataclass(frozen=True, slots=True)
@@ -163,6 +164,9 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "permits, messages, append-only events, idempotency keys", _V1),
     Migration(2, "outbox relay marker: published_seq", _V2),
 )
+
+# Customs single window: write-off ledger, balances, verification audit, pre-arrival feed (ledger.py).
+MIGRATIONS += (Migration(4, "customs: write-offs, balances, verifications, feed", LEDGER_DDL),)
 
 MIGRATIONS_TABLE = """
     CREATE TABLE IF NOT EXISTS schema_migrations (

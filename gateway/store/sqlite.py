@@ -35,6 +35,7 @@ from domain.errors import EpixError, ErrorCode
 from domain.messages import Direction, MessageStatus
 
 from . import schema as q
+from .ledger_sqlite import SqliteLedger
 from .base import (
     LEASE_EXPIRED_DETAIL,
     PERMIT_STATUSES,
@@ -193,7 +194,7 @@ def _settle(batch: list[_Job], running: asyncio.Future[list[_Outcome]]) -> None:
             job.done.set_exception(outcome.value)
 
 
-class SqliteStore(Store):
+class SqliteStore(SqliteLedger, Store):
     def __init__(
         self,
         path: Path,

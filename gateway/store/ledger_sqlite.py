@@ -1,0 +1,211 @@
+"""The customs ledger on SQLite: every call is one function on the writer (or reader) thread.
+
+The single writer connection with ``BEGIN IMMEDIATE`` serialises write-offs, so reading the
+balances, deciding and writing happen with no other writer in between, in this process or any
+other on the same file.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Mapping, Sequence
+from dataclasses import replace
+from datetime import datetime
+from decimal import Decimal
+
+from domain import ledger as rules
+from domain.errors import EpixError, ErrorCode
+from domain.messages import MessageStatus
+
+from . import ledger as lq
+from . import schema as q
+from . import sqlite as s
+from .base import MessageRecord, PermitRecord, as_utc, check_inbound
+from .ledger import CustomsLedger, VerificationRecord, WriteOffOutcome, WriteOffRecord, WriteOffRequest
+
+
+def _sql(statement: str) -> str:
+    return q.for_sqlite(statement)
+
+
+class SqliteLedger(CustomsLedger):
+    async def write_off(self, request: WriteOffRequest, message: MessageRecord | None, *, actor: str) -> WriteOffOutcome:
+        return await self._write(_write_off, request, _queued(message), actor, s._enc(self._clock()))
+
+    async def reverse_write_off(
+        self,
+        issuer: str,
+        number: str,
+        declaration: str,
+        permitted: Mapping[str, tuple[Decimal, str]],
+        message: MessageRecord | None,
+        *,
+        actor: str,
+        at: datetime,
+    ) -> WriteOffOutcome:
+        return await self._write(
+            _reverse, issuer, number, declaration, dict(permitted), _queued(message), actor, s._enc(at)
+        )
+
+    async def record_endorsement(
+        self, request: WriteOffRequest, message: MessageRecord, *, reversal: bool, actor: str
+    ) -> tuple[bool, MessageRecord]:
+        check_inbound(None, message)
+        held = replace(
+            message, next_attempt_at=None, lease_until=None,
+            created_at=as_utc(message.created_at), updated_at=as_utc(message.updated_at),
+        )  # fmt: skip
+        return await self._write(_record_endorsement, request, held, reversal, actor, s._enc(self._clock()))
+
+    async def used_quantities(self, issuer: str, number: str) -> dict[str, Decimal]:
+        rows = await self._read(s._fetchall, _sql(lq.SELECT_USED), (issuer, number))
+        return {r[0]: Decimal(r[1]) for r in rows}
+
+    async def list_write_offs(self, issuer: str, number: str) -> list[WriteOffRecord]:
+        rows = await self._read(s._fetchall, _sql(lq.SELECT_WRITE_OFFS), (issuer, number))
+        return [lq.write_off_from_row(r, s._dec) for r in rows]
+
+    async def exporter_has_shipments(self, exporter: str) -> bool:
+        return await self._read(s._fetchone, _sql(lq.SELECT_EXPORTER), (exporter,)) is not None
+
+    async def record_verifications(self, records: Sequence[VerificationRecord]) -> None:
+        if records:
+            await self._write(_executemany, _sql(lq.INSERT_VERIFICATION), [lq.verification_values(v, s._enc) for v in records])
+
+    async def list_verifications(self, issuer: str, number: str, *, limit: int = 100) -> list[VerificationRecord]:
+        rows = await self._read(s._fetchall, _sql(lq.SELECT_VERIFICATIONS), (issuer, number, limit))
+        return [lq.verification_from_row(r, s._dec) for r in rows]
+
+    async def permits_created_between(self, start: datetime, end: datetime) -> list[PermitRecord]:
+        rows = await self._read(s._fetchall, _sql(lq.permits_between_sql(q.PERMIT_COLUMNS)), (s._enc(start), s._enc(end)))
+        return [q.permit_from_row(r, s._dec) for r in rows]
+
+    async def feed_pending(self, since: datetime, *, limit: int) -> list[MessageRecord]:
+        rows = await self._read(s._fetchall, _sql(lq.feed_pending_sql(q.MESSAGE_COLUMNS)), (s._enc(since), limit))
+        return [q.message_from_row(r, s._dec) for r in rows]
+
+    async def feed_mark_sent(self, message_id: str, *, at: datetime, detail: str) -> None:
+        await self._write(s._rowcount, _sql(lq.FEED_MARK), (message_id, s._enc(at), detail))
+
+
+def _queued(message: MessageRecord | None) -> MessageRecord | None:
+    if message is None:
+        return None
+    if message.status is not MessageStatus.SEND_ENQUEUED:
+        raise EpixError(ErrorCode.CONFLICT, f"Endorsement message {message.message_id} must be SEND_ENQUEUED.")
+    return replace(message, next_attempt_at=as_utc(message.next_attempt_at or message.created_at), lease_until=None)
+
+
+# --- on the writer thread ------------------------------------------------------------------------
+
+
+def _executemany(conn: sqlite3.Connection, sql: str, rows: list[tuple]) -> None:
+    conn.executemany(sql, rows)
+
+
+def _balances(conn: sqlite3.Connection, issuer: str, number: str, permitted: Mapping[str, tuple[Decimal, str]], now: str):
+    conn.executemany(
+        _sql(lq.INSERT_BALANCE), [(issuer, number, i, unit, str(qty), now) for i, (qty, unit) in permitted.items()]
+    )
+    rows = conn.execute(_sql(lq.SELECT_BALANCES), (issuer, number)).fetchall()
+    return lq.balances_from_rows(rows, permitted)
+
+
+def _save_balances(conn: sqlite3.Connection, issuer: str, number: str, before, after, now: str) -> None:
+    old = {b.item_id: b.used for b in before}
+    conn.executemany(
+        _sql(lq.UPDATE_BALANCE),
+        [(issuer, number, b.item_id, str(b.used), now) for b in after if b.used != old.get(b.item_id)],
+    )
+
+
+def _declaration(conn: sqlite3.Connection, declaration: str, issuer: str, number: str) -> list[WriteOffRecord]:
+    rows = conn.execute(_sql(lq.SELECT_DECLARATION), (declaration, issuer, number)).fetchall()
+    return [lq.write_off_from_row(r, s._dec) for r in rows]
+
+
+def _write_off(
+    conn: sqlite3.Connection, request: WriteOffRequest, message: MessageRecord | None, actor: str, now: str
+) -> WriteOffOutcome:
+    before = _balances(conn, request.issuer, request.number, request.permitted, now)
+    held = lq.held_by_line(_declaration(conn, request.declaration, request.issuer, request.number))
+    plan = rules.plan_write_off(request.declaration, request.lines, before, held)
+    if plan.replayed:
+        return WriteOffOutcome(before, (), plan.repeated, None)
+    units = {i: unit for i, (_, unit) in request.permitted.items()}
+    message_id = message.message_id if message else None
+    conn.executemany(
+        _sql(lq.INSERT_WRITE_OFF),
+        [
+            lq.write_off_values(request, line, units[line.item_id], origin="customs", message_id=message_id, now=now, ts=s._enc, actor=actor)
+            for line in plan.new
+        ],
+    )
+    _save_balances(conn, request.issuer, request.number, before, plan.balances, now)
+    if message is not None:
+        s._insert_outbound(conn, [message], actor, now)
+    return WriteOffOutcome(plan.balances, plan.new, plan.repeated, message)
+
+
+def _reverse(
+    conn: sqlite3.Connection,
+    issuer: str,
+    number: str,
+    declaration: str,
+    permitted: dict[str, tuple[Decimal, str]],
+    message: MessageRecord | None,
+    actor: str,
+    now: str,
+) -> WriteOffOutcome:
+    rows = _declaration(conn, declaration, issuer, number)
+    if not rows:
+        raise _unknown_declaration(issuer, number, declaration)
+    before = _balances(conn, issuer, number, permitted, now)
+    active = [r for r in rows if r.reversed_at is None]
+    if not active:
+        return WriteOffOutcome(before, (), tuple(rules.DrawLine(r.item_id, r.quantity, r.unit) for r in rows), None)
+    conn.execute(_sql(lq.REVERSE_DECLARATION), (declaration, issuer, number, now))
+    after = rules.give_back(before, {r.item_id: r.quantity for r in active})
+    _save_balances(conn, issuer, number, before, after, now)
+    if message is not None:
+        s._insert_outbound(conn, [message], actor, now)
+    return WriteOffOutcome(after, tuple(rules.DrawLine(r.item_id, r.quantity, r.unit) for r in active), (), message)
+
+
+def _record_endorsement(
+    conn: sqlite3.Connection, request: WriteOffRequest, message: MessageRecord, reversal: bool, actor: str, now: str
+) -> tuple[bool, MessageRecord]:
+    is_new, stored = s._store_inbound(conn, None, message, actor, now)
+    if not is_new:
+        return False, stored
+    before = _balances(conn, request.issuer, request.number, request.permitted, now)
+    held = _declaration(conn, request.declaration, request.issuer, request.number)
+    if reversal:
+        active = [r for r in held if r.reversed_at is None]
+        conn.execute(_sql(lq.REVERSE_DECLARATION), (request.declaration, request.issuer, request.number, now))
+        after = rules.give_back(before, {r.item_id: r.quantity for r in active})
+    else:
+        known = {r.item_id for r in held}
+        fresh = [line for line in request.lines if line.item_id not in known]
+        units = {i: unit for i, (_, unit) in request.permitted.items()}
+        conn.executemany(
+            _sql(lq.INSERT_WRITE_OFF),
+            [
+                lq.write_off_values(
+                    request, line, units.get(line.item_id, line.unit or ""), origin="endorsement",
+                    message_id=message.message_id, now=now, ts=s._enc, actor=actor,
+                )  # fmt: skip
+                for line in fresh
+            ],
+        )
+        after = rules.record_actual(before, fresh)
+    _save_balances(conn, request.issuer, request.number, before, after, now)
+    return True, stored
+
+
+def _unknown_declaration(issuer: str, number: str, declaration: str) -> EpixError:
+    return EpixError(
+        ErrorCode.NOT_FOUND,
+        f"Declaration {declaration} wrote nothing off permit {issuer}/{number}.",
+        declaration=declaration,
+    )

@@ -1,0 +1,243 @@
+"""The customs ledger in the store, on both backends: write-off, over-draw refused as a whole,
+idempotent retry, reversal, the endorsement message in the same transaction, concurrent
+write-offs that never take more than the permit allows, the issuer's record of endorsements,
+the verification audit and the pre-arrival feed's bookkeeping."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+
+import pytest
+
+from domain.errors import EpixError, ErrorCode
+from domain.ledger import DrawLine
+from domain.messages import Action, Direction, MessageStatus
+from gateway.store import MessageRecord, Store
+from gateway.store.ledger import VerificationRecord, WriteOffRequest
+from gateway.store.postgres import PostgresStore
+from gateway.store.sqlite import SqliteStore
+from tests.pg import PG_DSN, PgSchema
+
+T0 = datetime(2026, 11, 23, 14, 0, 0, tzinfo=UTC)
+PERMITTED = {"A": (Decimal("100"), "NAR"), "B": (Decimal("12.5"), "KGM")}
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+async def store(request, tmp_path):
+    if request.param == "sqlite":
+        s: Store = SqliteStore(tmp_path / "epix.sqlite3", clock=lambda: T0)
+        pg = None
+    else:
+        pg = PgSchema()
+        await pg.create()
+        s = PostgresStore(PG_DSN, schema=pg.name, clock=lambda: T0, max_size=20)
+    await s.open()
+    try:
+        yield s
+    finally:
+        await s.close()
+        if pg is not None:
+            await pg.drop()
+
+
+def _request(declaration: str, lines: dict[str, str], *, number: str = "CH26-000001", exporter: str | None = "CH:Reptile") -> WriteOffRequest:
+    return WriteOffRequest(
+        issuer="CH",
+        number=number,
+        declaration=declaration,
+        lines=tuple(DrawLine(i, Decimal(q)) for i, q in lines.items()),
+        permitted=PERMITTED,
+        declared_at=T0,
+        office="FRCDG",
+        port="Paris-Charles de Gaulle",
+        transport_document="AWB 057-12345675",
+        exporter=exporter,
+    )
+
+
+def _endorse_message(*, direction: Direction = Direction.OUTBOUND, message_id: str | None = None, payload: bytes = b"<e/>") -> MessageRecord:
+    status = MessageStatus.SEND_ENQUEUED if direction is Direction.OUTBOUND else MessageStatus.RECEIVED
+    return MessageRecord(
+        message_id=message_id or str(uuid.uuid4()), conversation_id="c", direction=direction,
+        sender="FR" if direction is Direction.OUTBOUND else "FR", receiver="CH", document_type="CITESEPermit",
+        action=Action.ENDORSE, issuer="CH", number="CH26-000001", version=1, status=status, attempts=0,
+        next_attempt_at=T0 if direction is Direction.OUTBOUND else None, lease_until=None, last_error_code=None,
+        last_error_detail=None, via=None, receipt=b"<r/>" if direction is Direction.INBOUND else None,
+        payload_digest="sha256:" + uuid.uuid4().hex, created_at=T0, updated_at=T0, payload=payload,
+    )  # fmt: skip
+
+
+def _remaining(outcome) -> dict[str, Decimal]:
+    return {b.item_id: b.remaining for b in outcome.balances}
+
+
+async def test_write_off_updates_balances_and_queues_the_endorsement(store):
+    message = _endorse_message()
+    out = await store.write_off(_request("D1", {"A": "30", "B": "2.25"}), message, actor="customs:fr")
+    assert _remaining(out) == {"A": Decimal("70"), "B": Decimal("10.25")}
+    assert [line.item_id for line in out.new] == ["A", "B"] and not out.replayed
+    assert out.message is not None
+    held = await store.get_message(message.message_id)
+    assert held.status is MessageStatus.SEND_ENQUEUED and held.action is Action.ENDORSE
+    assert [e.status for e in await store.message_events(message.message_id)] == [MessageStatus.SEND_ENQUEUED]
+    assert await store.used_quantities("CH", "CH26-000001") == {"A": Decimal("30"), "B": Decimal("2.25")}
+    [a, b] = await store.list_write_offs("CH", "CH26-000001")
+    assert (a.declaration, a.item_id, a.quantity, a.unit, a.origin, a.message_id) == ("D1", "A", Decimal("30"), "NAR", "customs", message.message_id)
+    assert b.quantity == Decimal("2.25") and b.port == "Paris-Charles de Gaulle" and b.reversed_at is None
+
+
+async def test_over_draw_is_refused_as_a_whole_and_writes_nothing(store):
+    await store.write_off(_request("D1", {"A": "90"}), None, actor="c")
+    message = _endorse_message()
+    with pytest.raises(EpixError) as e:
+        await store.write_off(_request("D2", {"B": "1", "A": "11"}), message, actor="c")
+    assert e.value.code is ErrorCode.QUANTITY_EXCEEDED
+    assert e.value.context["lines"] == [{"item": "A", "requested": "11", "remaining": "10", "unit": "NAR"}]
+    # Line B was fine, but the declaration was refused as a whole: nothing of it, no message.
+    assert await store.used_quantities("CH", "CH26-000001") == {"A": Decimal("90"), "B": Decimal("0")}
+    assert [w.declaration for w in await store.list_write_offs("CH", "CH26-000001")] == ["D1"]
+    assert await store.get_message(message.message_id) is None
+    # Exactly what is left is allowed.
+    out = await store.write_off(_request("D3", {"A": "10"}), None, actor="c")
+    assert _remaining(out)["A"] == 0
+
+
+async def test_retry_of_the_same_declaration_changes_nothing(store):
+    first = await store.write_off(_request("D1", {"A": "30"}), _endorse_message(), actor="c")
+    again_message = _endorse_message()
+    again = await store.write_off(_request("D1", {"A": "30"}), again_message, actor="c")
+    assert again.replayed and again.message is None and [line.item_id for line in again.repeated] == ["A"]
+    assert again.balances == first.balances
+    assert await store.get_message(again_message.message_id) is None  # no second endorsement
+    # The same declaration adding a line writes only that line.
+    more = await store.write_off(_request("D1", {"A": "30", "B": "1"}), None, actor="c")
+    assert [line.item_id for line in more.new] == ["B"] and [line.item_id for line in more.repeated] == ["A"]
+    assert _remaining(more) == {"A": Decimal("70"), "B": Decimal("11.5")}
+
+
+async def test_same_declaration_and_line_with_another_quantity_is_a_conflict(store):
+    await store.write_off(_request("D1", {"A": "30"}), None, actor="c")
+    with pytest.raises(EpixError) as e:
+        await store.write_off(_request("D1", {"A": "31"}), None, actor="c")
+    assert e.value.code is ErrorCode.IDEMPOTENCY_CONFLICT
+    assert await store.used_quantities("CH", "CH26-000001") == {"A": Decimal("30"), "B": Decimal("0")}
+
+
+async def test_reversal_gives_the_quantity_back_once(store):
+    await store.write_off(_request("D1", {"A": "30", "B": "2"}), None, actor="c")
+    await store.write_off(_request("D2", {"A": "5"}), None, actor="c")
+    message = _endorse_message()
+    out = await store.reverse_write_off("CH", "CH26-000001", "D1", PERMITTED, message, actor="c", at=T0 + timedelta(hours=1))
+    assert _remaining(out) == {"A": Decimal("95"), "B": Decimal("12.5")}
+    assert {line.item_id for line in out.new} == {"A", "B"} and out.message is not None
+    assert (await store.get_message(message.message_id)).status is MessageStatus.SEND_ENQUEUED
+    again = await store.reverse_write_off("CH", "CH26-000001", "D1", PERMITTED, _endorse_message(), actor="c", at=T0)
+    assert again.replayed and again.message is None and again.balances == out.balances
+    rows = {(w.declaration, w.item_id): w for w in await store.list_write_offs("CH", "CH26-000001")}
+    assert rows[("D1", "A")].reversed_at is not None and rows[("D2", "A")].reversed_at is None
+    # A reversed declaration cannot be reused for another quantity.
+    with pytest.raises(EpixError) as e:
+        await store.write_off(_request("D1", {"A": "30"}), None, actor="c")
+    assert e.value.code is ErrorCode.IDEMPOTENCY_CONFLICT
+    with pytest.raises(EpixError) as e:
+        await store.reverse_write_off("CH", "CH26-000001", "NOPE", PERMITTED, None, actor="c", at=T0)
+    assert e.value.code is ErrorCode.NOT_FOUND
+
+
+async def test_concurrent_write_offs_never_take_more_than_permitted(store):
+    # 60 declarations of 7 each race for line A's 100: exactly 14 fit (98), the rest are refused.
+    async def one(i: int):
+        try:
+            return await store.write_off(_request(f"D{i:03d}", {"A": "7"}), _endorse_message(), actor="c")
+        except EpixError as e:
+            return e.code
+
+    results = await asyncio.gather(*(one(i) for i in range(60)))
+    accepted = [r for r in results if not isinstance(r, ErrorCode)]
+    refused = [r for r in results if isinstance(r, ErrorCode)]
+    assert len(accepted) == 14 and set(refused) == {ErrorCode.QUANTITY_EXCEEDED}
+    used = await store.used_quantities("CH", "CH26-000001")
+    assert used["A"] == Decimal("98")
+    assert sum(w.quantity for w in await store.list_write_offs("CH", "CH26-000001")) == Decimal("98")
+    assert min(b.remaining for r in accepted for b in r.balances) >= 0
+    # The same declaration retried concurrently is written once.
+    results = await asyncio.gather(
+        *(store.write_off(_request("SAME", {"B": "3"}), _endorse_message(), actor="c") for _ in range(10))
+    )
+    assert sum(1 for r in results if not r.replayed) == 1
+    assert (await store.used_quantities("CH", "CH26-000001"))["B"] == Decimal("3")
+
+
+async def test_concurrent_write_offs_from_two_store_instances(store, tmp_path):
+    """Two gateway processes on one database (two pools or two SQLite connections)."""
+    if isinstance(store, SqliteStore):
+        other: Store = SqliteStore(store.path, clock=lambda: T0)
+    else:
+        other = PostgresStore(PG_DSN, schema=store.schema, clock=lambda: T0)
+    await other.open()
+    try:
+        async def one(s: Store, i: int):
+            try:
+                await s.write_off(_request(f"X{i:03d}", {"B": "0.5"}), None, actor="c")
+                return True
+            except EpixError as e:
+                assert e.code is ErrorCode.QUANTITY_EXCEEDED
+                return False
+
+        results = await asyncio.gather(*(one(store if i % 2 else other, i) for i in range(40)))
+        assert sum(results) == 25  # 12.5 / 0.5
+        assert (await store.used_quantities("CH", "CH26-000001"))["B"] == Decimal("12.5")
+    finally:
+        await other.close()
+
+
+async def test_issuer_records_endorsements_once_and_their_reversal(store):
+    message = _endorse_message(direction=Direction.INBOUND)
+    is_new, held = await store.record_endorsement(_request("D1", {"A": "30"}), message, reversal=False, actor="partner:FR")
+    assert is_new and held.message_id == message.message_id
+    # The same message again, or the same declaration in another message: recorded once.
+    again, _ = await store.record_endorsement(_request("D1", {"A": "30"}), message, reversal=False, actor="partner:FR")
+    assert not again
+    other = _endorse_message(direction=Direction.INBOUND)
+    await store.record_endorsement(_request("D1", {"A": "30"}), other, reversal=False, actor="partner:FR")
+    assert await store.used_quantities("CH", "CH26-000001") == {"A": Decimal("30"), "B": Decimal("0")}
+    [row] = await store.list_write_offs("CH", "CH26-000001")
+    assert row.origin == "endorsement" and row.message_id == message.message_id
+    # Evidence is recorded even beyond the permit: the issuer learns of the over-use.
+    await store.record_endorsement(_request("D2", {"A": "90"}), _endorse_message(direction=Direction.INBOUND), reversal=False, actor="p")
+    assert (await store.used_quantities("CH", "CH26-000001"))["A"] == Decimal("120")
+    await store.record_endorsement(_request("D2", {}), _endorse_message(direction=Direction.INBOUND), reversal=True, actor="p")
+    assert (await store.used_quantities("CH", "CH26-000001"))["A"] == Decimal("30")
+
+
+async def test_verification_audit_and_exporter_history(store):
+    records = [
+        VerificationRecord(str(uuid.uuid4()), "CH", "CH26-000001", v, (f"because {v}",), "fr-customs", "FRCDG", True, T0 + timedelta(seconds=i))
+        for i, v in enumerate(["VALID", "EXHAUSTED"])
+    ]
+    await store.record_verifications(records)
+    held = await store.list_verifications("CH", "CH26-000001")
+    assert [v.verdict for v in held] == ["EXHAUSTED", "VALID"] and held[0].reasons == ("because EXHAUSTED",)
+    assert held[1].stamp_given and held[1].office == "FRCDG"
+    assert not await store.exporter_has_shipments("CH:Reptile")
+    await store.write_off(_request("D1", {"A": "1"}), None, actor="c")
+    assert await store.exporter_has_shipments("CH:Reptile")
+
+
+async def test_feed_bookkeeping(store):
+    inbound = MessageRecord(
+        message_id="m-1", conversation_id="c", direction=Direction.INBOUND, sender="CH", receiver="FR",
+        document_type="CITESEPermit", action=Action.ISSUE, issuer="CH", number="CH26-000001", version=1,
+        status=MessageStatus.RECEIVED, attempts=0, next_attempt_at=None, lease_until=None, last_error_code=None,
+        last_error_detail=None, via=None, receipt=b"<r/>", payload_digest="sha256:" + "0" * 64, created_at=T0,
+        updated_at=T0, payload=b"<p/>",
+    )  # fmt: skip
+    await store.store_inbound(None, inbound, actor="partner:CH")
+    assert [m.message_id for m in await store.feed_pending(T0 - timedelta(seconds=1), limit=10)] == ["m-1"]
+    assert await store.feed_pending(T0, limit=10) == []
+    await store.feed_mark_sent("m-1", at=T0, detail="webhook 200")
+    await store.feed_mark_sent("m-1", at=T0, detail="again")  # at-least-once: marking twice is harmless
+    assert await store.feed_pending(T0 - timedelta(seconds=1), limit=10) == []
