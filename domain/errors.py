@@ -71,6 +71,7 @@ class ErrorCode(Enum):
     RECEIPT_INVALID = _Spec(502, "The partner's receipt is missing, unsigned or does not match what was sent.")
     CONFIG_INVALID = _Spec(500, "The gateway configuration is invalid.")
     STORE_UNAVAILABLE = _Spec(503, "The gateway's database cannot be reached; try again shortly.", retryable=True)
+    QUEUE_UNAVAILABLE = _Spec(503, "The gateway's message broker cannot be reached or did not confirm; try again shortly.", retryable=True)
     INTERNAL_ERROR = _Spec(500, "The gateway failed unexpectedly; the operator has the details.", retryable=True)
 
     @property

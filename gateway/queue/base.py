@@ -34,5 +34,8 @@ class DeliveryQueue(ABC):
         """Messages were queued in the store (accepted, cancelled, released, retried by an
         operator): look for them now instead of at the next poll."""
 
+    async def open(self) -> None:
+        """Connect before the gateway serves, so a broker that cannot be reached stops start-up."""
+
     async def close(self) -> None:
         """Release connections. ``run`` has returned by now."""
