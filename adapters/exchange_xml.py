@@ -12,6 +12,7 @@ import binascii
 import hashlib
 from dataclasses import dataclass
 from datetime import datetime
+from decimal import Decimal
 from functools import lru_cache
 from pathlib import Path
 
@@ -21,6 +22,7 @@ from lxml.builder import ElementMaker
 from adapters.ns import EXCHANGE
 from domain.errors import EpixError, ErrorCode
 from domain.messages import Action, EnvelopeHeader
+from domain.model import EndorsedLine, Endorsement
 
 E = ElementMaker(namespace=EXCHANGE, nsmap={"ex": EXCHANGE})
 _Q = "{%s}" % EXCHANGE
@@ -37,6 +39,7 @@ class Envelope:
     sent_at: datetime
     payload: bytes  # the issuer-signed document, byte for byte
     digest: str  # payload_digest(payload) as the sender declared it
+    relayed_by: str | None = None  # the hub that relayed (and signed) this envelope for From
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,7 +76,10 @@ def _iso(dt: datetime) -> str:
     return dt.isoformat()
 
 
-def build_envelope(header: EnvelopeHeader, payload: bytes, *, sent_at: datetime) -> etree._Element:
+def build_envelope(
+    header: EnvelopeHeader, payload: bytes, *, sent_at: datetime, relayed_by: str | None = None
+) -> etree._Element:
+    relay = [E.RelayedBy(relayed_by)] if relayed_by else []
     return E.Envelope(
         E.Header(
             E.MessageId(header.message_id),
@@ -88,6 +94,7 @@ def build_envelope(header: EnvelopeHeader, payload: bytes, *, sent_at: datetime)
             E.CreatedAt(_iso(header.created_at)),
             E.SentAt(_iso(sent_at)),
             E.PayloadDigest(payload_digest(payload)),
+            *relay,
         ),
         E.Payload(base64.b64encode(payload).decode("ascii")),
     )
@@ -204,7 +211,13 @@ def read_envelope(root: etree._Element) -> Envelope:
             "The envelope's payload does not match the digest its sender declared.",
             message_id=header.message_id,
         )
-    return Envelope(header=header, sent_at=_when(h, "SentAt", what), payload=payload, digest=declared)
+    return Envelope(
+        header=header,
+        sent_at=_when(h, "SentAt", what),
+        payload=payload,
+        digest=declared,
+        relayed_by=_text(h, "RelayedBy", what, required=False),
+    )
 
 
 def read_receipt(root: etree._Element) -> Receipt:
@@ -256,4 +269,255 @@ def read_cancellation(root: etree._Element) -> Cancellation:
         version=int(_text(root, "DocumentVersion", what)),
         reason=_text(root, "Reason", what),
         cancelled_at=_when(root, "CancelledAt", what),
+    )
+
+
+# --- customs: the endorsement fed back to the issuer, and the signed verdict -----------------------
+
+
+@dataclass(frozen=True, slots=True)
+class EndorsementNotice:
+    """Box 14 as customs filled it for one declaration, signed by the endorsing country's gateway
+    and sent back to the issuing Management Authority (action ``endorse``). A reversal carries
+    no lines: it withdraws everything the declaration wrote off."""
+
+    issuer: str
+    number: str
+    version: int
+    endorsed_by: str  # party id of the endorsing country's gateway (its signature is on the notice)
+    declaration: str  # the customs declaration reference: with the line, the idempotency key
+    endorsement: Endorsement  # date, port, actual quantity per line, transport document, officer
+    office: str | None = None
+    reversal: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class VerdictLine:
+    item_id: str
+    unit: str
+    permitted: Decimal
+    remaining: Decimal
+
+
+@dataclass(frozen=True, slots=True)
+class VerdictDocument:
+    verification_id: str
+    verified_by: str  # this gateway's party
+    issuer: str
+    number: str
+    result: str  # VALID, EXPIRED, ... (gateway.customs.verification.Verdict)
+    reasons: tuple[str, ...]
+    verified_at: datetime
+    lines: tuple[VerdictLine, ...] = ()
+    signer: str | None = None  # the party whose signature on the permit was verified
+    permit_digest: str | None = None
+    risk_channel: str | None = None
+    risk_score: int | None = None
+
+
+def _decimal_text(value: Decimal) -> str:
+    return format(value, "f")
+
+
+def build_endorsement(n: EndorsementNotice) -> etree._Element:
+    e = n.endorsement
+    children = [
+        E.DocumentIssuer(n.issuer),
+        E.DocumentNumber(n.number),
+        E.DocumentVersion(str(n.version)),
+        E.EndorsedBy(n.endorsed_by),
+        E.Declaration(n.declaration),
+        E.Reversal("true" if n.reversal else "false"),
+    ]
+    if n.office:
+        children.append(E.Office(n.office))
+    if e.port:
+        children.append(E.Port(e.port))
+    children.append(E.EndorsedAt(_iso(e.date)))
+    if e.transport_document:
+        children.append(E.TransportDocument(e.transport_document))
+    if e.officer:
+        children.append(E.Officer(e.officer))
+    for line in e.lines:
+        children.append(E.Line(E.Item(line.item_id), E.Quantity(_decimal_text(line.quantity), unitCode=line.unit)))
+    return E.Endorsement(*children)
+
+
+def read_endorsement(root: etree._Element) -> EndorsementNotice:
+    """From the element that signature verification returned as signed."""
+    if root.tag != _Q + "Endorsement":
+        raise EpixError(ErrorCode.ENVELOPE_INVALID, f"Expected an Endorsement, found {etree.QName(root).localname}.")
+    _check_schema(root, "endorsement")
+    what = "endorsement"
+    lines = []
+    for line in root.iterchildren(_Q + "Line"):
+        quantity = line.find(_Q + "Quantity")
+        lines.append(
+            EndorsedLine(item_id=_text(line, "Item", what), quantity=Decimal(quantity.text.strip()), unit=quantity.get("unitCode"))
+        )
+    return EndorsementNotice(
+        issuer=_text(root, "DocumentIssuer", what),
+        number=_text(root, "DocumentNumber", what),
+        version=int(_text(root, "DocumentVersion", what)),
+        endorsed_by=_text(root, "EndorsedBy", what),
+        declaration=_text(root, "Declaration", what),
+        reversal=_text(root, "Reversal", what) == "true",
+        office=_text(root, "Office", what, required=False),
+        endorsement=Endorsement(
+            date=_when(root, "EndorsedAt", what),
+            port=_text(root, "Port", what, required=False) or "",
+            lines=tuple(lines),
+            transport_document=_text(root, "TransportDocument", what, required=False),
+            officer=_text(root, "Officer", what, required=False),
+        ),
+    )
+
+
+def build_verdict(v: VerdictDocument) -> etree._Element:
+    children = [
+        E.VerificationId(v.verification_id),
+        E.From(v.verified_by),
+        E.DocumentIssuer(v.issuer),
+        E.DocumentNumber(v.number),
+        E.Result(v.result),
+        *(E.Reason(r[:512]) for r in v.reasons),
+        *(
+            E.Line(
+                E.Item(line.item_id),
+                E.Permitted(_decimal_text(line.permitted), unitCode=line.unit),
+                E.Remaining(_decimal_text(line.remaining), unitCode=line.unit),
+            )
+            for line in v.lines
+        ),
+    ]
+    if v.signer:
+        children.append(E.Signer(v.signer))
+    if v.permit_digest:
+        children.append(E.PermitDigest(v.permit_digest))
+    if v.risk_channel:
+        children += [E.RiskChannel(v.risk_channel), E.RiskScore(str(v.risk_score or 0))]
+    children.append(E.VerifiedAt(_iso(v.verified_at)))
+    return E.Verdict(*children)
+
+
+# --- hub documents: requests of members, the pull list, the delivery report ----------------------
+
+HUB_OPERATIONS = ("list", "fetch", "track")
+DELIVERY_STATUSES = ("PendingDelivery", "Delivered", "DeliveredWithWarnings", "DeliveredNotReadable", "FailedDelivery")
+
+
+@dataclass(frozen=True, slots=True)
+class HubRequest:
+    sender: str  # the member asking (and signing)
+    receiver: str  # the hub
+    operation: str  # list | fetch | track
+    message_id: str | None
+    sent_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class Waiting:
+    message_id: str
+    sender: str
+    payload_digest: str
+
+
+@dataclass(frozen=True, slots=True)
+class PullList:
+    sender: str  # the hub
+    receiver: str  # the member
+    waiting: tuple[Waiting, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class DeliveryReport:
+    message_id: str
+    sender: str  # the hub
+    receiver: str  # the original sender, who asked
+    final_receiver: str
+    status: str  # one of DELIVERY_STATUSES (ePhyto Hub tracking)
+    at: datetime
+    detail: str | None = None
+    receiver_answer: bytes | None = None  # the final receiver's signed Receipt or Error, as it made it
+
+
+def build_hub_request(r: HubRequest) -> etree._Element:
+    children = [E.From(r.sender), E.To(r.receiver), E.Operation(r.operation)]
+    if r.message_id:
+        children.append(E.MessageId(r.message_id))
+    children.append(E.SentAt(_iso(r.sent_at)))
+    return E.HubRequest(*children)
+
+
+def read_hub_request(root: etree._Element) -> HubRequest:
+    if root.tag != _Q + "HubRequest":
+        raise EpixError(ErrorCode.ENVELOPE_INVALID, f"Expected a HubRequest, found {etree.QName(root).localname}.")
+    _check_schema(root, "hub request")
+    what = "hub request"
+    return HubRequest(
+        sender=_text(root, "From", what),
+        receiver=_text(root, "To", what),
+        operation=_text(root, "Operation", what),
+        message_id=_text(root, "MessageId", what, required=False),
+        sent_at=_when(root, "SentAt", what),
+    )
+
+
+def build_pull_list(p: PullList) -> etree._Element:
+    return E.PullList(
+        E.From(p.sender),
+        E.To(p.receiver),
+        *[E.Waiting(E.MessageId(w.message_id), E.Sender(w.sender), E.PayloadDigest(w.payload_digest)) for w in p.waiting],
+    )
+
+
+def read_pull_list(root: etree._Element) -> PullList:
+    if root.tag != _Q + "PullList":
+        raise EpixError(ErrorCode.RECEIPT_INVALID, f"Expected a PullList, found {etree.QName(root).localname}.")
+    try:
+        _check_schema(root, "pull list")
+    except EpixError as exc:
+        raise EpixError(ErrorCode.RECEIPT_INVALID, exc.detail) from None
+    what = "pull list"
+    waiting = tuple(
+        Waiting(_text(w, "MessageId", what), _text(w, "Sender", what), _text(w, "PayloadDigest", what))
+        for w in root.findall(_Q + "Waiting")
+    )
+    return PullList(sender=_text(root, "From", what), receiver=_text(root, "To", what), waiting=waiting)
+
+
+def build_delivery_report(r: DeliveryReport) -> etree._Element:
+    children = [
+        E.MessageId(r.message_id),
+        E.From(r.sender),
+        E.To(r.receiver),
+        E.Receiver(r.final_receiver),
+        E.Status(r.status),
+        E.At(_iso(r.at)),
+    ]
+    if r.detail:
+        children.append(E.Detail(r.detail[:512]))
+    if r.receiver_answer:
+        children.append(E.ReceiverAnswer(base64.b64encode(r.receiver_answer).decode("ascii")))
+    return E.DeliveryReport(*children)
+
+
+def read_delivery_report(root: etree._Element) -> DeliveryReport:
+    if root.tag != _Q + "DeliveryReport":
+        raise EpixError(ErrorCode.RECEIPT_INVALID, f"Expected a DeliveryReport, found {etree.QName(root).localname}.")
+    try:
+        _check_schema(root, "delivery report")
+    except EpixError as exc:
+        raise EpixError(ErrorCode.RECEIPT_INVALID, exc.detail) from None
+    what = "delivery report"
+    answer = _text(root, "ReceiverAnswer", what, required=False)
+    return DeliveryReport(
+        message_id=_text(root, "MessageId", what),
+        sender=_text(root, "From", what),
+        receiver=_text(root, "To", what),
+        final_receiver=_text(root, "Receiver", what),
+        status=_text(root, "Status", what),
+        at=_when(root, "At", what),
+        detail=_text(root, "Detail", what, required=False),
+        receiver_answer=base64.b64decode(answer) if answer else None,
     )

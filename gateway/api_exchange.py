@@ -7,6 +7,7 @@ from aiohttp import web
 from domain.errors import EpixError, ErrorCode
 from domain.messages import Direction
 from gateway import appkeys
+from gateway.hub import ACK_PATH, PULL_PATH, TRACK_PATH, HubDesk
 
 routes = web.RouteTableDef()
 XML = "application/xml"
@@ -58,3 +59,41 @@ async def directory(request: web.Request) -> web.Response:
             ],
         }
     )
+
+
+# --- pull and tracking (docs/PROTOCOL.md §6, §7): a member authenticates by signing its request --
+
+
+async def _desk_body(request: web.Request) -> tuple[HubDesk, bytes]:
+    config = request.app[appkeys.CONFIG]
+    desk = HubDesk(config, request.app[appkeys.STORE], request.app[appkeys.SECURITY])
+    if request.content_length is not None and request.content_length > config.max_body_bytes:
+        raise EpixError(ErrorCode.XML_TOO_LARGE, f"The request is larger than {config.max_body_bytes} bytes.")
+    return desk, await request.read()
+
+
+def _desk_response(answer) -> web.Response:
+    if answer.status == 204:
+        return web.Response(status=204)
+    return web.Response(body=answer.body, status=answer.status, content_type=XML)
+
+
+@routes.post(PULL_PATH)
+async def pull(request: web.Request) -> web.Response:
+    """A signed HubRequest ``list`` (what is held for the member) or ``fetch`` (one held envelope)."""
+    desk, body = await _desk_body(request)
+    return _desk_response(await desk.request(body))
+
+
+@routes.post(TRACK_PATH)
+async def track(request: web.Request) -> web.Response:
+    """A signed HubRequest ``track``: the original sender asks where its relayed message is."""
+    desk, body = await _desk_body(request)
+    return _desk_response(await desk.request(body))
+
+
+@routes.post(ACK_PATH)
+async def acknowledge(request: web.Request) -> web.Response:
+    """The pulling member's own signed Receipt or Error for a fetched envelope; 204 when taken."""
+    desk, body = await _desk_body(request)
+    return _desk_response(await desk.acknowledge(body))

@@ -13,7 +13,7 @@ from typing import AsyncIterator
 import aiohttp
 from aiohttp import web
 
-from gateway import api_exchange, api_local, api_ops, appkeys
+from gateway import api_exchange, api_local, api_ops, appkeys, hub
 from gateway.config import GatewayConfig
 from gateway.delivery import DeliveryWorker
 from gateway.inbound import InboundService
@@ -65,10 +65,16 @@ def _resources(preloaded: Security | None):
         app[appkeys.OUTBOUND] = OutboundService(config, store, security, worker.wake)
         app[appkeys.INBOUND] = InboundService(config, store, security)
         task = asyncio.create_task(worker.run(), name=f"delivery-{config.party}") if config.start_delivery else None
+        hub_loops = hub.background(config, store, security, http, app[appkeys.INBOUND]) if config.start_delivery else []
+        hub_tasks = [asyncio.create_task(loop, name=f"hub-{config.party}") for loop in hub_loops]
         log.info("gateway.started", party=config.party, role=config.role, store=type(store).__name__)
         try:
             yield
         finally:
+            for hub_task in hub_tasks:
+                hub_task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await hub_task
             if task is not None:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):

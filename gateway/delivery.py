@@ -129,7 +129,11 @@ class DeliveryWorker:
             action=message.action,
             created_at=message.created_at,
         )
-        envelope = self.security.sign(build_envelope(header, message.payload, sent_at=datetime.now(timezone.utc)))
+        # A message this gateway did not originate is one it relays as a hub: the envelope says so.
+        relayed_by = None if message.sender == self.config.party else self.config.party
+        envelope = self.security.sign(
+            build_envelope(header, message.payload, sent_at=datetime.now(timezone.utc), relayed_by=relayed_by)
+        )
         url = route_agreement.endpoint + EXCHANGE_PATH
         try:
             async with self.http.post(

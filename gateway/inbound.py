@@ -32,6 +32,7 @@ from domain import rules
 from domain.errors import EpixError, ErrorCode
 from domain.messages import Action, Direction, MessageStatus
 from gateway.config import GatewayConfig
+from gateway.hub import Relay
 from gateway.logs import get_logger
 from gateway.security import Security
 from gateway.store.base import MessageRecord, PermitRecord, Store
@@ -39,6 +40,7 @@ from gateway.store.base import MessageRecord, PermitRecord, Store
 log = get_logger("epix.inbound")
 _FROM = etree.XPath("/ex:Envelope/ex:Header/ex:From/text()", namespaces={"ex": EXCHANGE})
 _MID = etree.XPath("/ex:Envelope/ex:Header/ex:MessageId/text()", namespaces={"ex": EXCHANGE})
+_RELAYED_BY = etree.XPath("/ex:Envelope/ex:Header/ex:RelayedBy/text()", namespaces={"ex": EXCHANGE})
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,6 +57,7 @@ class InboundService:
         self.store = store
         self.security = security
         self.limits = XmlLimits(max_bytes=config.max_body_bytes)
+        self.relay = Relay(config, store, security) if config.role == "hub" else None
 
     async def receive(self, body: bytes) -> Answer:
         claimed_sender: str | None = None
@@ -68,7 +71,7 @@ class InboundService:
             if not claimed_sender:
                 raise EpixError(ErrorCode.ENVELOPE_INVALID, "The envelope names no sender (Header/From).")
             self.config.agreements.get(claimed_sender)
-            verified = self.security.verify(body, claimed_sender)
+            verified = self.security.verify(body, self._hop_party(tree, claimed_sender))
             envelope = read_envelope(verified.signed_root)
             return await self._accept(envelope)
         except EpixError as exc:
@@ -81,8 +84,26 @@ class InboundService:
             )
             return Answer(exc.status if exc.status >= 400 else 422, self.error_document(exc, message_id, claimed_sender), message_id)
 
+    def _hop_party(self, tree, claimed_sender: str) -> str:
+        """Whose signature the envelope must carry: From's, or that of the hub relaying for From
+        (a hub partner of ours; the issuer's signature on the payload stays the end-to-end check)."""
+        relays = _RELAYED_BY(tree)
+        relayed_by = str(relays[0]).strip() if relays else None
+        if not relayed_by:
+            return claimed_sender
+        if self.config.agreements.get(relayed_by).role != "hub":
+            raise EpixError(
+                ErrorCode.SENDER_MISMATCH,
+                f"The envelope says {relayed_by} relays it for {claimed_sender}, but {relayed_by} is not a hub partner.",
+                claimed=claimed_sender,
+                relayed_by=relayed_by,
+            )
+        return relayed_by
+
     async def _accept(self, env: Envelope) -> Answer:
         h = env.header
+        if h.receiver != self.config.party and self.relay is not None and env.relayed_by is None:
+            return Answer(200, await self.relay.accept(env), h.message_id)
         if h.receiver != self.config.party:
             raise EpixError(
                 ErrorCode.MISADDRESSED,

@@ -92,6 +92,18 @@ class Unpublished:
 
 
 @dataclass(frozen=True, slots=True)
+class DeliveryReportRecord:
+    """What a hub last said about a message relayed through it (ePhyto Hub tracking status)."""
+
+    message_id: str
+    status: str  # PendingDelivery | Delivered | DeliveredWithWarnings | DeliveredNotReadable | FailedDelivery
+    reporter: str  # the hub's party id
+    detail: str | None
+    report: bytes | None  # the hub's signed DeliveryReport, as received
+    updated_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
 class MessageEvent:
     message_id: str
     seq: int
@@ -228,6 +240,15 @@ async def ack_inbox_via(store: Store, message_id: str, *, actor: str) -> Message
         raise
 
 
+def check_relay(message: MessageRecord) -> None:
+    if message.direction is not Direction.OUTBOUND or message.status is not MessageStatus.SEND_ENQUEUED:
+        raise EpixError(
+            ErrorCode.CONFLICT,
+            f"Message {message.message_id} must be an outbound message in SEND_ENQUEUED to be relayed.",
+            message_id=message.message_id,
+        )
+
+
 def check_page(f: MessageFilter) -> None:
     if not 1 <= f.limit <= MAX_PAGE:
         raise EpixError(ErrorCode.CONFLICT, f"A page holds 1 to {MAX_PAGE} messages, not {f.limit}.", limit=f.limit)
@@ -350,6 +371,36 @@ class Store(CustomsLedger, ABC):
     @abstractmethod
     async def ack_inbox(self, message_id: str, *, actor: str) -> MessageRecord:
         """Mark an inbox message DELIVERED; acknowledging it again returns it unchanged."""
+
+    # --- hub: relaying, pull, delivery reports -------------------------------------------------
+
+    @abstractmethod
+    async def accept_relay(self, message: MessageRecord, *, actor: str, detail: str) -> tuple[bool, MessageRecord]:
+        """A hub stores an envelope it relays: one outbound message under the sender's own message
+        id, with its first event. ``next_attempt_at=None`` holds it for pull (never due). (False,
+        the one held) when that message id is already held."""
+
+    @abstractmethod
+    async def held_for_pull(self, receiver: str, *, limit: int = 100) -> list[MessageRecord]:
+        """Outbound messages held for ``receiver`` to pull and not yet acknowledged, oldest first."""
+
+    @abstractmethod
+    async def record_event(
+        self, message_id: str, *, actor: str, detail: str, error_code: str | None = None
+    ) -> None:
+        """Append an event that changes no status (a fetch by a puller, a hub's report)."""
+
+    @abstractmethod
+    async def save_delivery_report(self, report: DeliveryReportRecord, *, actor: str) -> bool:
+        """Keep the hub's latest report on one of our messages; a changed status is also recorded
+        as an event in the message's history. True when the status changed."""
+
+    @abstractmethod
+    async def delivery_report(self, message_id: str) -> DeliveryReportRecord | None: ...
+
+    @abstractmethod
+    async def awaiting_delivery_report(self, *, limit: int = 100) -> list[MessageRecord]:
+        """Our messages a hub acknowledged and has not yet reported final delivery of, oldest first."""
 
     @abstractmethod
     async def counts_by_status(self) -> dict[str, int]: ...

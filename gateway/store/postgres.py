@@ -29,6 +29,7 @@ from .base import (
     LEASE_EXPIRED_DETAIL,
     PERMIT_STATUSES,
     Clock,
+    DeliveryReportRecord,
     MessageEvent,
     MessageFilter,
     MessageRecord,
@@ -40,6 +41,7 @@ from .base import (
     check_inbound,
     check_outbound,
     check_page,
+    check_relay,
     idempotency_conflict,
     not_cancellable,
     not_found,
@@ -445,6 +447,77 @@ class PostgresStore(PostgresLedger, Store):
 
     async def ack_inbox(self, message_id: str, *, actor: str) -> MessageRecord:
         return await ack_inbox_via(self, message_id, actor=actor)
+
+    # --- hub: relaying, pull, delivery reports -----------------------------------------------
+
+    async def accept_relay(self, message: MessageRecord, *, actor: str, detail: str) -> tuple[bool, MessageRecord]:
+        check_relay(message)
+        held = replace(
+            message,
+            next_attempt_at=None if message.next_attempt_at is None else as_utc(message.next_attempt_at),
+            lease_until=None,
+            created_at=as_utc(message.created_at),
+            updated_at=as_utc(message.updated_at),
+        )
+        async with self.pool.acquire() as conn:
+            if (row := await conn.fetchrow(q.SELECT_MESSAGE, message.message_id)) is not None:
+                return False, q.message_from_row(row, _dec)
+            try:
+                async with conn.transaction():
+                    await conn.execute(q.INSERT_MESSAGE, *q.message_values(held, _enc))
+                    await conn.execute(
+                        q.INSERT_EVENT, held.message_id, 1, as_utc(self._clock()),
+                        MessageStatus.SEND_ENQUEUED.value, actor, detail, None,
+                    )  # fmt: skip
+                    return True, held
+            except asyncpg.UniqueViolationError:
+                row = await conn.fetchrow(q.SELECT_MESSAGE, message.message_id)
+                return False, q.message_from_row(row, _dec)
+
+    async def held_for_pull(self, receiver: str, *, limit: int = 100) -> list[MessageRecord]:
+        check_page(MessageFilter(limit=limit))
+        return [q.message_from_row(r, _dec) for r in await self.pool.fetch(q.SELECT_HELD_FOR_PULL, receiver, limit)]
+
+    async def record_event(
+        self, message_id: str, *, actor: str, detail: str, error_code: str | None = None
+    ) -> None:
+        async with self.pool.acquire() as conn, conn.transaction():
+            await self._record_event(conn, message_id, actor, detail, error_code)
+
+    async def _record_event(
+        self, conn: asyncpg.Connection, message_id: str, actor: str, detail: str, error_code: str | None
+    ) -> None:
+        now = as_utc(self._clock())
+        row = await conn.fetchrow(q.BUMP_SEQ, message_id, now)
+        if row is None:
+            raise not_found(message_id)
+        await conn.execute(q.INSERT_EVENT, message_id, row[0], now, row[1], actor, detail, error_code)
+
+    async def save_delivery_report(self, report: DeliveryReportRecord, *, actor: str) -> bool:
+        async with self.pool.acquire() as conn, conn.transaction():
+            held = await conn.fetchrow(q.SELECT_REPORT + " FOR UPDATE", report.message_id)
+            await conn.execute(
+                q.UPSERT_REPORT, report.message_id, report.status, report.reporter, report.detail, report.report,
+                as_utc(report.updated_at),
+            )  # fmt: skip
+            if held is not None and held[1] == report.status:
+                return False
+            detail = f"{report.reporter} reports {report.status}" + (f": {report.detail}" if report.detail else "")
+            await self._record_event(conn, report.message_id, actor, detail, None)
+            return True
+
+    async def delivery_report(self, message_id: str) -> DeliveryReportRecord | None:
+        r = await self.pool.fetchrow(q.SELECT_REPORT, message_id)
+        if r is None:
+            return None
+        return DeliveryReportRecord(
+            message_id=r[0], status=r[1], reporter=r[2], detail=r[3],
+            report=None if r[4] is None else bytes(r[4]), updated_at=r[5],
+        )  # fmt: skip
+
+    async def awaiting_delivery_report(self, *, limit: int = 100) -> list[MessageRecord]:
+        check_page(MessageFilter(limit=limit))
+        return [q.message_from_row(r, _dec) for r in await self.pool.fetch(q.SELECT_AWAITING_REPORT, limit)]
 
     # --- operations --------------------------------------------------------------------------
 

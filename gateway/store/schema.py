@@ -165,6 +165,26 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(2, "outbox relay marker: published_seq", _V2),
 )
 
+# A hub's delivery reports (ePhyto tracking status) as the original sender last heard them, and
+# the index of what a hub holds for members that pull (outbound, never due: due_at IS NULL).
+_V3 = (
+    """
+    CREATE TABLE delivery_reports (
+        message_id TEXT PRIMARY KEY REFERENCES messages (message_id),
+        status     TEXT NOT NULL,
+        reporter   TEXT NOT NULL,
+        detail     TEXT,
+        report     {blob},
+        updated_at {ts} NOT NULL
+    )
+    """,
+    """
+    CREATE INDEX messages_held_for_pull ON messages (receiver, created_at, message_id)
+    WHERE direction = 'outbound' AND due_at IS NULL AND status IN ('SEND_ENQUEUED', 'SENDING')
+    """,
+)
+MIGRATIONS += (Migration(3, "hub: delivery reports, held-for-pull index", _V3),)
+
 # Customs single window: write-off ledger, balances, verification audit, pre-arrival feed (ledger.py).
 MIGRATIONS += (Migration(4, "customs: write-offs, balances, verifications, feed", LEDGER_DDL),)
 
@@ -279,7 +299,7 @@ SELECT_NEXT_DUE = "SELECT MIN(due_at) FROM messages WHERE due_at IS NOT NULL"
 # The outbox relay: queued messages not published since they were last queued, and the marker.
 SELECT_UNPUBLISHED = """
     SELECT message_id, receiver, via, last_seq FROM messages
-    WHERE status = 'SEND_ENQUEUED' AND direction = 'outbound'
+    WHERE status = 'SEND_ENQUEUED' AND direction = 'outbound' AND due_at IS NOT NULL
       AND (published_seq IS NULL OR published_seq < last_seq)
     ORDER BY created_at, message_id LIMIT $1
 """
@@ -287,6 +307,34 @@ MARK_PUBLISHED = """
     UPDATE messages SET published_seq = $2
     WHERE message_id = $1 AND (published_seq IS NULL OR published_seq < $2)
 """
+
+# --- hub: relayed messages held for pull, delivery reports ---------------------------------------
+
+# Held for pull: queued outbound with no due time, so neither claim_due nor next_due_at sees it.
+SELECT_HELD_FOR_PULL = f"""
+    SELECT {MESSAGE_COLUMNS} FROM messages
+    WHERE direction = 'outbound' AND receiver = $1 AND due_at IS NULL
+      AND status IN ('SEND_ENQUEUED', 'SENDING')
+    ORDER BY created_at, message_id LIMIT $2
+"""
+FINAL_DELIVERY_STATUSES = ("Delivered", "DeliveredWithWarnings", "DeliveredNotReadable", "FailedDelivery")
+SELECT_AWAITING_REPORT = f"""
+    SELECT {MESSAGE_COLUMNS} FROM messages m
+    WHERE m.status = 'ACKNOWLEDGED' AND m.direction = 'outbound' AND m.via IS NOT NULL
+      AND NOT EXISTS (
+        SELECT 1 FROM delivery_reports r WHERE r.message_id = m.message_id
+          AND r.status IN ({", ".join(f"'{s}'" for s in FINAL_DELIVERY_STATUSES)}))
+    ORDER BY m.created_at, m.message_id LIMIT $1
+"""
+REPORT_COLUMNS = "message_id, status, reporter, detail, report, updated_at"
+SELECT_REPORT = f"SELECT {REPORT_COLUMNS} FROM delivery_reports WHERE message_id = $1"
+UPSERT_REPORT = f"""
+    INSERT INTO delivery_reports ({REPORT_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6)
+    ON CONFLICT (message_id) DO UPDATE SET status = excluded.status, reporter = excluded.reporter,
+        detail = excluded.detail, report = excluded.report, updated_at = excluded.updated_at
+"""
+# Appending an event that records something without changing the status (a fetch, a report).
+BUMP_SEQ = "UPDATE messages SET last_seq = last_seq + 1, updated_at = $2 WHERE message_id = $1 RETURNING last_seq, status"
 
 _WAITING = (MessageStatus.SEND_ENQUEUED, MessageStatus.WAITING_FOR_RETRY)
 

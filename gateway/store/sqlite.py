@@ -40,6 +40,7 @@ from .base import (
     LEASE_EXPIRED_DETAIL,
     PERMIT_STATUSES,
     Clock,
+    DeliveryReportRecord,
     MessageEvent,
     MessageFilter,
     MessageRecord,
@@ -51,6 +52,7 @@ from .base import (
     check_inbound,
     check_outbound,
     check_page,
+    check_relay,
     idempotency_conflict,
     not_cancellable,
     not_found,
@@ -412,6 +414,41 @@ class SqliteStore(SqliteLedger, Store):
     async def ack_inbox(self, message_id: str, *, actor: str) -> MessageRecord:
         return await ack_inbox_via(self, message_id, actor=actor)
 
+    # --- hub: relaying, pull, delivery reports -----------------------------------------------
+
+    async def accept_relay(self, message: MessageRecord, *, actor: str, detail: str) -> tuple[bool, MessageRecord]:
+        check_relay(message)
+        held = replace(
+            message,
+            next_attempt_at=None if message.next_attempt_at is None else as_utc(message.next_attempt_at),
+            lease_until=None,
+            created_at=as_utc(message.created_at),
+            updated_at=as_utc(message.updated_at),
+        )
+        return await self._write(_accept_relay, held, actor, detail, _enc(self._clock()))
+
+    async def held_for_pull(self, receiver: str, *, limit: int = 100) -> list[MessageRecord]:
+        check_page(MessageFilter(limit=limit))
+        rows = await self._read(_fetchall, _sql(q.SELECT_HELD_FOR_PULL), (receiver, limit))
+        return [q.message_from_row(r, _dec) for r in rows]
+
+    async def record_event(
+        self, message_id: str, *, actor: str, detail: str, error_code: str | None = None
+    ) -> None:
+        await self._write(_record_event, message_id, actor, detail, error_code, _enc(self._clock()))
+
+    async def save_delivery_report(self, report: DeliveryReportRecord, *, actor: str) -> bool:
+        return await self._write(_save_report, report, actor, _enc(self._clock()))
+
+    async def delivery_report(self, message_id: str) -> DeliveryReportRecord | None:
+        row = await self._read(_fetchone, _sql(q.SELECT_REPORT), (message_id,))
+        return None if row is None else _report_from_row(row)
+
+    async def awaiting_delivery_report(self, *, limit: int = 100) -> list[MessageRecord]:
+        check_page(MessageFilter(limit=limit))
+        rows = await self._read(_fetchall, _sql(q.SELECT_AWAITING_REPORT), (limit,))
+        return [q.message_from_row(r, _dec) for r in rows]
+
     # --- operations --------------------------------------------------------------------------
 
     async def counts_by_status(self) -> dict[str, int]:
@@ -600,3 +637,45 @@ def _store_inbound(
     for sql, args in q.inbound_effects(permit, message):
         conn.execute(_sql(sql), args)
     return True, message
+
+
+def _accept_relay(
+    conn: sqlite3.Connection, message: MessageRecord, actor: str, detail: str, now: str
+) -> tuple[bool, MessageRecord]:
+    row = conn.execute(_sql(q.SELECT_MESSAGE), (message.message_id,)).fetchone()
+    if row is not None:
+        return False, q.message_from_row(row, _dec)
+    conn.execute(_sql(q.INSERT_MESSAGE), q.message_values(message, _enc))
+    conn.execute(
+        _sql(q.INSERT_EVENT), (message.message_id, 1, now, MessageStatus.SEND_ENQUEUED.value, actor, detail, None)
+    )
+    return True, message
+
+
+def _record_event(
+    conn: sqlite3.Connection, message_id: str, actor: str, detail: str, error_code: str | None, now: str
+) -> None:
+    row = conn.execute(_sql(q.BUMP_SEQ), (message_id, now)).fetchone()
+    if row is None:
+        raise not_found(message_id)
+    conn.execute(_sql(q.INSERT_EVENT), (message_id, row[0], now, row[1], actor, detail, error_code))
+
+
+def _save_report(conn: sqlite3.Connection, report: DeliveryReportRecord, actor: str, now: str) -> bool:
+    held = conn.execute(_sql(q.SELECT_REPORT), (report.message_id,)).fetchone()
+    conn.execute(
+        _sql(q.UPSERT_REPORT),
+        (report.message_id, report.status, report.reporter, report.detail, report.report, _enc(as_utc(report.updated_at))),
+    )
+    if held is not None and held[1] == report.status:
+        return False
+    detail = f"{report.reporter} reports {report.status}" + (f": {report.detail}" if report.detail else "")
+    _record_event(conn, report.message_id, actor, detail, None, now)
+    return True
+
+
+def _report_from_row(r: Any) -> DeliveryReportRecord:
+    return DeliveryReportRecord(
+        message_id=r[0], status=r[1], reporter=r[2], detail=r[3],
+        report=None if r[4] is None else bytes(r[4]), updated_at=_dec(r[5]),
+    )  # fmt: skip
