@@ -21,6 +21,7 @@ from gateway.logs import get_logger
 from gateway.metrics import Metrics
 from gateway.middleware import authenticate, errors, request_context
 from gateway.outbound import OutboundService
+from gateway.queue import open_queue
 from gateway.security import Security
 from gateway.store import open_store
 
@@ -60,14 +61,19 @@ def _resources(preloaded: Security | None):
         app[appkeys.SECURITY] = security
         app[appkeys.STORE] = store
         app[appkeys.HTTP] = http
-        worker = DeliveryWorker(config, store, security, http, app[appkeys.METRICS])
+        queue = open_queue(config, store, actor=f"sender:{config.party}")
+        if config.start_delivery:
+            await queue.open()  # a broker that cannot be reached stops start-up, loudly
+        worker = DeliveryWorker(config, store, security, http, app[appkeys.METRICS], queue)
         app[appkeys.DELIVERY] = worker
         app[appkeys.OUTBOUND] = OutboundService(config, store, security, worker.wake)
         app[appkeys.INBOUND] = InboundService(config, store, security)
         task = asyncio.create_task(worker.run(), name=f"delivery-{config.party}") if config.start_delivery else None
         hub_loops = hub.background(config, store, security, http, app[appkeys.INBOUND]) if config.start_delivery else []
         hub_tasks = [asyncio.create_task(loop, name=f"hub-{config.party}") for loop in hub_loops]
-        log.info("gateway.started", party=config.party, role=config.role, store=type(store).__name__)
+        log.info(
+            "gateway.started", party=config.party, role=config.role, store=type(store).__name__, queue=type(queue).__name__
+        )
         try:
             yield
         finally:
@@ -79,6 +85,7 @@ def _resources(preloaded: Security | None):
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
+            await queue.close()
             await http.close()
             await store.close()
             log.info("gateway.stopped", party=config.party)
