@@ -430,7 +430,13 @@ def test_a_changed_letter_or_digit_of_the_permit_is_a_digest_mismatch(rsa_party,
     assume(_in_text_or_attribute_value(signed, index))
     byte = data.draw(st.sampled_from(b"0123456789QZqz").filter(lambda b: b != signed[index]), label="byte")
     changed = signed[:index] + bytes([byte]) + signed[index + 1 :]
-    assert code_of(rsa_party, changed) is ErrorCode.DIGEST_MISMATCH
+    try:
+        parse_xml(changed)
+    except EpixError as error:  # e.g. a namespace URI that no longer is one
+        expected = error.code
+    else:
+        expected = ErrorCode.DIGEST_MISMATCH
+    assert code_of(rsa_party, changed) is expected
     assert signxml_signed_bytes(changed, rsa_party.cert) is None
 
 
