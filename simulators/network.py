@@ -67,7 +67,22 @@ def build_network(
     retry: dict[str, float] | None = None,
     replay_window_s: float = 900,
     extra: str = "",
+    hub: str | None = None,
+    via: dict[str, str] | None = None,
+    pull: frozenset[str] | set[str] = frozenset(),
+    endpoints: dict[str, str] | None = None,
 ) -> Network:
+    """``hub`` adds a regional hub (its party id) beside the national gateways; ``via`` maps a
+    party to the hub everyone reaches it through (and through which it sends everything); parties
+    in ``pull`` accept no inbound connection and collect from the hub. ``endpoints`` overrides the
+    URL at which the others reach a party (e.g. a fault-injecting proxy in front of it)."""
+    via = dict(via or {})
+    endpoints = dict(endpoints or {})
+    if not set(pull) <= set(via):
+        raise ValueError("a party that pulls must be reached via the hub (list it in via).")
+    if via and hub is None:
+        raise ValueError("via needs a hub.")
+    parties = (*parties, hub) if hub else parties
     root.mkdir(parents=True, exist_ok=True)
     ca = make_test_ca("EPIX demo CA")
     ca_pem = root / "ca.pem"
@@ -81,12 +96,16 @@ def build_network(
         (certs_dir / f"{party}.pem").write_bytes(paths.cert.read_bytes())
     retry = retry or {"max_attempts": 6, "first_delay_s": 0.2, "factor": 2.0, "max_delay_s": 2.0}
     nodes = {}
+    def url_of(party: str) -> str:
+        return endpoints.get(party, f"http://127.0.0.1:{ports[party]}")
+
     for party in parties:
         node_dir = root / party
         ma_token, op_token = secrets.token_urlsafe(24), secrets.token_urlsafe(24)
         lines = [
             "[gateway]",
             f"party = {_toml_str(party)}",
+            *(['role = "hub"'] if party == hub else []),
             f"port = {ports[party]}",
             f"data_dir = {_toml_str(str(node_dir))}",
             f"replay_window_s = {replay_window_s}",
@@ -110,11 +129,20 @@ def build_network(
         for other in parties:
             if other == party:
                 continue
+            if other == hub:
+                route = ['role = "hub"', f"endpoint = {_toml_str(url_of(other))}"]
+                route += ['delivery = "pull"'] if party in pull else []
+            elif party == hub and other in pull:
+                route = ['delivery = "pull"']
+            elif party != hub and (other in via or party in via):
+                route = [f"via = {_toml_str(via.get(other) or via[party])}"]
+            else:
+                route = [f"endpoint = {_toml_str(url_of(other))}"]
             lines += [
                 "",
                 "[[partner]]",
                 f"party = {_toml_str(other)}",
-                f'endpoint = "http://127.0.0.1:{ports[other]}"',
+                *route,
                 f"certificates = [{_toml_str(str(certs_dir / f'{other}.pem'))}]",
                 "timeout_s = 5.0",
                 "[partner.retry]",
