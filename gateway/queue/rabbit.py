@@ -253,6 +253,8 @@ class RabbitQueue(DeliveryQueue):
         )
         released = 0
         for m in held:
+            if m.receiver in self.config.agreements and self.config.agreements.get(m.receiver).delivery == "pull":
+                continue  # a hub holds it for the member to pull: not ours to send
             if m.updated_at < cutoff:
                 with contextlib.suppress(EpixError):
                     await self.store.transition(m.message_id, MessageStatus.SEND_ENQUEUED, actor=self.actor, detail=LEASE_EXPIRED_DETAIL)
