@@ -1,0 +1,108 @@
+"""The counterpart simulators and the fault proxy, each against a tiny real server on 127.0.0.1."""
+
+from __future__ import annotations
+
+import aiohttp
+import pytest
+from aiohttp import web
+
+from simulators.counterparts import CustomsStub, PartnerMA
+from simulators.faults import FaultProxy
+
+
+@pytest.fixture
+async def http():
+    async with aiohttp.ClientSession() as session:
+        yield session
+
+
+async def _serve(app: web.Application) -> tuple[web.AppRunner, str]:
+    runner = web.AppRunner(app, access_log=None, handle_signals=False)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    return runner, f"http://127.0.0.1:{site._server.sockets[0].getsockname()[1]}"
+
+
+async def test_partner_ma_accepts_refuses_a_share_and_goes_down_on_command(http):
+    ma = await PartnerMA(reject_share=0.5, seed=7).start()
+    try:
+        statuses = []
+        for i in range(40):
+            async with http.post(ma.url + "/permits", data=b"<x/>") as resp:
+                statuses.append(resp.status)
+        assert set(statuses) == {200, 422}
+        assert len(ma.accepted) + len(ma.refused) == 40 and 8 < len(ma.refused) < 32
+        async with http.post(ma.url + "/_sim/down") as resp:
+            assert resp.status == 200
+        async with http.post(ma.url + "/permits", data=b"<x/>") as resp:
+            assert resp.status == 503
+        ma.up()
+        ma.reject_share = 0.0
+        async with http.post(ma.url + "/permits", data=b"<x/>") as resp:
+            assert resp.status == 200
+        assert ma.down_count == 1
+    finally:
+        await ma.stop()
+
+
+async def test_customs_stub_consumes_each_delivered_message_once(http):
+    inbox = {"m1": {"message_id": "m1"}, "m2": {"message_id": "m2"}}
+    acked: list[str] = []
+
+    async def list_inbox(request):
+        assert request.headers["Authorization"] == "Bearer secret"
+        return web.json_response({"messages": list(inbox.values())})
+
+    async def ack(request):
+        acked.append(request.match_info["mid"])
+        inbox.pop(request.match_info["mid"], None)
+        return web.json_response({})
+
+    app = web.Application()
+    app.router.add_get("/v1/inbox", list_inbox)
+    app.router.add_post("/v1/inbox/{mid}/ack", ack)
+    runner, url = await _serve(app)
+    try:
+        stub = CustomsStub(url, "secret")
+        assert await stub.consume_once(http) == 2
+        assert await stub.consume_once(http) == 0
+        assert sorted(acked) == ["m1", "m2"] and len(stub.consumed) == 2
+    finally:
+        await runner.cleanup()
+
+
+async def test_fault_proxy_spoils_exactly_the_queued_requests(http):
+    seen: list[bytes] = []
+
+    async def echo(request):
+        body = await request.read()
+        seen.append(body)
+        return web.Response(body=b"answer:" + body)
+
+    app = web.Application()
+    app.router.add_post("/x", echo)
+    runner, url = await _serve(app)
+    proxy = await FaultProxy(url).start()
+    try:
+        for mode in ("5xx", "truncate", "duplicate"):
+            proxy.inject(mode)
+        with pytest.raises(ValueError):
+            proxy.inject("melt")
+        async with http.post(proxy.url + "/x", data=b"one") as resp:
+            assert resp.status == 503
+        async with http.post(proxy.url + "/x", data=b"two") as resp:
+            assert await resp.read() == b"answe"  # the first half of b"answer:two"
+        async with http.post(proxy.url + "/x", data=b"three") as resp:
+            assert await resp.read() == b"answer:three"
+        async with http.post(proxy.url + "/x", data=b"four") as resp:
+            assert await resp.read() == b"answer:four"
+        assert seen == [b"two", b"three", b"three", b"four"]
+        proxy.inject("drop")
+        with pytest.raises(aiohttp.ClientError):
+            async with http.post(proxy.url + "/x", data=b"five") as resp:
+                await resp.read()
+        assert b"five" not in seen
+    finally:
+        await proxy.stop()
+        await runner.cleanup()
