@@ -1,0 +1,158 @@
+"""What only RabbitMQ does, against the real broker: publisher confirms, returned (unroutable)
+messages, redelivery after a consumer dies before acking, the delay and parking queues, and a
+connection cut mid-run."""
+
+from __future__ import annotations
+
+import asyncio
+
+import aio_pika
+import pytest
+
+from domain.messages import MessageStatus
+from gateway.queue import open_queue
+from gateway.store.sqlite import SqliteStore
+from tests.integration.test_queue import RETRY, Harness, gateway_config
+from tests.rabbit import AMQP_URL, TcpProxy, delete_everything, require_rabbit, unique_prefix
+
+
+@pytest.fixture
+async def rabbit(tmp_path):
+    """(make_harness, prefix): harnesses sharing one store and one queue prefix, as several
+    gateway processes behind one database would."""
+    await require_rabbit()
+    prefix = unique_prefix()
+    store = SqliteStore(tmp_path / "store.db")
+    await store.open()
+    made: list[Harness] = []
+
+    def make(url: str = AMQP_URL, **queue) -> Harness:
+        config = gateway_config(tmp_path, queue={"url": url, "prefix": prefix, "prefetch": 8, **queue})
+        h = Harness(config, store)
+        made.append(h)
+        return h
+
+    try:
+        yield make, prefix
+    finally:
+        for h in made:
+            await h.stop()
+        await store.close()
+        await delete_everything(prefix)
+
+
+async def queue_depth(name: str) -> int:
+    connection = await aio_pika.connect(AMQP_URL)
+    try:
+        channel = await connection.channel()
+        queue = await channel.declare_queue(name, passive=True)
+        return queue.declaration_result.message_count
+    finally:
+        await connection.close()
+
+
+async def test_the_relay_marks_a_message_published_only_once_the_broker_confirmed_it(rabbit):
+    make, prefix = rabbit
+    h = make()
+    ids = await h.accept(7)
+    h.queue = queue = open_queue(h.config, h.store, actor="t")
+    await queue.open()  # connected, topology declared, nobody consuming
+
+    assert len(await h.store.unpublished(limit=100)) == 7
+    assert await queue.relay_once() == (7, 0)
+
+    assert await h.store.unpublished(limit=100) == []
+    assert await queue.relay_once() == (0, 0)  # published once, not again
+    assert await queue_depth(f"{prefix}.CH.deliver.FR") == 7
+    assert {(await h.store.get_message(i)).status for i in ids} == {MessageStatus.SEND_ENQUEUED}
+    await queue.close()
+
+
+async def test_a_returned_message_stays_unpublished_and_goes_out_once_its_route_exists_again(rabbit):
+    make, prefix = rabbit
+    h = make()
+    h.queue = queue = open_queue(h.config, h.store, actor="t")
+    await queue.open()
+    connection = await aio_pika.connect(AMQP_URL)
+    await (await connection.channel()).queue_delete(f"{prefix}.CH.deliver.FR")  # the route vanishes
+    await connection.close()
+    ids = await h.accept(3)
+
+    assert await queue.relay_once() == (0, 3)  # mandatory: returned, not silently dropped
+    assert {u.message_id for u in await h.store.unpublished(limit=100)} == set(ids)
+
+    assert await queue.relay_once() == (3, 0)  # the relay declared the route again
+    assert await queue_depth(f"{prefix}.CH.deliver.FR") == 3
+    await queue.close()
+
+
+async def test_a_consumer_that_dies_before_acking_leaves_the_message_to_another(rabbit):
+    make, _ = rabbit
+    proxy = await TcpProxy().start()
+    first = make(url=proxy.url())
+    await first.start()
+    [message_id] = await first.accept(plan=["hang"])
+    await asyncio.wait_for(first.worker.hanging.wait(), 10)  # the first consumer holds it, unacked
+    second = make()
+    await second.start()
+
+    await proxy.stop()  # the first process vanishes from the broker's point of view
+
+    [held] = await second.wait([message_id], {MessageStatus.ACKNOWLEDGED}, timeout=20)
+    assert len(second.worker.sent[message_id]) == 1
+    events = [e.detail for e in await second.store.message_events(message_id)]
+    assert any(d and "delivered it again" in d for d in events)
+    assert held.message_id == message_id
+
+
+async def test_retries_wait_in_delay_queues_and_the_last_failure_is_parked_then_replayed(rabbit):
+    make, prefix = rabbit
+    h = make()
+    await h.start()
+    [message_id] = await h.accept(plan=["retry"] * RETRY["max_attempts"])
+
+    await h.wait([message_id], {MessageStatus.SEND_FAILURE})
+    names = h.queue.queue_names()
+    assert f"{prefix}.CH.deliver.FR.retry.300" in names and f"{prefix}.CH.deliver.FR.retry.600" in names
+    await _until(lambda: queue_depth(f"{prefix}.CH.deliver.FR.parked"), 1)
+
+    replayed = await h.queue.replay_parked(actor="operator:test")
+
+    assert replayed == [message_id]
+    [held] = await h.wait([message_id], {MessageStatus.ACKNOWLEDGED})
+    assert held.attempts == RETRY["max_attempts"] + 1
+    assert await queue_depth(f"{prefix}.CH.deliver.FR.parked") == 0
+    assert await h.queue.replay_parked(actor="operator:test") == []
+
+
+async def test_a_connection_cut_mid_run_loses_nothing(rabbit):
+    make, _ = rabbit
+    proxy = await TcpProxy().start()
+    h = make(url=proxy.url())
+    await h.start()
+    ids = await h.accept(30)
+    await _until_some_acknowledged(h, ids)
+
+    assert proxy.cut() >= 1  # the broker connection drops mid-run; the proxy still listens
+    ids += await h.accept(30)  # accepted while the gateway reconnects
+
+    await h.wait(ids, {MessageStatus.ACKNOWLEDGED}, timeout=40)
+    assert sorted(h.worker.sent) == sorted(ids)
+    await proxy.stop()
+
+
+async def _until(probe, wanted, timeout: float = 10.0):
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while (value := await probe()) != wanted:
+        assert loop.time() < deadline, f"{value} != {wanted}"
+        await asyncio.sleep(0.1)
+
+
+async def _until_some_acknowledged(h: Harness, ids, timeout: float = 10.0):
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not any(h.worker.sent.get(i) for i in ids):
+        assert loop.time() < deadline
+        await asyncio.sleep(0.01)
+
