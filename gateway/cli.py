@@ -224,7 +224,77 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--seed", type=int, default=7)
     demo.add_argument("--dir", help="work directory (default: a temporary one)")
     demo.set_defaults(func=cmd_demo)
+
+    simulate = sub.add_parser("simulate", help="counterparts and fault injection for tests and demos").add_subparsers(
+        dest="simulate_command", required=True, metavar="SUBCOMMAND"
+    )
+    proxy = simulate.add_parser("proxy", help="a fault-injecting proxy in front of a gateway")
+    proxy.add_argument("--target", required=True, help="base URL of the gateway behind the proxy")
+    proxy.add_argument("--port", type=int, required=True)
+    proxy.add_argument("--host", default="127.0.0.1")
+    proxy.add_argument("--fault", action="append", default=[], metavar="MODE[:TIMES]",
+                       help="queue a fault: drop, delay, 5xx, truncate, duplicate, reorder (repeatable)")
+    proxy.add_argument("--delay", type=float, default=2.0, help="seconds for delay and reorder")
+    proxy.set_defaults(func=cmd_simulate_proxy)
+    ma = simulate.add_parser("ma", help="a partner Management Authority's system (webhook endpoint)")
+    ma.add_argument("--port", type=int, required=True)
+    ma.add_argument("--host", default="127.0.0.1")
+    ma.add_argument("--reject-share", type=float, default=0.0)
+    ma.add_argument("--delay", type=float, default=0.0)
+    ma.set_defaults(func=cmd_simulate_ma)
+    customs = simulate.add_parser("customs", help="a customs single window consuming a gateway's inbox")
+    customs.add_argument("--gateway", required=True, help="base URL of the gateway")
+    customs.add_argument("--token-env", required=True, help="environment variable holding the bearer token")
+    customs.set_defaults(func=cmd_simulate_customs)
     return parser
+
+
+def cmd_simulate_proxy(args) -> int:
+    from simulators.faults import serve
+
+    faults = []
+    for raw in args.fault:
+        mode, _, times = raw.partition(":")
+        faults.append((mode, int(times or 1)))
+    try:
+        asyncio.run(serve(args.target, host=args.host, port=args.port, faults=faults, delay_s=args.delay))
+    except ValueError as exc:
+        print(str(exc), file=sys.stderr)
+        return EXIT_INVALID
+    return 0
+
+
+def cmd_simulate_ma(args) -> int:
+    from simulators.counterparts import PartnerMA
+
+    async def run() -> None:
+        ma = await PartnerMA(host=args.host, port=args.port, reject_share=args.reject_share, delay_s=args.delay).start()
+        print(f"partner MA simulator on {ma.url} (POST /_sim/down, /_sim/up; GET /_sim/stats)", flush=True)
+        try:
+            await asyncio.Event().wait()
+        finally:
+            await ma.stop()
+
+    asyncio.run(run())
+    return 0
+
+
+def cmd_simulate_customs(args) -> int:
+    import aiohttp
+
+    from simulators.counterparts import CustomsStub
+
+    token = os.environ.get(args.token_env)
+    if not token:
+        print(f"environment variable {args.token_env} is not set", file=sys.stderr)
+        return EXIT_INVALID
+
+    async def run() -> None:
+        async with aiohttp.ClientSession() as http:
+            await CustomsStub(args.gateway.rstrip("/"), token).run(http)
+
+    asyncio.run(run())
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -106,3 +106,10 @@ async def test_fault_proxy_spoils_exactly_the_queued_requests(http):
     finally:
         await proxy.stop()
         await runner.cleanup()
+
+
+def test_simulate_proxy_command_refuses_an_unknown_fault(capsys):
+    from gateway.cli import main
+
+    assert main(["simulate", "proxy", "--target", "http://127.0.0.1:1", "--port", "1", "--fault", "melt:2"]) != 0
+    assert "unknown fault 'melt'" in capsys.readouterr().err
