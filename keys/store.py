@@ -21,7 +21,6 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
-from functools import lru_cache
 from pathlib import Path
 from typing import Iterable
 
@@ -47,9 +46,23 @@ from keys.pki import (
 )
 
 ANCHOR_DIR = "_ca"
-# Every verification looks its signer up by fingerprint; hashing the DER each time cost more than
-# the rest of the trust check. Equal certificates have equal fingerprints, so caching is exact.
-_fingerprint = lru_cache(maxsize=1024)(fingerprint)
+# Every verification looks its signer up by fingerprint, and hashing the DER each time cost more
+# than the rest of the trust check. The verifier hands over the same certificate object for the
+# same KeyInfo (it caches them), so the cache is keyed by identity, which costs nothing to hash;
+# each entry holds its certificate, so an id cannot be reused while it is cached.
+_FINGERPRINTS: dict[int, tuple[x509.Certificate, str]] = {}
+_FINGERPRINTS_MAX = 1024
+
+
+def _fingerprint(cert: x509.Certificate) -> str:
+    entry = _FINGERPRINTS.get(id(cert))
+    if entry is not None and entry[0] is cert:
+        return entry[1]
+    fp = fingerprint(cert)
+    if len(_FINGERPRINTS) >= _FINGERPRINTS_MAX:
+        _FINGERPRINTS.clear()
+    _FINGERPRINTS[id(cert)] = (cert, fp)
+    return fp
 _SECOND = timedelta(seconds=1)  # the chain verifier treats the window's edges as outside it
 
 

@@ -284,9 +284,32 @@ def _certificate_from_text(text: str) -> x509.Certificate:
     return x509.load_der_x509_certificate(_unbase64(text))
 
 
-@lru_cache(maxsize=512)
-def _public_key(certificate: x509.Certificate):
-    return certificate.public_key()
+class _PublicKey(NamedTuple):
+    key: object
+    kind: type | None  # rsa.RSAPublicKey, ec.EllipticCurvePublicKey, or None for anything else
+    coordinate_bytes: int  # ECDSA: the size of r and of s
+
+
+_PUBLIC_KEYS: dict[int, tuple[x509.Certificate, _PublicKey]] = {}
+
+
+def _public_key(certificate: x509.Certificate) -> _PublicKey:
+    """The certificate's key, parsed once. Keyed by identity: ``_certificate_from_text`` hands out
+    one object per certificate, and each entry holds its certificate so the id stays its own."""
+    entry = _PUBLIC_KEYS.get(id(certificate))
+    if entry is not None and entry[0] is certificate:
+        return entry[1]
+    key = certificate.public_key()
+    if isinstance(key, rsa.RSAPublicKey):
+        parsed = _PublicKey(key, rsa.RSAPublicKey, 0)
+    elif isinstance(key, ec.EllipticCurvePublicKey):
+        parsed = _PublicKey(key, ec.EllipticCurvePublicKey, (key.curve.key_size + 7) // 8)
+    else:
+        parsed = _PublicKey(key, None, 0)
+    if len(_PUBLIC_KEYS) >= 512:
+        _PUBLIC_KEYS.clear()
+    _PUBLIC_KEYS[id(certificate)] = (certificate, parsed)
+    return parsed
 
 
 def _name(tag: object) -> str:
@@ -561,19 +584,19 @@ def _signer_certificates(key_info: etree._Element | None) -> tuple[x509.Certific
 
 def _check_signature_value(certificate: x509.Certificate, method: str, value: bytes, signed_info: bytes) -> None:
     key_type, _ = _SIGNATURE_METHODS[method]
-    key = _public_key(certificate)
-    if not isinstance(key, key_type):
-        raise _invalid(f"The signature method {method} does not fit the signing certificate's {type(key).__name__}.")
+    public = _public_key(certificate)
+    if public.kind is not key_type:
+        raise _invalid(f"The signature method {method} does not fit the signing certificate's {type(public.key).__name__}.")
     try:
-        if isinstance(key, rsa.RSAPublicKey):
-            key.verify(value, signed_info, _PKCS1, _HASHES[method])
+        if key_type is rsa.RSAPublicKey:
+            public.key.verify(value, signed_info, _PKCS1, _HASHES[method])
             return
         # XML-DSig carries ECDSA as raw r||s, each the curve's size (RFC 4050); cryptography wants DER.
-        size = (key.curve.key_size + 7) // 8
+        size = public.coordinate_bytes
         if len(value) != 2 * size:
-            raise _invalid(f"The ECDSA signature value is {len(value)} bytes; {key.curve.name} needs r||s of {2 * size}.")
+            raise _invalid(f"The ECDSA signature value is {len(value)} bytes; {public.key.curve.name} needs r||s of {2 * size}.")
         r, s = int.from_bytes(value[:size], "big"), int.from_bytes(value[size:], "big")
-        key.verify(encode_dss_signature(r, s), signed_info, _ECDSA[method])
+        public.key.verify(encode_dss_signature(r, s), signed_info, _ECDSA[method])
     except InvalidSignature:
         raise _invalid("The signature value does not verify with the signing certificate.") from None
 

@@ -218,3 +218,35 @@ def test_the_untouched_signed_document_passes(party):
     # Without this control, every refusal above could come from a broken signer.
     signer, verifier, _, _ = party
     assert verifier.verify(signer.sign(sample_permit_xml(seed=3)), "CH").signer == "CH"
+
+
+# --------------------------------------------------------------------------- the parser's byte pre-checks
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        b"<?xml-stylesheet href='x.xsl'?><a/>",  # a PI where a declaration could be
+        b"<?xml version='1.0'?><?xml-stylesheet href='x.xsl'?><a/>",
+        b"<?xml version='1.0'?>\n<a/><?after the root?>",
+        b"<a>?<b/><?pi?></a>",
+        b"<a><!-- <? --><?pi?></a>",  # a "<?" in a comment first, then a real one
+        b"<?xml version='1.0' encoding='UTF-8'?><a>x</a><!-- ! --><?pi x?>",
+    ],
+)
+def test_processing_instructions_are_found_wherever_they_are(data):
+    with pytest.raises(EpixError) as info:
+        parse_xml(data)
+    assert info.value.code is ErrorCode.XML_FORBIDDEN_CONSTRUCT
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        b"<?xml version='1.0' encoding='UTF-8'?><a>Why? Because!</a>",
+        b"<a><!-- <?php not a PI ?> --><b><![CDATA[<?xml not one either?> and ! text]]></b></a>",
+        b"<a title='?!'>&lt;?x?&gt;</a>",
+    ],
+)
+def test_question_and_exclamation_marks_that_are_not_markup_are_fine(data):
+    assert parse_xml(data).getroot().tag == "a"
