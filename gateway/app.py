@@ -15,6 +15,8 @@ from aiohttp import web
 
 from gateway import api_exchange, api_local, api_ops, appkeys, hub
 from gateway.config import GatewayConfig
+from gateway import api_customs
+from gateway.customs import customs_resources
 from gateway.delivery import DeliveryWorker
 from gateway.inbound import InboundService
 from gateway.logs import get_logger
@@ -41,6 +43,8 @@ def create_app(config: GatewayConfig, *, security: Security | None = None) -> we
     app.add_routes(api_ops.routes)
     app.add_routes(api_local.routes)
     app.add_routes(api_exchange.routes)
+    app.add_routes(api_customs.routes)
+    app.cleanup_ctx.append(customs_resources)  # after _resources: it uses the store and keys
     return app
 
 

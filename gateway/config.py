@@ -8,10 +8,13 @@ import os
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from domain.errors import EpixError, ErrorCode
 from routing.agreements import Agreements, load_agreements, parse_agreements
+
+if TYPE_CHECKING:
+    from gateway.customs.config import CustomsConfig
 
 ROLES = ("ma", "customs", "operator")
 
@@ -82,6 +85,7 @@ class GatewayConfig:
     webhook: WebhookConfig = field(default_factory=WebhookConfig)
     queue: QueueConfig = field(default_factory=QueueConfig)
     start_delivery: bool = True
+    customs: "CustomsConfig | None" = None  # [customs]: gateway.customs.config (None: defaults)
 
     @property
     def keys_dir(self) -> Path:
@@ -190,7 +194,14 @@ def parse_config(data: dict[str, Any], *, source: str = "config", base_dir: Path
         webhook=webhook,
         queue=_queue(data.get("queue", {}), source),
         start_delivery=bool(gw.get("start_delivery", True)),
+        customs=_customs(data.get("customs"), source, base_dir),
     )
+
+
+def _customs(raw: dict[str, Any] | None, source: str, base_dir: Path) -> "CustomsConfig":
+    from gateway.customs.config import parse_customs  # the customs package reads its own table
+
+    return parse_customs(raw, source=source, base_dir=base_dir)
 
 
 def _queue(raw: dict[str, Any], source: str) -> QueueConfig:

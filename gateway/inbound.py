@@ -32,6 +32,7 @@ from domain import rules
 from domain.errors import EpixError, ErrorCode
 from domain.messages import Action, Direction, MessageStatus
 from gateway.config import GatewayConfig
+from gateway.customs.feedback import endorsement_request
 from gateway.hub import Relay
 from gateway.logs import get_logger
 from gateway.security import Security
@@ -128,10 +129,13 @@ class InboundService:
                 ErrorCode.NOT_AUTHORISED_FOR_DOCUMENT,
                 f"The agreement with {h.sender} does not cover {h.document_type} / {h.action.value}.",
             )
-        self.config.agreements.get(h.document_issuer)
+        if h.action is not Action.ENDORSE:  # an endorsement is about a permit we issued ourselves
+            self.config.agreements.get(h.document_issuer)
         permit_record = self._payload_record(env, now) if h.action in (Action.ISSUE, Action.REPLACE) else None
         if h.action is Action.CANCEL:
             self._check_cancellation(env)
+        # Customs feedback (gateway/customs/feedback.py): box 14 for a permit we issued.
+        endorsed = await endorsement_request(self, env) if h.action is Action.ENDORSE else None
         receipt = self.security.sign(
             build_receipt(
                 Receipt(
@@ -168,7 +172,12 @@ class InboundService:
             created_at=now,
             updated_at=now,
         )
-        is_new, stored = await self.store.store_inbound(permit_record, message, actor=f"partner:{h.sender}")
+        if endorsed is not None:
+            is_new, stored = await self.store.record_endorsement(
+                endorsed.request, message, reversal=endorsed.reversal, actor=f"partner:{h.sender}"
+            )
+        else:
+            is_new, stored = await self.store.store_inbound(permit_record, message, actor=f"partner:{h.sender}")
         log.info("inbound.received", message_id=h.message_id, sender=h.sender, action=h.action.value, new=is_new)
         return Answer(200, stored.receipt or receipt, h.message_id, duplicate=not is_new)
 

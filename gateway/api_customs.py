@@ -1,0 +1,133 @@
+"""The customs single window's HTTP API (bearer token with role customs; see docs/CUSTOMS.md).
+
+GET  /v1/verifications/{issuer}/{number}[?stamp=&office=]   verdict (JSON, or signed XML with
+                                                            Accept: application/xml or ?format=xml)
+GET  /v1/verifications/{issuer}/{number}/history            the audit history of verifications
+POST /v1/permits/{issuer}/{number}/write-offs               write off a declaration's quantities
+POST /v1/permits/{issuer}/{number}/write-offs/{declaration}/reversal   give them back
+GET  /v1/permits/{issuer}/{number}/quantities               permitted against actual, per line
+POST /epix/v2                                               EPIX Connect-compatible SOAP facade
+"""
+
+from __future__ import annotations
+
+import json
+
+from aiohttp import web
+
+from domain.errors import EpixError, ErrorCode
+from gateway import appkeys
+from gateway.customs import CUSTOMS
+from gateway.customs.config import covers_country
+from gateway.customs.service import balance_view, dumps, require_customs, verification_view, write_off_view
+from gateway.middleware import principal
+
+routes = web.RouteTableDef()
+XML = "application/xml"
+MAX_STAMP = 128
+
+
+def _json(data, status: int = 200) -> web.Response:
+    return web.json_response(data, status=status, dumps=dumps)
+
+
+def _wants_xml(request: web.Request) -> bool:
+    return request.query.get("format") == "xml" or request.headers.get("Accept", "").split(",")[0].strip() in (XML, "text/xml")
+
+
+@routes.get("/v1/verifications/{issuer}/{number}")
+async def verify(request: web.Request) -> web.Response:
+    stamp = request.query.get("stamp")
+    if stamp is not None and len(stamp) > MAX_STAMP:
+        raise EpixError(ErrorCode.JSON_MALFORMED, f"The security stamp is at most {MAX_STAMP} characters.")
+    service = request.app[CUSTOMS]
+    result = await service.verify(
+        request.match_info["issuer"], request.match_info["number"], token=principal(request), stamp=stamp,
+        office=request.query.get("office"),
+    )  # fmt: skip
+    if _wants_xml(request):
+        return web.Response(body=service.signed_verdict(result), content_type=XML, charset="utf-8")
+    return _json(verification_view(result))
+
+
+@routes.get("/v1/verifications/{issuer}/{number}/history")
+async def history(request: web.Request) -> web.Response:
+    require_customs(principal(request))
+    records = await request.app[appkeys.STORE].list_verifications(request.match_info["issuer"], request.match_info["number"])
+    return _json(
+        {
+            "verifications": [
+                {
+                    "verification_id": v.id, "verdict": v.verdict, "reasons": list(v.reasons), "client": v.principal,
+                    "office": v.office, "stamp_given": v.stamp_given, "at": v.at.isoformat(),
+                }  # fmt: skip
+                for v in records
+            ]
+        }
+    )
+
+
+async def _body(request: web.Request):
+    if request.content_type != "application/json":
+        raise EpixError(ErrorCode.UNSUPPORTED_MEDIA_TYPE, "Send the write-off as application/json.")
+    try:
+        return json.loads(await request.read() or b"{}")
+    except (ValueError, UnicodeDecodeError):
+        raise EpixError(ErrorCode.JSON_MALFORMED, "The write-off body is not valid JSON.") from None
+
+
+@routes.post("/v1/permits/{issuer}/{number}/write-offs")
+async def write_off(request: web.Request) -> web.Response:
+    issuer, number = request.match_info["issuer"], request.match_info["number"]
+    outcome, risk, _ = await request.app[CUSTOMS].write_off(issuer, number, await _body(request), token=principal(request))
+    return _json(write_off_view(outcome, risk, issuer, number), status=200 if outcome.replayed else 201)
+
+
+@routes.post("/v1/permits/{issuer}/{number}/write-offs/{declaration}/reversal")
+async def reverse(request: web.Request) -> web.Response:
+    issuer, number = request.match_info["issuer"], request.match_info["number"]
+    body = await _body(request) if request.can_read_body else {}
+    reason = body.get("reason") if isinstance(body, dict) and isinstance(body.get("reason"), str) else None
+    outcome = await request.app[CUSTOMS].reverse(
+        issuer, number, request.match_info["declaration"], token=principal(request), reason=(reason or "")[:200] or None
+    )
+    view = write_off_view(outcome, None, issuer, number)
+    view["reversed"] = view.pop("written_off")
+    view["already_reversed"] = view.pop("already_recorded")
+    return _json(view, status=200)
+
+
+@routes.get("/v1/permits/{issuer}/{number}/quantities")
+async def quantities(request: web.Request) -> web.Response:
+    """The permit's record of actual against permitted quantities (on the issuer's gateway: as
+    the partners' customs reported them)."""
+    token = principal(request)
+    issuer, number = request.match_info["issuer"], request.match_info["number"]
+    service = request.app[CUSTOMS]
+    held = await service.held(issuer, number)
+    if held is None:
+        raise EpixError(ErrorCode.NOT_FOUND, f"No permit {issuer}/{number} is known to this gateway.")
+    party = request.app[appkeys.CONFIG].party
+    p = held.permit
+    concerned = (issuer, party, p.exporter.address.country, p.importer.address.country)
+    if token.role != "operator" and not any(covers_country(token.countries, c) for c in concerned):
+        raise EpixError(ErrorCode.FORBIDDEN, f"Token {token.name!r} may not read permit {issuer}/{number}.")
+    balances = await service.balances(held)
+    write_offs = await request.app[appkeys.STORE].list_write_offs(issuer, number)
+    return _json(
+        {
+            "issuer": issuer,
+            "number": number,
+            "status": held.record.status,
+            "lines": [{**balance_view(b), "actual": balance_view(b)["used"]} for b in balances],
+            "write_offs": [
+                {
+                    "declaration": w.declaration, "item": w.item_id, "quantity": format(w.quantity, "f"), "unit": w.unit,
+                    "declared_at": w.declared_at.isoformat(), "office": w.office, "port": w.port,
+                    "transport_document": w.transport_document, "origin": w.origin, "message_id": w.message_id,
+                    "reversed_at": w.reversed_at.isoformat() if w.reversed_at else None,
+                }  # fmt: skip
+                for w in write_offs
+            ],
+        }
+    )

@@ -1,0 +1,483 @@
+"""The customs single window: verification, write-offs with feedback to the issuer, risk.
+
+Verification answers from what the store holds, with two caches that never change an answer:
+parsed permits by content digest, and signature results by the sha256 of the exact signed
+bytes (a changed byte is a new key, so a tampered record is verified afresh and fails). Every
+verification is appended to the audit history before it is answered, in batches (group commit).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import uuid
+from collections import OrderedDict
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from decimal import Decimal
+from typing import Any, Callable
+
+from adapters.exchange_xml import (
+    EndorsementNotice,
+    VerdictDocument,
+    VerdictLine,
+    build_endorsement,
+    build_verdict,
+)
+from adapters.permit_json import permit_from_json
+from domain import ledger
+from domain.errors import EpixError, ErrorCode
+from domain.messages import Action, Direction, MessageStatus
+from domain.model import EndorsedLine, Endorsement, Permit
+from domain.risk import Assessment, Declared, RiskContext, assess
+from gateway.config import GatewayConfig, Token
+from gateway.customs.config import CustomsConfig, covers_country, covers_office, single_office
+from gateway.customs.verification import Facts, Verdict, judge
+from gateway.logs import get_logger
+from gateway.outbound import DOCUMENT_TYPE, conversation_id
+from gateway.security import Security
+from gateway.store.base import MessageRecord, PermitRecord, Store
+from gateway.store.ledger import VerificationRecord, WriteOffOutcome, WriteOffRequest
+from keys.pki import load_certificates_pem
+from keys.store import TrustStore
+from keys.xmldsig import Verifier
+
+log = get_logger("epix.customs")
+CUSTOMS_ROLES = ("customs", "operator")
+MAX_DECLARATION = 64
+
+
+def exporter_key(permit: Permit) -> str:
+    return f"{permit.exporter.address.country or '?'}:{permit.exporter.name.strip().lower()}"
+
+
+def addressed_to(permit: Permit, token: Token) -> bool:
+    """The permit concerns a border this token acts for: its exporting or importing country."""
+    if token.role == "operator":
+        return True
+    countries = (permit.exporter.address.country, permit.importer.address.country, permit.issuing_country)
+    return any(covers_country(token.countries, c) for c in countries)
+
+
+@dataclass(frozen=True, slots=True)
+class SignatureCheck:
+    ok: bool
+    signer: str | None
+    subject: str | None
+    serial: str | None
+    error: str | None
+    error_code: str | None
+
+    def view(self) -> dict[str, Any]:
+        return {
+            "verified": self.ok,
+            "party": self.signer,
+            "certificate_subject": self.subject,
+            "certificate_serial": self.serial,
+            "error": None if self.ok else {"code": self.error_code, "message": self.error},
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class Held:
+    record: PermitRecord
+    permit: Permit
+
+
+@dataclass(frozen=True, slots=True)
+class VerificationResult:
+    id: str
+    verdict: Verdict
+    reasons: list[str]
+    at: datetime
+    issuer: str
+    number: str
+    held: Held | None
+    balances: tuple[ledger.Balance, ...]
+    signature: SignatureCheck | None
+    risk: Assessment | None
+
+
+class _Lru(OrderedDict):
+    def __init__(self, size: int) -> None:
+        super().__init__()
+        self.size = size
+
+    def get_or(self, key, make):
+        try:
+            self.move_to_end(key)
+            return self[key]
+        except KeyError:
+            value = self[key] = make()
+            if len(self) > self.size:
+                self.popitem(last=False)
+            return value
+
+
+class AuditLog:
+    """Appends verifications in batches: callers that arrive while a batch commits share the next."""
+
+    def __init__(self, store: Store, batch: int) -> None:
+        self.store = store
+        self.batch = max(1, batch)
+        self._pending: list[tuple[VerificationRecord, asyncio.Future]] = []
+        self._lock = asyncio.Lock()
+
+    async def append(self, record: VerificationRecord) -> None:
+        done = asyncio.get_running_loop().create_future()
+        self._pending.append((record, done))
+        async with self._lock:
+            while not done.done():
+                batch, self._pending = self._pending[: self.batch], self._pending[self.batch :]
+                try:
+                    await asyncio.shield(self.store.record_verifications([r for r, _ in batch]))
+                except Exception as exc:  # noqa: BLE001 -- every caller of the batch hears of it
+                    for _, f in batch:
+                        if not f.done():
+                            f.set_exception(exc)
+                else:
+                    for _, f in batch:
+                        if not f.done():
+                            f.set_result(None)
+        await done
+
+
+class CustomsService:
+    def __init__(self, config: GatewayConfig, store: Store, security: Security, wake: Callable[[], None]) -> None:
+        self.config = config
+        self.customs: CustomsConfig = config.customs or CustomsConfig()
+        self.store = store
+        self.security = security
+        self.wake = wake
+        self.audit = AuditLog(store, self.customs.audit_batch)
+        self._permits = _Lru(20_000)
+        self._signatures = _Lru(20_000)
+        own = TrustStore.of({config.party: load_certificates_pem(security.certificate_pem)})
+        self._own_verifier = Verifier(own)
+
+    # --- what is held ----------------------------------------------------------------------------
+
+    async def held(self, issuer: str, number: str) -> Held | None:
+        versions = await self.store.get_permit_versions(issuer, number)
+        if not versions:
+            return None
+        record = versions[-1]
+        permit = self._permits.get_or(record.digest, lambda: permit_from_json(record.permit_json))
+        return Held(record, permit)
+
+    def signature(self, record: PermitRecord) -> SignatureCheck:
+        key = hashlib.sha256(record.signed_xml).digest()
+        if self.customs.verify_signature_every_time:
+            return self._check_signature(record)
+        return self._signatures.get_or(key, lambda: self._check_signature(record))
+
+    def _check_signature(self, record: PermitRecord) -> SignatureCheck:
+        try:
+            if record.issuer == self.config.party:
+                verified = self._own_verifier.verify(record.signed_xml, expected_signer=record.issuer)
+            else:
+                verified = self.security.verify(record.signed_xml, record.issuer)
+        except EpixError as exc:
+            return SignatureCheck(False, None, None, None, exc.detail, exc.code.name)
+        cert = verified.certificate
+        return SignatureCheck(True, verified.signer, cert.subject.rfc4514_string(), format(cert.serial_number, "x"), None, None)
+
+    async def balances(self, held: Held) -> tuple[ledger.Balance, ...]:
+        used = await self.store.used_quantities(held.record.issuer, held.record.number)
+        return ledger.balances_of(ledger.permitted_lines(held.permit), used)
+
+    async def assess(
+        self, held: Held, balances: tuple[ledger.Balance, ...], *, key: str, declared: Declared | None = None, now: datetime
+    ) -> Assessment:
+        first = not await self.store.exporter_has_shipments(exporter_key(held.permit))
+        context = RiskContext(today=now, balances=balances, first_shipment=first, declared=declared)
+        return assess(held.permit, context, self.customs.risk, key=key)
+
+    # --- verification ----------------------------------------------------------------------------
+
+    async def verify(
+        self, issuer: str, number: str, *, token: Token, stamp: str | None = None, office: str | None = None
+    ) -> VerificationResult:
+        require_customs(token)
+        now = datetime.now(timezone.utc)
+        held = await self.held(issuer, number)
+        balances: tuple[ledger.Balance, ...] = ()
+        signature = risk = None
+        if held is None:
+            facts = Facts(issuer, number, found=False)
+        elif not addressed_to(held.permit, token):
+            facts = Facts(issuer, number, found=True, addressed=False)
+            held = None  # nothing about a permit for another border leaves this gateway
+        else:
+            signature = self.signature(held.record)
+            balances = await self.balances(held)
+            p = held.permit
+            facts = Facts(
+                issuer, number, found=True, signature_error=None if signature.ok else signature.error,
+                stamp_given=stamp, stamp_on_permit=p.security_stamp, status=held.record.status,
+                replaced_by=held.record.replaced_by, valid_from=p.valid_from, valid_until=p.valid_until, now=now,
+                balances=balances,
+            )  # fmt: skip
+            risk = await self.assess(held, balances, key=f"{issuer}/{number}", now=now)
+        verdict, reasons = judge(facts)
+        result = VerificationResult(str(uuid.uuid4()), verdict, reasons, now, issuer, number, held, balances, signature, risk)
+        await self.audit.append(
+            VerificationRecord(
+                id=result.id, issuer=issuer, number=number, verdict=verdict.value, reasons=tuple(reasons),
+                principal=token.name, office=office or single_office(token.countries, self.config.party),
+                stamp_given=stamp is not None, at=now,
+            )  # fmt: skip
+        )
+        return result
+
+    def signed_verdict(self, result: VerificationResult) -> bytes:
+        doc = VerdictDocument(
+            verification_id=result.id,
+            verified_by=self.config.party,
+            issuer=result.issuer,
+            number=result.number,
+            result=result.verdict.value,
+            reasons=tuple(result.reasons),
+            verified_at=result.at,
+            lines=tuple(VerdictLine(b.item_id, b.unit, b.permitted, b.remaining) for b in result.balances),
+            signer=result.signature.signer if result.signature and result.signature.ok else None,
+            permit_digest="sha256:" + hashlib.sha256(result.held.record.signed_xml).hexdigest() if result.held else None,
+            risk_channel=result.risk.channel if result.risk else None,
+            risk_score=result.risk.score if result.risk else None,
+        )
+        return self.security.sign(build_verdict(doc))
+
+    # --- write-offs ------------------------------------------------------------------------------
+
+    async def _usable(self, issuer: str, number: str, token: Token) -> Held:
+        require_customs(token)
+        held = await self.held(issuer, number)
+        if held is None:
+            raise EpixError(ErrorCode.NOT_FOUND, f"No permit {issuer}/{number} is known to this gateway.", issuer=issuer, number=number)
+        if not addressed_to(held.permit, token):
+            raise EpixError(
+                ErrorCode.FORBIDDEN,
+                f"Token {token.name!r} acts for {', '.join(sorted(token.countries))}; permit {issuer}/{number} "
+                "is not addressed to any of them.",
+            )
+        return held
+
+    async def write_off(self, issuer: str, number: str, body: dict[str, Any], *, token: Token) -> tuple[WriteOffOutcome, Assessment, Held]:
+        held = await self._usable(issuer, number, token)
+        w = parse_write_off(body, token, self.config.party)
+        permit, record = held.permit, held.record
+        if record.status != "VALID":
+            raise EpixError(
+                ErrorCode.CONFLICT,
+                f"Permit {issuer}/{number} is {record.status.lower()}; nothing can be written off it.",
+                status=record.status,
+            )
+        if not permit.valid_from <= w["date"] <= permit.valid_until:
+            raise EpixError(
+                ErrorCode.CONFLICT,
+                f"The declaration date {w['date'].date().isoformat()} is outside the permit's validity "
+                f"({permit.valid_from.date().isoformat()} to {permit.valid_until.date().isoformat()}).",
+            )
+        signature = self.signature(record)
+        if not signature.ok:
+            raise EpixError(
+                ErrorCode.SIGNATURE_INVALID,
+                f"The issuer's signature on permit {issuer}/{number} does not verify ({signature.error}); nothing was written off.",
+            )
+        permitted = ledger.permitted_lines(permit)
+        ledger.check_lines(w["lines"], permitted)
+        request = WriteOffRequest(
+            issuer=issuer, number=number, declaration=w["declaration"], lines=w["lines"], permitted=permitted,
+            declared_at=w["date"], office=w["office"], port=w["port"], transport_document=w["transport_document"],
+            officer=w["officer"], exporter=exporter_key(permit),
+        )  # fmt: skip
+        before = await self.balances(held)
+        now = datetime.now(timezone.utc)
+        risk = await self.assess(held, before, key=f"{issuer}/{number}/{w['declaration']}", declared=w["declared"], now=now)
+        notice = EndorsementNotice(
+            issuer=issuer, number=number, version=record.version, endorsed_by=self.config.party,
+            declaration=w["declaration"], office=w["office"],
+            endorsement=Endorsement(
+                date=w["date"], port=w["port"] or "", transport_document=w["transport_document"], officer=w["officer"],
+                lines=tuple(EndorsedLine(line.item_id, line.quantity, permitted[line.item_id][1]) for line in w["lines"]),
+            ),
+        )  # fmt: skip
+        message = self._feedback(record, notice, now)
+        outcome = await self.store.write_off(request, message, actor=f"customs:{token.name}")
+        if outcome.message is not None:
+            self.wake()
+        log.info("customs.write_off", issuer=issuer, number=number, declaration=w["declaration"], new=len(outcome.new), channel=risk.channel)
+        return outcome, risk, held
+
+    async def reverse(self, issuer: str, number: str, declaration: str, *, token: Token, reason: str | None = None) -> WriteOffOutcome:
+        held = await self._usable(issuer, number, token)
+        now = datetime.now(timezone.utc)
+        rows = [r for r in await self.store.list_write_offs(issuer, number) if r.declaration == declaration]
+        if rows and not covers_office(token.countries, self.config.party, rows[0].office) and token.role != "operator":
+            raise EpixError(ErrorCode.FORBIDDEN, f"Declaration {declaration} was written off by office {rows[0].office}, not yours.")
+        notice = EndorsementNotice(
+            issuer=issuer, number=number, version=held.record.version, endorsed_by=self.config.party,
+            declaration=declaration, reversal=True, office=rows[0].office if rows else None,
+            endorsement=Endorsement(date=now, port=rows[0].port if rows and rows[0].port else "", lines=(), officer=reason),
+        )  # fmt: skip
+        message = self._feedback(held.record, notice, now)
+        outcome = await self.store.reverse_write_off(
+            issuer, number, declaration, ledger.permitted_lines(held.permit), message, actor=f"customs:{token.name}", at=now
+        )
+        if outcome.message is not None:
+            self.wake()
+        return outcome
+
+    def _feedback(self, record: PermitRecord, notice: EndorsementNotice, now: datetime) -> MessageRecord | None:
+        """The signed endorsement for the issuing MA, or None when we are the issuer (our own
+        ledger is then the issuer's record)."""
+        if record.issuer == self.config.party:
+            return None
+        route = self.config.agreements.route(record.issuer, DOCUMENT_TYPE, Action.ENDORSE)
+        payload = self.security.sign(build_endorsement(notice))
+        return MessageRecord(
+            message_id=str(uuid.uuid4()), conversation_id=conversation_id(record.issuer, record.number),
+            direction=Direction.OUTBOUND, sender=self.config.party, receiver=route.receiver, document_type=DOCUMENT_TYPE,
+            action=Action.ENDORSE, issuer=record.issuer, number=record.number, version=record.version,
+            status=MessageStatus.SEND_ENQUEUED, attempts=0, next_attempt_at=now, lease_until=None,
+            last_error_code=None, last_error_detail=None, via=route.via, receipt=None,
+            payload_digest="sha256:" + hashlib.sha256(payload).hexdigest(), payload=payload,
+            created_at=now, updated_at=now,
+        )  # fmt: skip
+
+
+def require_customs(token: Token) -> None:
+    if token.role not in CUSTOMS_ROLES:
+        raise EpixError(ErrorCode.FORBIDDEN, f"Token {token.name!r} has role {token.role!r}; this needs customs or operator.")
+
+
+def _text(body: dict[str, Any], name: str, *, required: bool = False, limit: int = 512) -> str | None:
+    value = body.get(name)
+    if value is None or (isinstance(value, str) and not value.strip()):
+        if required:
+            raise EpixError(ErrorCode.JSON_MALFORMED, f"The write-off needs {name!r}.", field=name)
+        return None
+    if not isinstance(value, str) or len(value) > limit:
+        raise EpixError(ErrorCode.JSON_MALFORMED, f"{name!r} must be text of at most {limit} characters.", field=name)
+    return value.strip()
+
+
+def parse_write_off(body: Any, token: Token, party: str) -> dict[str, Any]:
+    if not isinstance(body, dict):
+        raise EpixError(ErrorCode.JSON_MALFORMED, "The write-off must be a JSON object (see docs/CUSTOMS.md).")
+    declaration = _text(body, "declaration", required=True, limit=MAX_DECLARATION)
+    office = _text(body, "office", limit=64) or single_office(token.countries, party)
+    if token.role != "operator" and not covers_office(token.countries, party, office):
+        raise EpixError(
+            ErrorCode.FORBIDDEN,
+            f"Token {token.name!r} may not write off as office {office or '(none given)'} of {party}.",
+            office=office,
+        )
+    raw_date = body.get("date")
+    try:
+        date = datetime.fromisoformat(raw_date) if isinstance(raw_date, str) else datetime.now(timezone.utc)
+    except ValueError:
+        raise EpixError(ErrorCode.JSON_MALFORMED, f"date {raw_date!r} is not an ISO 8601 date-time.") from None
+    if date.tzinfo is None:
+        raise EpixError(ErrorCode.JSON_MALFORMED, "date needs a time zone offset (e.g. +01:00 or Z).")
+    raw_lines = body.get("lines")
+    if not isinstance(raw_lines, list):
+        raise EpixError(ErrorCode.JSON_MALFORMED, "lines must be a list like [{\"item\": \"A\", \"quantity\": \"10\"}].")
+    lines = []
+    for i, raw in enumerate(raw_lines):
+        if not isinstance(raw, dict) or not isinstance(raw.get("item"), str):
+            raise EpixError(ErrorCode.JSON_MALFORMED, f"lines[{i}] needs an item (the permit line's letter).")
+        unit = raw.get("unit")
+        if unit is not None and not isinstance(unit, str):
+            raise EpixError(ErrorCode.JSON_MALFORMED, f"lines[{i}].unit must be a unit code such as NAR or KGM.")
+        lines.append(ledger.DrawLine(raw["item"], ledger.parse_quantity(raw.get("quantity"), f"lines[{i}].quantity"), unit))
+    d = body.get("declared") or {}
+    if not isinstance(d, dict):
+        raise EpixError(ErrorCode.JSON_MALFORMED, "declared must be an object (exporter_country, importer_country, species).")
+    species = d.get("species", [])
+    if not isinstance(species, list) or not all(isinstance(s, str) for s in species):
+        raise EpixError(ErrorCode.JSON_MALFORMED, "declared.species must be a list of scientific names.")
+    declared = Declared(
+        lines=tuple(lines), exporter_country=d.get("exporter_country"), importer_country=d.get("importer_country"),
+        species=tuple(species),
+    )  # fmt: skip
+    return {
+        "declaration": declaration, "office": office, "date": date, "port": _text(body, "port"),
+        "transport_document": _text(body, "transport_document"), "officer": _text(body, "officer"),
+        "lines": tuple(lines), "declared": declared,
+    }  # fmt: skip
+
+
+# --- views -----------------------------------------------------------------------------------------
+
+
+def _q(value: Decimal) -> str:
+    return format(value, "f")
+
+
+def balance_view(b: ledger.Balance) -> dict[str, Any]:
+    return {"item": b.item_id, "unit": b.unit, "permitted": _q(b.permitted), "used": _q(b.used), "remaining": _q(b.remaining)}
+
+
+def permit_summary(held: Held, balances: tuple[ledger.Balance, ...]) -> dict[str, Any]:
+    p, r = held.permit, held.record
+    by_item = {b.item_id: b for b in balances}
+    return {
+        "issuer": r.issuer,
+        "number": p.number,
+        "type": p.type,
+        "version": r.version,
+        "status": r.status,
+        "replaced_by": r.replaced_by,
+        "issuing_authority": p.authority.name,
+        "exporter": {"name": p.exporter.name, "country": p.exporter.address.country},
+        "importer": {"name": p.importer.name, "country": p.importer.address.country},
+        "purpose": p.purpose,
+        "valid_from": p.valid_from.isoformat(),
+        "valid_until": p.valid_until.isoformat(),
+        "lines": [
+            {
+                "item": i.id,
+                "scientific_name": i.scientific_name,
+                "common_name": i.common_name,
+                "appendix": i.appendix,
+                "source": i.source,
+                "term": i.term,
+                **balance_view(by_item[i.id]),
+            }
+            for i in p.items
+            if i.id in by_item
+        ],
+    }
+
+
+def verification_view(v: VerificationResult) -> dict[str, Any]:
+    return {
+        "verification_id": v.id,
+        "verdict": v.verdict.value,
+        "reasons": v.reasons,
+        "verified_at": v.at.isoformat(),
+        "issuer": v.issuer,
+        "number": v.number,
+        "permit": permit_summary(v.held, v.balances) if v.held else None,
+        "signer": v.signature.view() if v.signature else None,
+        "risk": v.risk.to_dict() if v.risk else None,
+    }
+
+
+def write_off_view(outcome: WriteOffOutcome, risk: Assessment | None, issuer: str, number: str) -> dict[str, Any]:
+    return {
+        "issuer": issuer,
+        "number": number,
+        "replayed": outcome.replayed,
+        "written_off": [{"item": line.item_id, "quantity": _q(line.quantity)} for line in outcome.new],
+        "already_recorded": [{"item": line.item_id, "quantity": _q(line.quantity)} for line in outcome.repeated],
+        "balances": [balance_view(b) for b in outcome.balances],
+        "feedback_message_id": outcome.message.message_id if outcome.message else None,
+        "risk": risk.to_dict() if risk else None,
+    }
+
+
+def dumps(data: Any) -> str:
+    return json.dumps(data, default=str)

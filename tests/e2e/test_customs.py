@@ -1,0 +1,352 @@
+"""The customs single window end to end, on both stores: CH issues to FR, FR's customs verify
+and write off, the endorsement travels back to CH, whose record shows actual quantities."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+import sqlite3
+from dataclasses import replace
+from datetime import datetime, timedelta, timezone
+from decimal import Decimal
+
+import aiohttp
+import pytest
+from aiohttp import web
+from lxml import etree
+
+from adapters.exchange_xml import exchange_schema
+from adapters.ns import EXCHANGE
+from domain.messages import Action, Direction, MessageStatus
+from gateway.store.sqlite import SqliteStore
+from simulators.network import build_network, free_port
+from simulators.samples import make_permit
+from tests.e2e.conftest import Cluster
+from tests.pg import PgSchema
+
+PARTIES = ("CH", "FR", "KE")
+TOKENS = {
+    "fr-customs": ("FR", "customs"),
+    "fr-cdg": ("FR/FRCDG", "customs"),
+    "ke-customs": ("KE", "customs"),
+    "ch-customs": ("CH", "customs"),
+}
+FINAL = {MessageStatus.ACKNOWLEDGED, MessageStatus.REJECTED, MessageStatus.SEND_FAILURE}
+
+
+def _extra(feed_port: int) -> str:
+    lines = []
+    for name, (country, role) in TOKENS.items():
+        lines += ["", "[[token]]", f'name = "{name}"', f'token = "tok-{name}"', f'role = "{role}"', f'countries = ["{country}"]']
+    lines += [
+        "",
+        "[customs]",
+        f'feed_url = "http://127.0.0.1:{feed_port}/pre-arrival"',
+        "feed_poll_s = 0.05",
+        "[customs.risk]",
+        'seed = "test"',
+        'species_of_concern = ["Panthera leo"]',
+        "random_rate = 0.0",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+class Feed:
+    """A customs system's webhook receiver."""
+
+    def __init__(self) -> None:
+        self.items: list[dict] = []
+        self.port = free_port()
+        self.runner: web.AppRunner | None = None
+
+    async def start(self) -> None:
+        app = web.Application()
+
+        async def receive(request: web.Request) -> web.Response:
+            self.items.append(await request.json())
+            return web.Response(status=204)
+
+        app.router.add_post("/pre-arrival", receive)
+        self.runner = web.AppRunner(app, access_log=None)
+        await self.runner.setup()
+        await web.TCPSite(self.runner, "127.0.0.1", self.port).start()
+
+    async def stop(self) -> None:
+        await self.runner.cleanup()
+
+
+class CustomsCluster(Cluster):
+    feed: Feed
+
+    async def call(self, party: str, method: str, path: str, *, token: str, body=None, **kw):
+        headers = {"Authorization": f"Bearer tok-{token}", **kw.pop("headers", {})}
+        async with self.http.request(method, f"{self.url(party)}{path}", json=body, headers=headers, **kw) as resp:
+            if resp.content_type == "application/json":
+                return resp.status, await resp.json()
+            return resp.status, await resp.read()
+
+    async def verify(self, party: str, issuer: str, number: str, *, token: str = "fr-customs", **query):
+        return await self.call(party, "GET", f"/v1/verifications/{issuer}/{number}", token=token, params=query)
+
+    async def write_off(self, party: str, issuer: str, number: str, body, *, token: str = "fr-customs"):
+        return await self.call(party, "POST", f"/v1/permits/{issuer}/{number}/write-offs", token=token, body=body)
+
+    async def deliver(self, permit):
+        status, body = await self.submit(permit)
+        assert status == 202, body
+        for m in body["messages"]:
+            sent = await self.wait_status(permit.issuing_country, m["message_id"], FINAL)
+            assert sent.status is MessageStatus.ACKNOWLEDGED, sent
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+async def customs(request, tmp_path):
+    schemas, store_urls = [], None
+    if request.param == "postgres":
+        schemas = [PgSchema(f"cu_{p.lower()}") for p in PARTIES]
+        for schema in schemas:
+            await schema.create()
+        store_urls = {p: s.url for p, s in zip(PARTIES, schemas)}
+    feed = Feed()
+    await feed.start()
+    net = build_network(
+        tmp_path / "net", PARTIES, store_urls=store_urls, extra=_extra(feed.port),
+        retry={"max_attempts": 4, "first_delay_s": 0.1, "factor": 2.0, "max_delay_s": 0.5},
+    )  # fmt: skip
+    c = CustomsCluster(net)
+    c.feed = feed
+    for party in PARTIES:
+        await c.start(party)
+    c.http = aiohttp.ClientSession()
+    try:
+        yield c
+    finally:
+        await c.http.close()
+        for party in list(c.gateways):
+            await c.stop(party)
+        await feed.stop()
+        for schema in schemas:
+            await schema.drop()
+
+
+def _permit(number: str, seed: int = 42, **changes):
+    p = make_permit(random.Random(seed), issuer="CH", importer_country="FR", number=number, items=2)
+    return replace(p, **changes) if changes else p
+
+
+def _declaration(ref: str, quantities: dict[str, str], **extra) -> dict:
+    return {
+        "declaration": ref,
+        "office": "FRCDG",
+        "date": datetime.now(timezone.utc).isoformat(),
+        "port": "Paris-Charles de Gaulle",
+        "transport_document": "AWB 057-12345675",
+        "lines": [{"item": i, "quantity": q} for i, q in quantities.items()],
+        **extra,
+    }
+
+
+async def _wait(predicate, timeout: float = 10.0):
+    deadline = asyncio.get_running_loop().time() + timeout
+    while asyncio.get_running_loop().time() < deadline:
+        value = await predicate()
+        if value:
+            return value
+        await asyncio.sleep(0.05)
+    raise AssertionError("condition not reached in time")
+
+
+async def test_verdicts_for_a_delivered_permit(customs):
+    permit = _permit("CH26-100001")
+    await customs.deliver(permit)
+    status, v = await customs.verify("FR", "CH", permit.number, stamp=permit.security_stamp)
+    assert status == 200 and v["verdict"] == "VALID", v
+    assert v["signer"]["verified"] and v["signer"]["party"] == "CH"
+    assert [line["item"] for line in v["permit"]["lines"]] == ["A", "B"]
+    assert v["permit"]["lines"][0]["remaining"] == format(permit.items[0].quantity, "f")
+    assert "security_stamp" not in json.dumps(v["permit"])  # the stamp is checked, never told
+    assert v["risk"]["channel"] in ("green", "yellow", "red") and isinstance(v["risk"]["reasons"], list)
+
+    status, v = await customs.verify("FR", "CH", permit.number, stamp="0000000000")
+    assert v["verdict"] == "STAMP_MISMATCH"
+    status, v = await customs.verify("FR", "CH", "CH26-FORGED")
+    assert status == 200 and v["verdict"] == "NOT_FOUND" and v["permit"] is None
+    # A KE customs token asking FR about a CH->FR permit learns nothing about it.
+    status, v = await customs.verify("FR", "CH", permit.number, token="ke-customs")
+    assert v["verdict"] == "NOT_ADDRESSED_TO_YOU" and v["permit"] is None and v["signer"] is None
+    # An MA token is not a customs client.
+    status, err = await customs.verify("FR", "CH", permit.number, token="x")
+    assert status == 401
+    async with customs.http.get(f"{customs.url('FR')}/v1/verifications/CH/{permit.number}", headers=customs.headers("FR")) as resp:
+        assert resp.status == 403 and (await resp.json())["code"] == "FORBIDDEN"
+
+    # Every verification is in the audit history, newest first.
+    status, h = await customs.call("FR", "GET", f"/v1/verifications/CH/{permit.number}/history", token="fr-customs")
+    assert [x["verdict"] for x in h["verifications"]] == ["NOT_ADDRESSED_TO_YOU", "STAMP_MISMATCH", "VALID"]
+    assert h["verifications"][-1]["stamp_given"] and h["verifications"][-1]["client"] == "fr-customs"
+
+
+async def test_cancelled_replaced_expired_not_yet_valid(customs):
+    now = datetime.now(timezone.utc).replace(microsecond=0)
+    cancelled, replaced = _permit("CH26-100010"), _permit("CH26-100011", seed=3)
+    expired = _permit("CH26-100012", issue_date=now - timedelta(days=200), valid_from=now - timedelta(days=200), valid_until=now - timedelta(days=20))
+    future = _permit("CH26-100013", valid_from=now + timedelta(days=3), valid_until=now + timedelta(days=100))
+    for p in (cancelled, replaced, expired, future):
+        await customs.deliver(p)
+    status, body = await customs.post_json("CH", f"/v1/permits/CH/{cancelled.number}/cancel", {"reason": "stolen"})
+    assert status == 202
+    await customs.wait_status("CH", body["messages"][0]["message_id"], FINAL)
+    await customs.deliver(_permit("CH26-100014", seed=3, replaces=replaced.number))
+    verdicts = {}
+    for p in (cancelled, replaced, expired, future):
+        _, v = await customs.verify("FR", "CH", p.number)
+        verdicts[p.number] = v["verdict"]
+    assert verdicts == {
+        cancelled.number: "CANCELLED", replaced.number: "REPLACED", expired.number: "EXPIRED", future.number: "NOT_YET_VALID",
+    }  # fmt: skip
+    # Nothing can be written off a cancelled permit, or outside the permit's validity.
+    status, err = await customs.write_off("FR", "CH", cancelled.number, _declaration("D-C", {"A": "1"}))
+    assert status == 409 and err["code"] == "CONFLICT"
+    status, err = await customs.write_off("FR", "CH", expired.number, _declaration("D-E", {"A": "1"}))
+    assert status == 409 and "outside the permit's validity" in err["message"]
+
+
+async def _tamper(customs, party: str, issuer: str, number: str) -> None:
+    """Change one byte of the stored signed permit, as a corrupted or doctored database would."""
+    store = customs.store(party)
+    if isinstance(store, SqliteStore):
+        conn = sqlite3.connect(store.path)
+        with conn:
+            (xml,) = conn.execute("SELECT signed_xml FROM permits WHERE issuer = ? AND number = ?", (issuer, number)).fetchone()
+            conn.execute("UPDATE permits SET signed_xml = ? WHERE issuer = ? AND number = ?", (xml.replace(b"Market Street", b"Market Streat"), issuer, number))
+        conn.close()
+    else:
+        await store.pool.execute(
+            "UPDATE permits SET signed_xml = convert_to(replace(convert_from(signed_xml, 'UTF8'), 'Market Street', 'Market Streat'), 'UTF8') "
+            "WHERE issuer = $1 AND number = $2", issuer, number,
+        )  # fmt: skip
+
+
+async def test_signature_invalid_when_the_stored_permit_was_changed(customs):
+    permit = _permit("CH26-100020")
+    await customs.deliver(permit)
+    _, v = await customs.verify("FR", "CH", permit.number)
+    assert v["verdict"] == "VALID"
+    await _tamper(customs, "FR", "CH", permit.number)
+    _, v = await customs.verify("FR", "CH", permit.number)
+    assert v["verdict"] == "SIGNATURE_INVALID" and v["signer"]["verified"] is False
+    assert v["signer"]["error"]["code"] == "DIGEST_MISMATCH"
+    status, err = await customs.write_off("FR", "CH", permit.number, _declaration("D-S", {"A": "1"}))
+    assert status == 422 and err["code"] == "SIGNATURE_INVALID"
+
+
+async def test_write_off_feedback_reversal_and_exhaustion(customs):
+    permit = _permit("CH26-100030")
+    await customs.deliver(permit)
+    qa, qb = permit.items[0].quantity, permit.items[1].quantity
+    half = (qa / 2).quantize(Decimal("1")) if permit.items[0].unit == "NAR" else qa / 2
+    status, w = await customs.write_off("FR", "CH", permit.number, _declaration("FR-DEC-1", {"A": str(half)}))
+    assert status == 201 and not w["replayed"], w
+    assert w["balances"][0]["remaining"] == format(qa - half, "f") and w["balances"][1]["remaining"] == format(qb, "f")
+    assert w["risk"]["channel"] in ("green", "yellow", "red") and w["feedback_message_id"]
+    # The retry of the same declaration is answered the same way and writes nothing more.
+    status, again = await customs.write_off("FR", "CH", permit.number, _declaration("FR-DEC-1", {"A": str(half)}))
+    assert status == 200 and again["replayed"] and again["balances"] == w["balances"] and again["feedback_message_id"] is None
+    # Over-drawing line B refuses the whole declaration (line A too).
+    status, err = await customs.write_off("FR", "CH", permit.number, _declaration("FR-DEC-2", {"A": "1", "B": str(qb + 1)}))
+    assert status == 409 and err["code"] == "QUANTITY_EXCEEDED" and err["context"]["lines"][0]["item"] == "B"
+    _, v = await customs.verify("FR", "CH", permit.number)
+    assert [line["remaining"] for line in v["permit"]["lines"]] == [format(qa - half, "f"), format(qb, "f")]
+
+    # The endorsement reached CH, whose record shows actual against permitted.
+    sent = await customs.wait_status("FR", w["feedback_message_id"], FINAL)
+    assert sent.status is MessageStatus.ACKNOWLEDGED and sent.action is Action.ENDORSE
+    status, q = await customs.call("CH", "GET", f"/v1/permits/CH/{permit.number}/quantities", token="ch-customs")
+    assert status == 200, q
+    assert q["lines"][0]["actual"] == format(half, "f") and q["lines"][0]["permitted"] == format(qa, "f")
+    assert q["write_offs"][0]["declaration"] == "FR-DEC-1" and q["write_offs"][0]["origin"] == "endorsement"
+    # CH's MA system sees the same through its own token.
+    async with customs.http.get(f"{customs.url('CH')}/v1/permits/CH/{permit.number}/quantities", headers=customs.headers("CH")) as resp:
+        assert resp.status == 200 and (await resp.json())["lines"][0]["actual"] == format(half, "f")
+
+    # Reversal gives the quantity back, here and at the issuer.
+    status, r = await customs.call("FR", "POST", f"/v1/permits/CH/{permit.number}/write-offs/FR-DEC-1/reversal", token="fr-customs", body={"reason": "declaration invalidated"})
+    assert status == 200 and r["reversed"] == [{"item": "A", "quantity": format(half, "f")}]
+    assert r["balances"][0]["remaining"] == format(qa, "f")
+    await customs.wait_status("FR", r["feedback_message_id"], FINAL)
+    status, q = await customs.call("CH", "GET", f"/v1/permits/CH/{permit.number}/quantities", token="ch-customs")
+    assert q["lines"][0]["actual"] == "0" and q["write_offs"][0]["reversed_at"] is not None
+
+    # Everything written off: EXHAUSTED.
+    status, w = await customs.write_off("FR", "CH", permit.number, _declaration("FR-DEC-3", {"A": str(qa), "B": str(qb)}))
+    assert status == 201
+    _, v = await customs.verify("FR", "CH", permit.number)
+    assert v["verdict"] == "EXHAUSTED" and all(line["remaining"] == "0" for line in v["permit"]["lines"])
+    await customs.wait_status("FR", w["feedback_message_id"], FINAL)
+    status, q = await customs.call("CH", "GET", f"/v1/permits/CH/{permit.number}/quantities", token="ch-customs")
+    assert [line["remaining"] for line in q["lines"]] == ["0", "0"]
+
+
+async def test_customs_tokens_outside_their_scope_are_refused(customs):
+    permit = _permit("CH26-100040")
+    await customs.deliver(permit)
+    status, err = await customs.write_off("FR", "CH", permit.number, _declaration("K-1", {"A": "1"}), token="ke-customs")
+    assert status == 403 and err["code"] == "FORBIDDEN"
+    status, err = await customs.write_off("FR", "CH", permit.number, {**_declaration("O-1", {"A": "1"}), "office": "FRORY"}, token="fr-cdg")
+    assert status == 403 and "FRORY" in err["message"]
+    async with customs.http.post(
+        f"{customs.url('FR')}/v1/permits/CH/{permit.number}/write-offs", json=_declaration("M-1", {"A": "1"}), headers=customs.headers("FR")
+    ) as resp:
+        assert resp.status == 403
+    # The office token writes off as its own office, named or not.
+    body = _declaration("O-2", {"A": "1"})
+    del body["office"]
+    status, w = await customs.write_off("FR", "CH", permit.number, body, token="fr-cdg")
+    assert status == 201, w
+    # Bad input is refused with a sentence.
+    for bad, code in (
+        ({"lines": []}, "JSON_MALFORMED"),
+        (_declaration("B-1", {"Z": "1"}), "CONFLICT"),
+        (_declaration("B-2", {"A": "-3"}), "JSON_MALFORMED"),
+        (_declaration("B-3", {"A": "abc"}), "JSON_MALFORMED"),
+        ({**_declaration("B-4", {"A": "1"}), "date": "yesterday"}, "JSON_MALFORMED"),
+    ):
+        status, err = await customs.write_off("FR", "CH", permit.number, bad)
+        assert status in (400, 409) and err["code"] == code, (bad, err)
+
+
+async def test_concurrent_write_offs_over_http_never_overdraw(customs):
+    permit = _permit("CH26-100050")
+    await customs.deliver(permit)
+    qb = permit.items[1].quantity
+    step = qb / 10
+    results = await asyncio.gather(
+        *(customs.write_off("FR", "CH", permit.number, _declaration(f"P-{i}", {"B": str(step)})) for i in range(25))
+    )
+    statuses = sorted(s for s, _ in results)
+    assert statuses.count(201) == 10 and statuses.count(409) == 15
+    _, v = await customs.verify("FR", "CH", permit.number)
+    assert Decimal(v["permit"]["lines"][1]["remaining"]) == 0
+
+
+async def test_signed_verdict_and_pre_arrival_feed(customs):
+    permit = _permit("CH26-100060")
+    await customs.deliver(permit)
+    status, xml = await customs.verify("FR", "CH", permit.number, format="xml")
+    assert status == 200
+    verified = customs.security("CH").verify(xml, "FR")
+    root = verified.signed_root
+    assert exchange_schema().validate(root), exchange_schema().error_log
+    assert root.findtext(f"{{{EXCHANGE}}}Result") == "VALID" and root.findtext(f"{{{EXCHANGE}}}Signer") == "CH"
+    # The permit was pushed to FR's customs as it arrived, with its risk assessment.
+    item = await _wait(lambda: _feed_item(customs, permit.number))
+    assert item["issuer"] == "CH" and item["permit"]["importer"]["country"] == "FR"
+    assert item["risk"]["channel"] in ("green", "yellow", "red") and item["signer"]["party"] == "CH"
+    await asyncio.sleep(0.3)
+    assert sum(1 for i in customs.feed.items if i["number"] == permit.number and i["message_id"] == item["message_id"]) == 1
+
+
+async def _feed_item(customs, number):
+    found = [i for i in customs.feed.items if i["number"] == number]
+    return found[0] if found else None
