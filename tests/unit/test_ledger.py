@@ -1,0 +1,129 @@
+"""Pure ledger rules and verdicts: balances, over-draw refused as a whole, idempotency, reversal,
+and every verification verdict with its precedence."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from domain import ledger
+from domain.errors import EpixError, ErrorCode
+from domain.ledger import Balance, DrawLine, HeldWriteOff
+from gateway.customs.verification import Facts, Verdict, judge
+
+D = Decimal
+PERMITTED = {"A": (D("10"), "NAR"), "B": (D("2.5"), "KGM")}
+NOW = datetime(2026, 11, 23, tzinfo=UTC)
+
+
+def _balances(used=None):
+    return ledger.balances_of(PERMITTED, used or {})
+
+
+def test_plan_takes_from_the_balance():
+    plan = ledger.plan_write_off("D1", [DrawLine("A", D("4")), DrawLine("B", D("2.5"))], _balances(), {})
+    assert [b.remaining for b in plan.balances] == [D("6"), D("0")]
+    assert not plan.replayed and plan.balances[1].exhausted
+
+
+def test_over_draw_of_one_line_refuses_the_whole_declaration():
+    with pytest.raises(EpixError) as e:
+        ledger.plan_write_off("D1", [DrawLine("A", D("1")), DrawLine("B", D("2.6"))], _balances(), {})
+    assert e.value.code is ErrorCode.QUANTITY_EXCEEDED and e.value.status == 409
+    assert e.value.context["lines"] == [{"item": "B", "requested": "2.6", "remaining": "2.5", "unit": "KGM"}]
+
+
+def test_same_declaration_and_line_is_a_retry_or_a_conflict():
+    held = {"A": HeldWriteOff("A", D("4"), reversed=False)}
+    plan = ledger.plan_write_off("D1", [DrawLine("A", D("4"))], _balances({"A": D("4")}), held)
+    assert plan.replayed and plan.balances[0].remaining == D("6")
+    with pytest.raises(EpixError) as e:
+        ledger.plan_write_off("D1", [DrawLine("A", D("5"))], _balances({"A": D("4")}), held)
+    assert e.value.code is ErrorCode.IDEMPOTENCY_CONFLICT
+    with pytest.raises(EpixError) as e:
+        ledger.plan_write_off("D1", [DrawLine("A", D("4"))], _balances(), {"A": HeldWriteOff("A", D("4"), reversed=True)})
+    assert e.value.code is ErrorCode.IDEMPOTENCY_CONFLICT
+
+
+def test_reversal_and_issuer_records():
+    after = ledger.give_back(_balances({"A": D("7")}), {"A": D("7")})
+    assert after[0].remaining == D("10")
+    # The issuer records what customs reports, even beyond the permit.
+    over = ledger.record_actual(_balances({"A": D("9")}), [DrawLine("A", D("3"))])
+    assert over[0].remaining == D("-2")
+
+
+@pytest.mark.parametrize(
+    "lines, code",
+    [
+        ([], ErrorCode.JSON_MALFORMED),
+        ([DrawLine("A", D(1)), DrawLine("A", D(1))], ErrorCode.JSON_MALFORMED),
+        ([DrawLine("Z", D(1))], ErrorCode.CONFLICT),
+        ([DrawLine("A", D(1), "KGM")], ErrorCode.CONFLICT),
+    ],
+)
+def test_lines_must_be_the_permits(lines, code):
+    with pytest.raises(EpixError) as e:
+        ledger.check_lines(lines, PERMITTED)
+    assert e.value.code is code
+
+
+@pytest.mark.parametrize("raw", ["0", "-1", "NaN", "Infinity", "1e400", "0.0000001", True, 1.5, None, "x"])
+def test_bad_quantities(raw):
+    with pytest.raises(EpixError) as e:
+        ledger.parse_quantity(raw, "q")
+    assert e.value.code is ErrorCode.JSON_MALFORMED
+
+
+@given(st.lists(st.integers(min_value=1, max_value=5), max_size=30))
+def test_a_sequence_of_write_offs_never_goes_below_zero(draws):
+    balances = _balances()
+    for i, q in enumerate(draws):
+        try:
+            balances = ledger.plan_write_off(f"D{i}", [DrawLine("A", D(q))], balances, {}).balances
+        except EpixError as e:
+            assert e.code is ErrorCode.QUANTITY_EXCEEDED
+    assert balances[0].remaining >= 0
+    assert balances[0].used == D(sum(q for q in draws)) or balances[0].used <= D(10)
+
+
+def _facts(**kw):
+    base = dict(
+        issuer="CH", number="N1", found=True, stamp_on_permit="123", valid_from=NOW - timedelta(days=1),
+        valid_until=NOW + timedelta(days=10), now=NOW, balances=(Balance("A", "NAR", D(10), D(0)),),
+    )  # fmt: skip
+    return Facts(**{**base, **kw})
+
+
+@pytest.mark.parametrize(
+    "facts, verdict",
+    [
+        (_facts(), Verdict.VALID),
+        (_facts(stamp_given="123"), Verdict.VALID),
+        (_facts(found=False), Verdict.NOT_FOUND),
+        (_facts(addressed=False), Verdict.NOT_ADDRESSED_TO_YOU),
+        (_facts(signature_error="digest"), Verdict.SIGNATURE_INVALID),
+        (_facts(stamp_given="999"), Verdict.STAMP_MISMATCH),
+        (_facts(status="CANCELLED"), Verdict.CANCELLED),
+        (_facts(status="REPLACED", replaced_by="N2"), Verdict.REPLACED),
+        (_facts(now=NOW - timedelta(days=2)), Verdict.NOT_YET_VALID),
+        (_facts(now=NOW + timedelta(days=11)), Verdict.EXPIRED),
+        (_facts(balances=(Balance("A", "NAR", D(10), D(10)),)), Verdict.EXHAUSTED),
+    ],
+)
+def test_every_verdict(facts, verdict):
+    got, reasons = judge(facts)
+    assert got is verdict and reasons
+
+
+def test_precedence_and_all_reasons_are_given():
+    verdict, reasons = judge(_facts(status="CANCELLED", now=NOW + timedelta(days=11), stamp_given="999"))
+    assert verdict is Verdict.STAMP_MISMATCH and len(reasons) == 3
+    assert "cancelled" in reasons[1] and "expired" in reasons[2]
+    # A partly used-up permit is still VALID, and says which line is empty.
+    verdict, reasons = judge(_facts(balances=(Balance("A", "NAR", D(1), D(1)), Balance("B", "NAR", D(1), D(0)))))
+    assert verdict is Verdict.VALID and any("Line(s) A" in r for r in reasons)
