@@ -131,3 +131,68 @@ async def quantities(request: web.Request) -> web.Response:
             ],
         }
     )
+
+
+# --- EPIX Connect-compatible SOAP facade -----------------------------------------------------------
+
+
+def _soap(body: bytes, status: int = 200) -> web.Response:
+    return web.Response(body=body, status=status, content_type="text/xml", charset="utf-8")
+
+
+async def final_permit(request: web.Request, held):
+    """The permit with box 14 filled from the write-offs held (actual quantity per line)."""
+    from dataclasses import replace
+
+    from domain.model import EndorsedLine, Endorsement
+
+    rows = [w for w in await request.app[appkeys.STORE].list_write_offs(held.record.issuer, held.record.number) if w.reversed_at is None]
+    if not rows:
+        return held.permit
+    totals: dict[str, tuple] = {}
+    for w in rows:
+        q, unit = totals.get(w.item_id, (0, w.unit))
+        totals[w.item_id] = (q + w.quantity, unit)
+    latest = max(rows, key=lambda w: w.declared_at)
+    order = [i.id for i in held.permit.items]
+    lines = tuple(EndorsedLine(i, totals[i][0], totals[i][1]) for i in order if i in totals)
+    endorsement = Endorsement(
+        date=latest.declared_at, port=latest.port or latest.office or "", lines=lines,
+        transport_document=latest.transport_document, officer=latest.officer,
+    )  # fmt: skip
+    return replace(held.permit, endorsement=endorsement)
+
+
+@routes.post("/epix/v2")
+async def epix_soap(request: web.Request) -> web.Response:
+    from adapters.epix_soap import build_fault, build_permit_response, read_request
+    from gateway.customs.verification import Verdict
+
+    service = request.app[CUSTOMS]
+    token = principal(request)
+    try:
+        soap = read_request(await request.read(), max_bytes=request.app[appkeys.CONFIG].max_body_bytes)
+        if soap.operation == "ConfirmQuantities":
+            e = soap.permit.endorsement
+            if e is None or not e.lines:
+                raise EpixError(ErrorCode.JSON_MALFORMED, "ConfirmQuantities needs box 14: ExaminationTransportEvent quantities.")
+            body = {
+                "declaration": soap.declaration or e.transport_document or f"EPIX-{soap.number}-{e.date:%Y%m%d%H%M%S}",
+                "date": e.date.isoformat(), "port": e.port or None, "transport_document": e.transport_document,
+                "officer": e.officer,
+                "lines": [{"item": line.item_id, "quantity": str(line.quantity), "unit": line.unit} for line in e.lines],
+            }  # fmt: skip
+            _, _, held = await service.write_off(soap.issuer, soap.number, body, token=token)
+            held = await service.held(soap.issuer, soap.number)
+            return _soap(build_permit_response(soap.operation, await final_permit(request, held)))
+        result = await service.verify(soap.issuer, soap.number, token=token, stamp=soap.stamp)
+        if result.verdict in (Verdict.NOT_FOUND, Verdict.NOT_ADDRESSED_TO_YOU, Verdict.SIGNATURE_INVALID, Verdict.STAMP_MISMATCH):
+            code = ErrorCode.NOT_FOUND if result.verdict is not Verdict.SIGNATURE_INVALID else ErrorCode.SIGNATURE_INVALID
+            raise EpixError(code, f"{result.verdict.value}: {' '.join(result.reasons)}", verdict=result.verdict.value)
+        permit = result.held.permit
+        if soap.operation == "GetFinalCitesCertificate":
+            permit = await final_permit(request, result.held)
+        return _soap(build_permit_response(soap.operation, permit))
+    except EpixError as exc:
+        # SOAP 1.1: a fault travels with HTTP 500 whoever is at fault; faultcode says who.
+        return _soap(build_fault(exc), status=500)
