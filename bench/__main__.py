@@ -13,7 +13,7 @@ import sys
 import time
 from pathlib import Path
 
-from bench import e2e, stages
+from bench import customs, e2e, stages
 from bench.measure import FULL, QUICK
 from bench.report import default_json_path, write_json
 
@@ -38,7 +38,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "which",
         nargs="?",
-        choices=("stages", "e2e", "all"),
+        choices=("stages", "e2e", "customs", "all"),
         default="all",
         help="stages: one core per stage vs raw crypto (about 45 s); e2e: two gateways over HTTP, SQLite and PostgreSQL; all (default)",
     )
@@ -57,7 +57,11 @@ def main(argv: list[str] | None = None) -> int:
     for name in names:
         started = time.perf_counter()
         _log(f"{name}{' (quick)' if args.quick else ''} ...")
-        if name == "stages":
+        if name == "customs":  # customs verification with many permits stored vs a bare handler
+            result = asyncio.run(customs.run(customs.Settings.quick() if args.quick else customs.Settings(), log=_log))
+            text = customs.render(result)
+            failed = failed or bool(result.get("errors"))
+        elif name == "stages":
             result = stages.run(QUICK if args.quick else FULL, log=_log)
             text = stages.render(result)
         else:

@@ -153,6 +153,7 @@ class CustomsService:
         self.audit = AuditLog(store, self.customs.audit_batch)
         self._permits = _Lru(20_000)
         self._signatures = _Lru(20_000)
+        self._shipped = _Lru(100_000)
         own = TrustStore.of({config.party: load_certificates_pem(security.certificate_pem)})
         self._own_verifier = Verifier(own)
 
@@ -190,7 +191,14 @@ class CustomsService:
     async def assess(
         self, held: Held, balances: tuple[ledger.Balance, ...], *, key: str, declared: Declared | None = None, now: datetime
     ) -> Assessment:
-        first = not await self.store.exporter_has_shipments(exporter_key(held.permit))
+        key_ = exporter_key(held.permit)
+        # Once an exporter has shipped it always has: only that answer is cached.
+        if key_ in self._shipped:
+            first = False
+        else:
+            first = not await self.store.exporter_has_shipments(key_)
+            if not first:
+                self._shipped.get_or(key_, lambda: True)
         context = RiskContext(today=now, balances=balances, first_shipment=first, declared=declared)
         return assess(held.permit, context, self.customs.risk, key=key)
 
