@@ -162,6 +162,14 @@ def cmd_demo(args) -> int:
     return EXIT_OK if summary["lost"] == 0 and summary["duplicated"] == 0 else EXIT_INVALID
 
 
+def cmd_report_annual(args) -> int:
+    from gateway.config import load_config
+    from gateway.customs.report import annual_report
+
+    _write(asyncio.run(annual_report(load_config(Path(args.config)), args.year)).encode("utf-8"), args.out)
+    return EXIT_OK
+
+
 # ----------------------------------------------------------------------------- parser
 
 
@@ -224,6 +232,13 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--seed", type=int, default=7)
     demo.add_argument("--dir", help="work directory (default: a temporary one)")
     demo.set_defaults(func=cmd_demo)
+
+    report = sub.add_parser("report", help="reports from the gateway's store").add_subparsers(dest="report_command", required=True, metavar="SUBCOMMAND")
+    annual = report.add_parser("annual", help="CITES annual trade report rows (CSV) with actual quantities")
+    annual.add_argument("--year", type=int, required=True)
+    annual.add_argument("--config", required=True, help="the gateway configuration file (its store is read)")
+    annual.add_argument("-o", "--out", help="output file (default stdout)")
+    annual.set_defaults(func=cmd_report_annual)
 
     simulate = sub.add_parser("simulate", help="counterparts and fault injection for tests and demos").add_subparsers(
         dest="simulate_command", required=True, metavar="SUBCOMMAND"

@@ -350,3 +350,23 @@ async def test_signed_verdict_and_pre_arrival_feed(customs):
 async def _feed_item(customs, number):
     found = [i for i in customs.feed.items if i["number"] == number]
     return found[0] if found else None
+
+
+async def test_annual_report_uses_actual_quantities(customs):
+    from gateway.customs.report import annual_rows, to_csv
+
+    permit = _permit("CH26-100070")
+    await customs.deliver(permit)
+    status, w = await customs.write_off("FR", "CH", permit.number, _declaration("R-1", {"A": "1"}))
+    assert status == 201
+    await customs.wait_status("FR", w["feedback_message_id"], FINAL)
+    year = datetime.now(timezone.utc).year
+    exports = [r for r in await annual_rows(customs.store("CH"), year, party="CH") if r["permit_number"] == permit.number]
+    assert [(r["trade"], r["quantity"], r["quantity_basis"]) for r in exports] == [
+        ("export", "1", "actual"), ("export", format(permit.items[1].quantity, "f"), "permitted"),
+    ]  # fmt: skip
+    assert exports[0]["taxon"] == permit.items[0].scientific_name and exports[0]["importer_country"] == "FR"
+    imports = [r for r in await annual_rows(customs.store("FR"), year, party="FR") if r["permit_number"] == permit.number]
+    assert {r["trade"] for r in imports} == {"import"}
+    text = to_csv(exports)
+    assert text.splitlines()[0].startswith("year,trade,appendix,taxon,term,quantity,unit")
