@@ -1,0 +1,194 @@
+"""Crash tests with real processes: ``epix serve`` gateways built by ``build_network``.
+
+CH sends permits to FR. Mid-run, CH is killed with SIGKILL (no clean-up of any kind) and started
+again; with RabbitMQ, separately, CH's broker connection is cut mid-run. Afterwards every permit
+accepted by CH must be held by FR exactly once, and every message must be ACKNOWLEDGED at CH.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import aiohttp
+import pytest
+
+from adapters.permit_json import permit_to_json
+from simulators.network import Network, Node, build_network
+from simulators.samples import make_permit
+from tests.rabbit import AMQP_URL, TcpProxy, delete_everything, require_rabbit, unique_prefix
+
+EPIX = str(Path(sys.executable).with_name("epix"))
+N = 120  # enough that a kill lands while messages are still in flight
+
+
+class Gateway:
+    """One ``epix serve`` process."""
+
+    def __init__(self, node: Node) -> None:
+        self.node = node
+        self.proc: subprocess.Popen | None = None
+        self.starts = 0
+
+    async def start(self, http: aiohttp.ClientSession) -> None:
+        self.starts += 1
+        with open(self.node.dir / f"serve-{self.starts}.log", "wb") as log:  # the child keeps its own copy
+            self.proc = subprocess.Popen(
+                [EPIX, "serve", "--config", str(self.node.config_path), "--log-level", "WARNING"],
+                stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            )  # fmt: skip
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            assert self.proc.poll() is None, f"{self.node.party} exited: {self.log_tail()}"
+            try:
+                async with http.get(f"{self.node.url}/readyz") as resp:
+                    if resp.status == 200:
+                        return
+            except aiohttp.ClientError:
+                pass
+            await asyncio.sleep(0.1)
+        raise AssertionError(f"{self.node.party} did not become ready: {self.log_tail()}")
+
+    def kill(self) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait()
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+    def log_tail(self) -> str:
+        logs = sorted(self.node.dir.glob("serve-*.log"))
+        return logs[-1].read_text(errors="replace")[-3000:] if logs else ""
+
+
+class Run:
+    def __init__(self, net: Network, http: aiohttp.ClientSession) -> None:
+        self.net = net
+        self.http = http
+        self.gateways = {party: Gateway(net[party]) for party in ("CH", "FR")}
+        self.accepted: list[str] = []  # permit numbers CH accepted (201/202)
+
+    def auth(self, party: str, *, operator: bool = False) -> dict[str, str]:
+        node = self.net[party]
+        return {"Authorization": f"Bearer {node.operator_token if operator else node.ma_token}"}
+
+    async def submit(self, numbers: list[str]) -> None:
+        async def one(number: str) -> None:
+            permit = make_permit(random.Random(number), issuer="CH", importer_country="FR", number=number)
+            headers = {**self.auth("CH"), "Content-Type": "application/json"}
+            async with self.http.post(f"{self.net['CH'].url}/v1/permits", data=permit_to_json(permit), headers=headers) as r:
+                assert r.status in (201, 202), await r.text()
+                self.accepted.append(number)
+
+        await asyncio.gather(*(one(n) for n in numbers))
+
+    async def messages(self, party: str, **query) -> list[dict]:
+        params = {"limit": "1000", **query}
+        async with self.http.get(f"{self.net[party].url}/v1/messages", params=params, headers=self.auth(party, operator=True)) as r:
+            assert r.status == 200, await r.text()
+            return (await r.json())["messages"]
+
+    async def acknowledged(self) -> int:
+        return len(await self.messages("CH", status="ACKNOWLEDGED", direction="outbound"))
+
+    async def wait_all_acknowledged(self, timeout: float = 60) -> None:
+        deadline = time.monotonic() + timeout
+        while (done := await self.acknowledged()) < len(self.accepted):
+            assert time.monotonic() < deadline, (
+                f"{done} of {len(self.accepted)} acknowledged; CH log: {self.gateways['CH'].log_tail()}"
+            )
+            await asyncio.sleep(0.2)
+
+    async def wait_some_acknowledged(self, at_least: int = 5) -> int:
+        deadline = time.monotonic() + 30
+        while (done := await self.acknowledged()) < at_least:
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.01)
+        return done
+
+    async def received_at_fr(self) -> Counter:
+        inbound = await self.messages("FR", direction="inbound")
+        return Counter(m["number"] for m in inbound)
+
+
+@pytest.fixture(params=["embedded", "rabbit"])
+async def run(request, tmp_path):
+    prefix = None
+    proxy = None
+    extra = ""
+    if request.param == "rabbit":
+        await require_rabbit()
+        prefix = unique_prefix()
+        proxy = await TcpProxy().start()  # CH reaches the broker through it, so a test can cut it
+        extra = f'\n[queue]\nurl = "{proxy.url()}"\nprefix = "{prefix}"\nprefetch = 16\n'
+    net = build_network(
+        tmp_path / "net",
+        ("CH", "FR"),
+        retry={"max_attempts": 20, "first_delay_s": 0.1, "factor": 2.0, "max_delay_s": 1.0},
+        extra=extra,
+    )
+    http = aiohttp.ClientSession()
+    r = Run(net, http)
+    r.kind, r.proxy = request.param, proxy
+    try:
+        for gateway in r.gateways.values():
+            await gateway.start(http)
+        yield r
+    finally:
+        for gateway in r.gateways.values():
+            gateway.stop()
+        await http.close()
+        if proxy is not None:
+            await proxy.stop()
+        if prefix is not None:
+            await delete_everything(prefix)
+
+
+def numbers(start: int, count: int) -> list[str]:
+    return [f"CH26-{i:06d}" for i in range(start, start + count)]
+
+
+async def assert_exactly_once(run: Run) -> None:
+    await run.wait_all_acknowledged()
+    received = await run.received_at_fr()
+    assert sorted(received) == sorted(run.accepted), "lost or unexpected permits at the receiver"
+    assert {n: c for n, c in received.items() if c != 1} == {}, "permits stored twice at the receiver"
+
+
+async def test_sigkill_mid_run_loses_nothing_and_doubles_nothing(run):
+    await run.submit(numbers(0, N))
+    done_before_kill = await run.wait_some_acknowledged()
+
+    run.gateways["CH"].kill()
+    assert done_before_kill < N, "the run finished before the kill; raise N"
+    await run.gateways["CH"].start(run.http)
+    await run.submit(numbers(N, 20))  # and it keeps working after the restart
+
+    await assert_exactly_once(run)
+
+
+@pytest.mark.parametrize("run", ["rabbit"], indirect=True)  # only RabbitMQ has a connection to cut
+async def test_broker_connection_cut_mid_run_loses_nothing(run):
+    await run.submit(numbers(0, N))
+    await run.wait_some_acknowledged()
+
+    assert run.proxy.cut() >= 1
+    await run.submit(numbers(N, 20))  # accepted while the connection is being restored
+    await asyncio.sleep(0.5)
+    run.proxy.cut()  # and once more, mid-recovery
+
+    await assert_exactly_once(run)
