@@ -64,6 +64,8 @@ def build_network(
     *,
     algorithm: Algorithm | str = Algorithm.RSA2048,
     store_urls: dict[str, str] | None = None,
+    queue_urls: dict[str, str] | None = None,
+    queue_prefix: str = "epix",
     retry: dict[str, float] | None = None,
     replay_window_s: float = 900,
     extra: str = "",
@@ -112,6 +114,8 @@ def build_network(
         ]
         if store_urls and party in store_urls:
             lines.append(f"store_url = {_toml_str(store_urls[party])}")
+        if queue_urls and party in queue_urls:  # this gateway's delivery queue on RabbitMQ
+            lines += ["", "[queue]", f"url = {_toml_str(queue_urls[party])}", f"prefix = {_toml_str(queue_prefix)}"]
         lines += [
             "",
             "[[token]]",
