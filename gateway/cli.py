@@ -158,7 +158,9 @@ def cmd_serve(args) -> int:
 def cmd_demo(args) -> int:
     from gateway.demo import run_demo
 
-    summary = asyncio.run(run_demo(permits=args.permits, json_path=args.json, seed=args.seed, workdir=args.dir))
+    summary = asyncio.run(
+        run_demo(permits=args.permits, json_path=args.json, seed=args.seed, workdir=args.dir, amqp=args.amqp)
+    )
     return EXIT_OK if summary["lost"] == 0 and summary["duplicated"] == 0 else EXIT_INVALID
 
 
@@ -231,6 +233,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--json", help="also write the summary as JSON to this file")
     demo.add_argument("--seed", type=int, default=7)
     demo.add_argument("--dir", help="work directory (default: a temporary one)")
+    demo.add_argument("--amqp", metavar="URL", help="run the delivery queues on this RabbitMQ (amqp://user:pass@host:5672/)")
     demo.set_defaults(func=cmd_demo)
 
     report = sub.add_parser("report", help="reports from the gateway's store").add_subparsers(dest="report_command", required=True, metavar="SUBCOMMAND")

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import random
+import secrets
 import statistics
 import tempfile
 import textwrap
@@ -211,13 +212,19 @@ def _table(summary: dict) -> str:
     return "\n".join(out)
 
 
-async def run_demo(*, permits: int = 300, json_path: str | None = None, seed: int = 7, workdir: str | None = None) -> dict:
+async def run_demo(
+    *, permits: int = 300, json_path: str | None = None, seed: int = 7, workdir: str | None = None, amqp: str | None = None
+) -> dict:
     global _T0
     _T0 = time.monotonic()
     configure_logging(level="ERROR")
     root = Path(workdir) if workdir else Path(tempfile.mkdtemp(prefix="epix-demo-"))
     _say(f"epix demo: building a test PKI and {len(PARTIES)} gateways in {root}")
-    net = build_network(root, PARTIES)
+    # --amqp: every gateway's delivery queue on that RabbitMQ, under a prefix of its own per run.
+    queue_urls = {p: amqp for p in PARTIES} if amqp else None
+    net = build_network(root, PARTIES, queue_urls=queue_urls, queue_prefix=f"epix-demo-{secrets.token_hex(4)}")
+    if amqp:
+        _say("  delivery queues on RabbitMQ (quorum queues per route, publisher confirms)")
     gateways = {p: await GatewayProcess(net[p].config()).start() for p in PARTIES}
     for p in PARTIES:
         _say(f"  gateway {p} listening on {net[p].url}")
