@@ -105,7 +105,7 @@ class Run:
     async def acknowledged(self) -> int:
         return len(await self.messages("CH", status="ACKNOWLEDGED", direction="outbound"))
 
-    async def wait_all_acknowledged(self, timeout: float = 60) -> None:
+    async def wait_all_acknowledged(self, timeout: float = 120) -> None:
         deadline = time.monotonic() + timeout
         while (done := await self.acknowledged()) < len(self.accepted):
             assert time.monotonic() < deadline, (
@@ -127,19 +127,21 @@ class Run:
 
 @pytest.fixture(params=["embedded", "rabbit"])
 async def run(request, tmp_path):
-    prefix = None
+    prefix = unique_prefix()
     proxy = None
-    extra = ""
+    queue_urls = None
     if request.param == "rabbit":
         await require_rabbit()
-        prefix = unique_prefix()
         proxy = await TcpProxy().start()  # CH reaches the broker through it, so a test can cut it
-        extra = f'\n[queue]\nurl = "{proxy.url()}"\nprefix = "{prefix}"\nprefetch = 16\n'
+        queue_urls = {"CH": proxy.url(), "FR": AMQP_URL}
     net = build_network(
         tmp_path / "net",
         ("CH", "FR"),
         retry={"max_attempts": 20, "first_delay_s": 0.1, "factor": 2.0, "max_delay_s": 1.0},
-        extra=extra,
+        queue_urls=queue_urls,
+        queue_prefix=prefix,
+        # A short lease: on the embedded queue, what the killed process held waits for it.
+        extra="\n[delivery]\nlease_s = 5.0\n",
     )
     http = aiohttp.ClientSession()
     r = Run(net, http)
@@ -154,7 +156,6 @@ async def run(request, tmp_path):
         await http.close()
         if proxy is not None:
             await proxy.stop()
-        if prefix is not None:
             await delete_everything(prefix)
 
 
