@@ -192,7 +192,11 @@ class Signer:
                 "The document is already signed; a permit carries exactly one signature.",
             )
         # URI="" is the document minus comments; tree-level exclusive C14N is exactly that.
-        digest = hashlib.sha256(etree.tostring(tree, method="c14n", exclusive=True, with_comments=False)).digest()
+        try:
+            canonical = etree.tostring(tree, method="c14n", exclusive=True, with_comments=False)
+        except etree.C14NError as exc:
+            raise EpixError(ErrorCode.XML_MALFORMED, f"The document cannot be canonicalised for signing ({exc}).") from None
+        digest = hashlib.sha256(canonical).digest()
         digest_b64 = base64.b64encode(digest)
         value_b64 = base64.b64encode(self._signature_value(self._signed_info_head + digest_b64 + self._signed_info_tail))
         head, middle, tail = self._signature_parts
@@ -719,6 +723,15 @@ class Verifier:
             tree.write_c14n(sink, exclusive=True, with_comments=False, inclusive_ns_prefixes=profile.reference_prefixes)
             if not hmac.compare_digest(sink.hash.digest(), profile.digest_value):
                 raise EpixError(ErrorCode.DIGEST_MISMATCH, "The document was changed after it was signed (digest mismatch).")
+        except etree.C14NError as exc:
+            # libxml2 refuses to canonicalise some well-formed documents (a relative namespace
+            # URI, for one); what cannot be canonicalised cannot have been signed as it is.
+            raise EpixError(
+                ErrorCode.XML_MALFORMED,
+                f"The signed document cannot be canonicalised ({exc}), so its signature cannot hold.",
+                signer=party,
+                certificate=describe(certificate),
+            ) from None
         except EpixError as error:
             error.context.update(signer=party, certificate=describe(certificate))
             raise
