@@ -209,6 +209,13 @@ async def get_message(request: web.Request) -> web.Response:
         raise EpixError(ErrorCode.NOT_FOUND, f"No message {message_id} is known to this gateway.")
     events = await store.message_events(message_id)
     view = message_view(message)
+    if message.via:
+        report = await store.delivery_report(message_id)
+        view["delivery"] = (
+            {"status": report.status, "reported_by": report.reporter, "detail": report.detail, "at": report.updated_at.isoformat()}
+            if report
+            else {"status": "PendingDelivery" if message.status is MessageStatus.ACKNOWLEDGED else None, "reported_by": None}
+        )
     view["events"] = [
         {
             "seq": e.seq,

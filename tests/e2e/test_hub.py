@@ -132,6 +132,7 @@ async def test_direct_and_via_hub_in_one_network(hubnet):
     status, view = await c.get("CH", f"/v1/messages/{to_ke}")
     assert status == 200
     assert any("HUB reports Delivered" in (e["detail"] or "") for e in view["events"])
+    assert view["via"] == "HUB" and view["delivery"]["status"] == "Delivered" and view["delivery"]["reported_by"] == "HUB"
 
 
 async def test_pull_with_acknowledgement_end_to_end(hubnet):
