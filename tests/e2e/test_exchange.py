@@ -276,3 +276,17 @@ async def test_ops_endpoints(cluster, permit_ch_fr):
     async with cluster.http.get(f"{cluster.url('FR')}/exchange/v1/directory") as resp:
         directory = await resp.json()
     assert directory["party"] == "FR" and "BEGIN CERTIFICATE" in directory["certificate_pem"]
+
+
+async def test_openapi_describes_every_route(cluster):
+    """The published description stays true: every route the app serves is in it, and nothing else."""
+    app = cluster.gateways["CH"].app
+    served = {
+        (route.method.lower(), route.resource.canonical)
+        for route in app.router.routes()
+        if route.method != "HEAD"
+    }
+    async with cluster.http.get(f"{cluster.url('CH')}/v1/openapi.json") as resp:
+        spec = await resp.json()
+    described = {(method, path) for path, ops in spec["paths"].items() for method in ops}
+    assert served == described
