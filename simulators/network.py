@@ -69,6 +69,7 @@ def build_network(
     retry: dict[str, float] | None = None,
     replay_window_s: float = 900,
     extra: str = "",
+    extra_for: dict[str, str] | None = None,
     hub: str | None = None,
     via: dict[str, str] | None = None,
     pull: frozenset[str] | set[str] = frozenset(),
@@ -77,7 +78,9 @@ def build_network(
     """``hub`` adds a regional hub (its party id) beside the national gateways; ``via`` maps a
     party to the hub everyone reaches it through (and through which it sends everything); parties
     in ``pull`` accept no inbound connection and collect from the hub. ``endpoints`` overrides the
-    URL at which the others reach a party (e.g. a fault-injecting proxy in front of it)."""
+    URL at which the others reach a party (e.g. a fault-injecting proxy in front of it).
+    ``extra`` is TOML appended to every configuration, ``extra_for`` to one party's (e.g. its
+    customs tokens)."""
     via = dict(via or {})
     endpoints = dict(endpoints or {})
     if not set(pull) <= set(via):
@@ -153,7 +156,8 @@ def build_network(
             ]
             lines += [f"{k} = {v}" for k, v in retry.items()]
         config_path = node_dir / "gateway.toml"
-        config_path.write_text("\n".join(lines) + "\n" + extra, encoding="utf-8")
+        own_extra = (extra_for or {}).get(party, "")
+        config_path.write_text("\n".join(lines) + "\n" + extra + "\n" + own_extra, encoding="utf-8")
         nodes[party] = Node(party, ports[party], node_dir, config_path, ma_token, op_token)
     return Network(root=root, nodes=nodes, ca_pem=ca_pem)
 
