@@ -8,6 +8,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, settings
 
 from simulators.samples import make_permit
 
@@ -57,3 +58,10 @@ def epix_v2_path() -> Path:
 @pytest.fixture
 def epix_v1_path() -> Path:
     return ref_file("schemas", "unepwcmc-epix", "spec", "fixtures", "v1", "get_non_final_cites_certificate.xml")
+
+
+# In CI, property tests draw the same examples every run: a red CI then always means a real,
+# reproducible defect, never an unlucky draw. Locally they stay random to keep finding new cases.
+settings.register_profile("ci", derandomize=True, deadline=None, print_blob=True)
+settings.register_profile("dev", deadline=None, print_blob=True, suppress_health_check=[HealthCheck.too_slow])
+settings.load_profile("ci" if IN_CI else "dev")
