@@ -497,13 +497,14 @@ async def run_demo(
     _say(f"epix demo: building a test PKI, {len(PARTIES)} gateways and hub {HUB} in {root}")
     # --amqp: every gateway's delivery queue on that RabbitMQ, under a prefix of its own per run.
     queue_urls = {p: amqp for p in everyone} if amqp else None
+    queue_prefix = f"epix-demo-{secrets.token_hex(4)}"
     proxy_port = free_port()
     customs_token = secrets.token_urlsafe(24)
     net = build_network(
         root,
         PARTIES,
         queue_urls=queue_urls,
-        queue_prefix=f"epix-demo-{secrets.token_hex(4)}",
+        queue_prefix=queue_prefix,
         hub=HUB,
         via={m: HUB for m in MEMBERS},
         pull={PULL_MEMBER},
@@ -511,7 +512,7 @@ async def run_demo(
         extra_for={CUSTOMS: _customs_toml(customs_token)},
     )
     if amqp:
-        _say("  delivery queues on RabbitMQ (quorum queues per route, publisher confirms)")
+        _say(f"  delivery queues on RabbitMQ under {queue_prefix}.* (quorum queues per route, publisher confirms)")
     proxy = await FaultProxy(net[FAULTY].url, port=proxy_port).start()
     gateways: dict[str, GatewayProcess] = {}
     try:
