@@ -89,6 +89,52 @@ class VerificationRecord:
     at: datetime
 
 
+@dataclass(frozen=True, slots=True)
+class PermitCheck:
+    """What a verification needs of one stored permit version, worked out once from the record
+    (parsed, its issuer's signature verified) and kept beside it, so that answering a customs
+    officer reads one small row instead of parsing and verifying the permit again.
+
+    The database keeps it in step with the record (migration 5's triggers): a change to the
+    permit's JSON or signed XML deletes it (and queues the version to be checked again); a
+    change of status or replaced_by is copied into it.
+    """
+
+    issuer: str
+    number: str
+    version: int
+    direction: str
+    digest: str  # the record's digest when it was checked
+    signature_ok: bool
+    signer: str | None
+    certificate_subject: str | None
+    certificate_serial: str | None
+    signature_error: str | None
+    signature_error_code: str | None
+    valid_from: datetime
+    valid_until: datetime
+    stamp: str | None  # box 5b: compared with what customs read on the paper, never returned
+    countries: str  # exporter, importer and issuing country, space separated (scope of a token)
+    exporter: str  # the exporter's key for the "first shipment" rule
+    facts: str  # compact JSON: the permit summary without balances, and the risk rules' inputs
+    checked_at: datetime
+    status: str = "VALID"  # the record's, copied by the database
+    replaced_by: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class VerificationFacts:
+    """Everything a verdict depends on, read in one store call: the latest version held, its
+    check (None: not worked out yet, or the record changed since), what is used per line, and
+    whether the exporter has shipped before."""
+
+    version: int
+    direction: str
+    check: PermitCheck | None
+    used: dict[str, Decimal]
+    exporter_shipped: bool
+
+
 class CustomsLedger(ABC):
     @abstractmethod
     async def write_off(
@@ -140,6 +186,26 @@ class CustomsLedger(ABC):
     @abstractmethod
     async def list_verifications(self, issuer: str, number: str, *, limit: int = 100) -> list[VerificationRecord]:
         """Newest first."""
+
+    @abstractmethod
+    async def verification_facts(self, issuer: str, number: str) -> VerificationFacts | None:
+        """One read for a verdict (see VerificationFacts); None when no version is held."""
+
+    @abstractmethod
+    async def save_permit_checks(self, checks: Sequence[tuple[PermitCheck, bytes, bytes]]) -> int:
+        """Store (check, signed_xml, permit_json) triples, replacing older checks of the same
+        version, and take their versions off the queue. A check is kept only if the record still
+        holds exactly the bytes it was made from (one changed meanwhile stays queued);
+        status and replaced_by are copied from the record in the same statement. Returns how many
+        were kept."""
+
+    @abstractmethod
+    async def permit_checks_due(self, *, limit: int) -> list[tuple[str, str, int, str]]:
+        """(issuer, number, version, direction) of stored versions not checked yet, or changed."""
+
+    @abstractmethod
+    async def permit_check_done(self, keys: Sequence[tuple[str, str, int, str]]) -> None:
+        """Take versions off the queue without a check (the record is gone or unreadable)."""
 
     @abstractmethod
     async def permits_created_between(self, start: datetime, end: datetime) -> list["PermitRecord"]:
@@ -217,6 +283,100 @@ LEDGER_DDL = (
     """,
 )
 
+# --- schema: migration 5, what verification needs per permit version ----------------------------
+
+CHECKS_DDL = (
+    """
+    CREATE TABLE permit_checks (
+        issuer               TEXT NOT NULL,
+        number               TEXT NOT NULL,
+        version              INTEGER NOT NULL,
+        direction            TEXT NOT NULL,
+        digest               TEXT NOT NULL,
+        signature_ok         INTEGER NOT NULL,
+        signer               TEXT,
+        certificate_subject  TEXT,
+        certificate_serial   TEXT,
+        signature_error      TEXT,
+        signature_error_code TEXT,
+        valid_from           {ts} NOT NULL,
+        valid_until          {ts} NOT NULL,
+        stamp                TEXT,
+        countries            TEXT NOT NULL,
+        exporter             TEXT NOT NULL,
+        facts                TEXT NOT NULL,  -- compact JSON (gateway/customs/checks.py)
+        checked_at           {ts} NOT NULL,
+        status               TEXT NOT NULL,  -- copied from permits, kept in step by trigger
+        replaced_by          TEXT,
+        PRIMARY KEY (issuer, number, version, direction)
+    )
+    """,
+    # Versions stored (or changed) and not checked yet: filled by trigger, drained by the
+    # customs check worker (gateway/customs/checks.py) and by verification on demand.
+    """
+    CREATE TABLE permit_check_queue (
+        issuer    TEXT NOT NULL,
+        number    TEXT NOT NULL,
+        version   INTEGER NOT NULL,
+        direction TEXT NOT NULL,
+        PRIMARY KEY (issuer, number, version, direction)
+    )
+    """,
+    "INSERT INTO permit_check_queue (issuer, number, version, direction) SELECT issuer, number, version, direction FROM permits",
+)
+
+# The triggers that keep a check true to its record, whoever writes the record (this gateway,
+# another process on the same database, or someone editing it by hand): the content changed ->
+# the check goes and the version is queued again; the status changed -> copied.
+_KEY = "issuer = {r}.issuer AND number = {r}.number AND version = {r}.version AND direction = {r}.direction"
+_QUEUE = "(issuer, number, version, direction) VALUES ({r}.issuer, {r}.number, {r}.version, {r}.direction)"
+CHECKS_TRIGGERS = {
+    "sqlite": (
+        f"""
+        CREATE TRIGGER permit_checks_queue AFTER INSERT ON permits
+        BEGIN INSERT OR IGNORE INTO permit_check_queue {_QUEUE.format(r="NEW")}; END
+        """,
+        f"""
+        CREATE TRIGGER permit_checks_stale AFTER UPDATE OF permit_json, signed_xml, digest ON permits
+        BEGIN
+            DELETE FROM permit_checks WHERE {_KEY.format(r="OLD")};
+            INSERT OR IGNORE INTO permit_check_queue {_QUEUE.format(r="NEW")};
+        END
+        """,
+        f"""
+        CREATE TRIGGER permit_checks_status AFTER UPDATE OF status, replaced_by ON permits
+        BEGIN UPDATE permit_checks SET status = NEW.status, replaced_by = NEW.replaced_by WHERE {_KEY.format(r="NEW")}; END
+        """,
+        f"""
+        CREATE TRIGGER permit_checks_gone AFTER DELETE ON permits
+        BEGIN DELETE FROM permit_checks WHERE {_KEY.format(r="OLD")}; END
+        """,
+    ),
+    "postgresql": (
+        f"""
+        CREATE FUNCTION permit_checks_follow() RETURNS trigger LANGUAGE plpgsql AS $$
+        BEGIN
+            IF TG_OP = 'INSERT' THEN
+                INSERT INTO permit_check_queue {_QUEUE.format(r="NEW")} ON CONFLICT DO NOTHING;
+            ELSIF TG_OP = 'DELETE' THEN
+                DELETE FROM permit_checks WHERE {_KEY.format(r="OLD")};
+            ELSIF NEW.permit_json IS DISTINCT FROM OLD.permit_json OR NEW.signed_xml IS DISTINCT FROM OLD.signed_xml
+                  OR NEW.digest IS DISTINCT FROM OLD.digest THEN
+                DELETE FROM permit_checks WHERE {_KEY.format(r="OLD")};
+                INSERT INTO permit_check_queue {_QUEUE.format(r="NEW")} ON CONFLICT DO NOTHING;
+            ELSE
+                UPDATE permit_checks SET status = NEW.status, replaced_by = NEW.replaced_by WHERE {_KEY.format(r="NEW")};
+            END IF;
+            RETURN NULL;
+        END $$
+        """,
+        """
+        CREATE TRIGGER permit_checks_follow AFTER INSERT OR UPDATE OR DELETE ON permits
+        FOR EACH ROW EXECUTE FUNCTION permit_checks_follow()
+        """,
+    ),
+}
+
 # --- statements (PostgreSQL placeholders; SQLite reads them through schema.for_sqlite) ----------
 
 WRITE_OFF_COLUMNS = (
@@ -246,6 +406,40 @@ VERIFICATION_COLUMNS = "id, issuer, number, verdict, reasons, principal, office,
 INSERT_VERIFICATION = f"INSERT INTO verifications ({VERIFICATION_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)"
 SELECT_VERIFICATIONS = f"""
     SELECT {VERIFICATION_COLUMNS} FROM verifications WHERE issuer = $1 AND number = $2 ORDER BY at DESC, id DESC LIMIT $3
+"""
+CHECK_COLUMNS = (
+    "issuer, number, version, direction, digest, signature_ok, signer, certificate_subject, certificate_serial, "
+    "signature_error, signature_error_code, valid_from, valid_until, stamp, countries, exporter, facts, checked_at"
+)
+_CHECK_UPDATES = ", ".join(
+    f"{c} = excluded.{c}" for c in CHECK_COLUMNS.replace(" ", "").split(",")[4:] + ["status", "replaced_by"]
+)
+# Kept only while the record holds the very bytes the check was made from; status and
+# replaced_by come from the record in the same statement, so a cancellation committed just
+# before is not lost. ({lock}: PostgreSQL waits for a concurrent status change to commit.)
+SAVE_CHECK = f"""
+    INSERT INTO permit_checks ({CHECK_COLUMNS}, status, replaced_by)
+    SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, p.status, p.replaced_by
+    FROM permits p
+    WHERE p.issuer = $1 AND p.number = $2 AND p.version = $3 AND p.direction = $4
+      AND p.digest = $5 AND p.signed_xml = $19 AND p.permit_json = $20
+    {{lock}}
+    ON CONFLICT (issuer, number, version, direction) DO UPDATE SET {_CHECK_UPDATES}
+"""
+DEQUEUE_CHECK = "DELETE FROM permit_check_queue WHERE issuer = $1 AND number = $2 AND version = $3 AND direction = $4"
+SELECT_CHECKS_DUE = "SELECT issuer, number, version, direction FROM permit_check_queue LIMIT $1"
+# One statement for a verdict: the latest version held (the order get_permit_versions gives,
+# read from the primary key index alone), its check, its balance rows (one result row each) and
+# whether its exporter ever shipped.
+SELECT_VERIFICATION_FACTS = f"""
+    SELECT l.version, l.direction, {", ".join("c." + c.strip() for c in CHECK_COLUMNS.split(","))}, c.status, c.replaced_by,
+           b.item_id, b.used,
+           EXISTS (SELECT 1 FROM write_offs w WHERE w.exporter = c.exporter) AS shipped
+    FROM (SELECT issuer, number, version, direction FROM permits WHERE issuer = $1 AND number = $2
+          ORDER BY version DESC, direction ASC LIMIT 1) l
+    LEFT JOIN permit_checks c
+      ON c.issuer = l.issuer AND c.number = l.number AND c.version = l.version AND c.direction = l.direction
+    LEFT JOIN permit_balances b ON b.issuer = l.issuer AND b.number = l.number
 """
 FEED_MARK = "INSERT INTO customs_feed (message_id, sent_at, detail) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING"
 
@@ -293,6 +487,31 @@ def verification_from_row(r: Any, ts) -> VerificationRecord:
         id=r[0], issuer=r[1], number=r[2], verdict=r[3], reasons=tuple(json.loads(r[4])), principal=r[5],
         office=r[6], stamp_given=bool(r[7]), at=ts(r[8]),
     )  # fmt: skip
+
+
+def check_values(c: PermitCheck, ts, signed_xml: bytes, permit_json: bytes) -> tuple[Any, ...]:
+    return (
+        c.issuer, c.number, c.version, c.direction, c.digest, int(c.signature_ok), c.signer, c.certificate_subject,
+        c.certificate_serial, c.signature_error, c.signature_error_code, ts(c.valid_from), ts(c.valid_until), c.stamp,
+        c.countries, c.exporter, c.facts, ts(c.checked_at), signed_xml, permit_json,
+    )  # fmt: skip
+
+
+def facts_from_rows(rows: Sequence[Any], ts) -> VerificationFacts | None:
+    """SELECT_VERIFICATION_FACTS's rows (one per balance line, at least one) as one answer."""
+    if not rows:
+        return None
+    r = rows[0]
+    check = None
+    if r[2] is not None:
+        check = PermitCheck(
+            issuer=r[2], number=r[3], version=r[4], direction=r[5], digest=r[6], signature_ok=bool(r[7]), signer=r[8],
+            certificate_subject=r[9], certificate_serial=r[10], signature_error=r[11], signature_error_code=r[12],
+            valid_from=ts(r[13]), valid_until=ts(r[14]), stamp=r[15], countries=r[16], exporter=r[17], facts=r[18],
+            checked_at=ts(r[19]), status=r[20], replaced_by=r[21],
+        )  # fmt: skip
+    used = {row[22]: Decimal(row[23]) for row in rows if row[22] is not None}
+    return VerificationFacts(r[0], r[1], check, used, bool(r[24]))
 
 
 def balances_from_rows(rows: Sequence[Any], permitted: Mapping[str, tuple[Decimal, str]]) -> tuple[Balance, ...]:

@@ -21,9 +21,19 @@ from domain.messages import MessageStatus
 from . import ledger as lq
 from . import schema as q
 from .base import MessageRecord, PermitRecord, as_utc, check_inbound
-from .ledger import CustomsLedger, VerificationRecord, WriteOffOutcome, WriteOffRecord, WriteOffRequest
+from .ledger import (
+    CustomsLedger,
+    PermitCheck,
+    VerificationFacts,
+    VerificationRecord,
+    WriteOffOutcome,
+    WriteOffRecord,
+    WriteOffRequest,
+)
 
 _LOCK_BALANCES = lq.SELECT_BALANCES + " FOR UPDATE"
+# FOR SHARE: a status change being committed on the record is waited for and then seen.
+_SAVE_CHECK = lq.SAVE_CHECK.format(lock="FOR SHARE OF p")
 
 
 def _dec(value):
@@ -135,6 +145,26 @@ class PostgresLedger(CustomsLedger):
     async def list_verifications(self, issuer: str, number: str, *, limit: int = 100) -> list[VerificationRecord]:
         rows = await self.pool.fetch(lq.SELECT_VERIFICATIONS, issuer, number, limit)
         return [lq.verification_from_row(r, _dec) for r in rows]
+
+    async def verification_facts(self, issuer: str, number: str) -> VerificationFacts | None:
+        return lq.facts_from_rows(await self.pool.fetch(lq.SELECT_VERIFICATION_FACTS, issuer, number), _dec)
+
+    async def save_permit_checks(self, checks: Sequence[tuple[PermitCheck, bytes, bytes]]) -> int:
+        kept = 0
+        async with self.pool.acquire() as conn, conn.transaction():
+            for check, xml, js in checks:
+                values = lq.check_values(check, _ts, xml, js)
+                if (await conn.execute(_SAVE_CHECK, *values)) != "INSERT 0 0":
+                    kept += 1
+                    await conn.execute(lq.DEQUEUE_CHECK, *values[:4])
+        return kept
+
+    async def permit_checks_due(self, *, limit: int) -> list[tuple[str, str, int, str]]:
+        return [tuple(r) for r in await self.pool.fetch(lq.SELECT_CHECKS_DUE, limit)]
+
+    async def permit_check_done(self, keys: Sequence[tuple[str, str, int, str]]) -> None:
+        if keys:
+            await self.pool.executemany(lq.DEQUEUE_CHECK, [tuple(k) for k in keys])
 
     async def permits_created_between(self, start: datetime, end: datetime) -> list[PermitRecord]:
         rows = await self.pool.fetch(lq.permits_between_sql(q.PERMIT_COLUMNS), as_utc(start), as_utc(end))

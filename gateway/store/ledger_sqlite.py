@@ -21,7 +21,15 @@ from . import ledger as lq
 from . import schema as q
 from . import sqlite as s
 from .base import MessageRecord, PermitRecord, as_utc, check_inbound
-from .ledger import CustomsLedger, VerificationRecord, WriteOffOutcome, WriteOffRecord, WriteOffRequest
+from .ledger import (
+    CustomsLedger,
+    PermitCheck,
+    VerificationFacts,
+    VerificationRecord,
+    WriteOffOutcome,
+    WriteOffRecord,
+    WriteOffRequest,
+)
 
 
 def _sql(statement: str) -> str:
@@ -76,6 +84,22 @@ class SqliteLedger(CustomsLedger):
         rows = await self._read(s._fetchall, _sql(lq.SELECT_VERIFICATIONS), (issuer, number, limit))
         return [lq.verification_from_row(r, s._dec) for r in rows]
 
+    async def verification_facts(self, issuer: str, number: str) -> VerificationFacts | None:
+        rows = await self._read(s._fetchall, _sql(lq.SELECT_VERIFICATION_FACTS), (issuer, number))
+        return lq.facts_from_rows(rows, s._dec)
+
+    async def save_permit_checks(self, checks: Sequence[tuple[PermitCheck, bytes, bytes]]) -> int:
+        if not checks:
+            return 0
+        return await self._write(_save_checks, [lq.check_values(c, s._enc, xml, js) for c, xml, js in checks])
+
+    async def permit_checks_due(self, *, limit: int) -> list[tuple[str, str, int, str]]:
+        return [tuple(r) for r in await self._read(s._fetchall, _sql(lq.SELECT_CHECKS_DUE), (limit,))]
+
+    async def permit_check_done(self, keys: Sequence[tuple[str, str, int, str]]) -> None:
+        if keys:
+            await self._write(_executemany, _sql(lq.DEQUEUE_CHECK), [tuple(k) for k in keys])
+
     async def permits_created_between(self, start: datetime, end: datetime) -> list[PermitRecord]:
         rows = await self._read(s._fetchall, _sql(lq.permits_between_sql(q.PERMIT_COLUMNS)), (s._enc(start), s._enc(end)))
         return [q.permit_from_row(r, s._dec) for r in rows]
@@ -101,6 +125,18 @@ def _queued(message: MessageRecord | None) -> MessageRecord | None:
 
 def _executemany(conn: sqlite3.Connection, sql: str, rows: list[tuple]) -> None:
     conn.executemany(sql, rows)
+
+
+_SAVE_CHECK = _sql(lq.SAVE_CHECK.format(lock=""))
+
+
+def _save_checks(conn: sqlite3.Connection, rows: list[tuple]) -> int:
+    kept = 0
+    for row in rows:
+        if conn.execute(_SAVE_CHECK, row).rowcount:
+            kept += 1
+            conn.execute(_sql(lq.DEQUEUE_CHECK), row[:4])
+    return kept
 
 
 def _balances(conn: sqlite3.Connection, issuer: str, number: str, permitted: Mapping[str, tuple[Decimal, str]], now: str):

@@ -18,7 +18,7 @@ from typing import Any
 from domain.messages import Action, Direction, MessageStatus
 
 from .base import MessageEvent, MessageRecord, PermitRecord, sources_of
-from .ledger import LEDGER_DDL
+from .ledger import CHECKS_DDL, CHECKS_TRIGGERS, LEDGER_DDL
 
 
 @dataclass(frozen=True, slots=True)
@@ -187,6 +187,11 @@ MIGRATIONS += (Migration(3, "hub: delivery reports, held-for-pull index", _V3),)
 
 # Customs single window: write-off ledger, balances, verification audit, pre-arrival feed (ledger.py).
 MIGRATIONS += (Migration(4, "customs: write-offs, balances, verifications, feed", LEDGER_DDL),)
+
+# Customs verification: what a verdict needs per permit version, worked out once (ledger.py).
+MIGRATIONS += (Migration(5, "customs: permit checks kept in step with permits by triggers", CHECKS_DDL),)
+for _dialect, _triggers in CHECKS_TRIGGERS.items():
+    _DIALECT_EXTRAS[_dialect][5] = _triggers
 
 MIGRATIONS_TABLE = """
     CREATE TABLE IF NOT EXISTS schema_migrations (

@@ -16,7 +16,7 @@ from domain.errors import EpixError, ErrorCode
 from domain.ledger import DrawLine
 from domain.messages import Action, Direction, MessageStatus
 from gateway.store import MessageRecord, Store
-from gateway.store.ledger import VerificationRecord, WriteOffRequest
+from gateway.store.ledger import PermitCheck, VerificationRecord, WriteOffRequest
 from gateway.store.postgres import PostgresStore
 from gateway.store.sqlite import SqliteStore
 from tests.pg import PG_DSN, PgSchema
@@ -241,3 +241,84 @@ async def test_feed_bookkeeping(store):
     await store.feed_mark_sent("m-1", at=T0, detail="webhook 200")
     await store.feed_mark_sent("m-1", at=T0, detail="again")  # at-least-once: marking twice is harmless
     assert await store.feed_pending(T0 - timedelta(seconds=1), limit=10) == []
+
+
+# --- permit checks: what verification reads instead of the permit ---------------------------------
+
+
+def _check(p, **kw) -> PermitCheck:
+    values = dict(
+        issuer=p.issuer, number=p.number, version=p.version, direction=p.direction.value, digest=p.digest,
+        signature_ok=True, signer="CH", certificate_subject="CN=CH", certificate_serial="1f", signature_error=None,
+        signature_error_code=None, valid_from=T0, valid_until=T0 + timedelta(days=90), stamp="123456",
+        countries="CH FR CH", exporter="CH:Reptile", facts='{"summary": {}}', checked_at=T0,
+    )  # fmt: skip
+    values.update(kw)
+    return PermitCheck(**values)
+
+
+async def _stored(store: Store, number: str = "CH26-000001", *, version: int = 1, xml: bytes | None = None):
+    from tests.integration.test_store import message, permit
+
+    p = permit(number, version=version, direction=Direction.INBOUND, sender="CH", xml=xml)
+    is_new, _ = await store.store_inbound(p, message(p), actor="partner:CH")
+    assert is_new
+    return p
+
+
+async def _tamper(store: Store, p) -> None:
+    if isinstance(store, SqliteStore):
+        import sqlite3
+
+        conn = sqlite3.connect(store.path)
+        with conn:
+            conn.execute("UPDATE permits SET signed_xml = ? WHERE issuer = ? AND number = ?", (b"<doctored/>", p.issuer, p.number))
+        conn.close()
+    else:
+        await store.pool.execute("UPDATE permits SET signed_xml = $3 WHERE issuer = $1 AND number = $2", p.issuer, p.number, b"<doctored/>")
+
+
+async def test_a_stored_permit_is_queued_for_its_check_and_read_back_in_one_call(store):
+    assert await store.verification_facts("CH", "CH26-404") is None
+    p = await _stored(store)
+    key = ("CH", p.number, 1, "inbound")
+    assert await store.permit_checks_due(limit=10) == [key]
+    facts = await store.verification_facts("CH", p.number)
+    assert facts.check is None and facts.used == {} and not facts.exporter_shipped and facts.version == 1
+    assert await store.save_permit_checks([(_check(p), p.signed_xml, p.permit_json)]) == 1
+    assert await store.permit_checks_due(limit=10) == []
+    facts = await store.verification_facts("CH", p.number)
+    assert facts.check == _check(p) and facts.check.status == "VALID"
+    # Saving again replaces it (a re-verification on demand).
+    assert await store.save_permit_checks([(_check(p, signature_ok=False, signature_error="x"), p.signed_xml, p.permit_json)]) == 1
+    assert not (await store.verification_facts("CH", p.number)).check.signature_ok
+    # Balances and the exporter's history come with it.
+    await store.write_off(_request("D1", {"A": "30", "B": "2.25"}, number=p.number), None, actor="c")
+    facts = await store.verification_facts("CH", p.number)
+    assert facts.used == {"A": Decimal("30"), "B": Decimal("2.25")} and facts.exporter_shipped and facts.check is not None
+
+
+async def test_a_check_follows_its_record(store):
+    p = await _stored(store)
+    await store.save_permit_checks([(_check(p), p.signed_xml, p.permit_json)])
+    await store.set_permit_status("CH", p.number, "CANCELLED")
+    assert (await store.verification_facts("CH", p.number)).check.status == "CANCELLED"
+    # The record edited behind the gateway's back: the check is gone and the version queued again.
+    await _tamper(store, p)
+    assert (await store.verification_facts("CH", p.number)).check is None
+    assert await store.permit_checks_due(limit=10) == [("CH", p.number, 1, "inbound")]
+    # A check made from the old bytes is not kept; the version stays queued.
+    assert await store.save_permit_checks([(_check(p), p.signed_xml, p.permit_json)]) == 0
+    assert (await store.verification_facts("CH", p.number)).check is None
+    await store.permit_check_done([("CH", p.number, 1, "inbound")])
+    assert await store.permit_checks_due(limit=10) == []
+
+
+async def test_verification_reads_the_latest_version(store):
+    v1 = await _stored(store, version=1)
+    v2 = await _stored(store, version=2, xml=b"<CITESEPermit v='2'/>")
+    await store.save_permit_checks([(_check(v1), v1.signed_xml, v1.permit_json)])
+    facts = await store.verification_facts("CH", v1.number)
+    assert facts.version == 2 and facts.check is None  # v1's check does not answer for v2
+    await store.save_permit_checks([(_check(v2), v2.signed_xml, v2.permit_json)])
+    assert (await store.verification_facts("CH", v1.number)).check.version == 2
