@@ -55,14 +55,16 @@ PUSH_MEMBER, PULL_MEMBER = "TZ", "UG"  # reached only through the hub; UG collec
 MEMBERS = (PUSH_MEMBER, PULL_MEMBER)
 PARTIES = (*NATIONALS, *MEMBERS)  # every gateway but the hub
 DOWN_PARTY = "KE"  # goes down for a while and comes back
+OUTAGE_AT, OUTAGE_S = 0.25, 2.0  # once this share of the permits is submitted, for this long
 FAULTY = "FR"  # the partners reach it through the fault-injecting proxy
 CUSTOMS = "FR"  # the customs administration at the border
 ISSUER = "CH"  # customs write off its permits; the endorsements go back to it
-# (seconds after the start, faults queued in the proxy: each spoils the next request to FR)
+# (share of the permits submitted, faults queued in the proxy: each spoils the next request to FR).
+# Tied to progress rather than the clock, so that a short run meets them too.
 FAULT_BATCHES = (
     (0.0, ("5xx", "drop", "truncate", "duplicate")),
-    (1.0, ("truncate", "5xx", "duplicate", "drop")),
-    (2.2, ("drop", "5xx", "truncate", "duplicate")),
+    (0.35, ("truncate", "5xx", "duplicate", "drop")),
+    (0.7, ("drop", "5xx", "truncate", "duplicate")),
 )
 PENDING = frozenset({MessageStatus.SEND_ENQUEUED, MessageStatus.SENDING, MessageStatus.WAITING_FOR_RETRY})
 
@@ -542,25 +544,30 @@ async def _story(net: Network, gateways: dict[str, GatewayProcess], proxy: Fault
     done = 0
     next_mark = 0.1
 
+    milestones = {share: asyncio.Event() for share in (OUTAGE_AT, *(at for at, _ in FAULT_BATCHES))}
+
     def progress() -> None:
         nonlocal done, next_mark
         done += 1
         if done / total >= next_mark:
             _say(f"  submitted {done}/{total} permits")
             next_mark += 0.1
+        for share, reached in milestones.items():
+            if done / total >= share:
+                reached.set()
 
     async def outage() -> None:
-        await asyncio.sleep(0.8)
+        await milestones[OUTAGE_AT].wait()
         _say(f"  ! gateway {DOWN_PARTY} goes down")
         await gateways[DOWN_PARTY].stop()
-        await asyncio.sleep(2.0)
+        await asyncio.sleep(OUTAGE_S)
         gateways[DOWN_PARTY] = await GatewayProcess(net[DOWN_PARTY].config()).start()
         _say(f"  ! gateway {DOWN_PARTY} is back")
 
     async def faults() -> None:
-        start = time.monotonic()
         for at, modes in FAULT_BATCHES:
-            await asyncio.sleep(max(0.0, at - (time.monotonic() - start)))
+            if at > 0:
+                await milestones[at].wait()
             for mode in modes:
                 proxy.inject(mode)
             _say(f"  ! fault proxy: the next requests to {FAULTY} get {', '.join(modes)}")
