@@ -198,7 +198,7 @@ class CustomsClient:
             "office": "FRCDG",
             "date": datetime.now(timezone.utc).isoformat(),
             "port": "Paris-Charles de Gaulle",
-            "transport_document": f"AWB 057-{declaration[-8:]}",
+            "transport_document": f"AWB 057-{sum(map(ord, declaration)) % 10**7:07d}",
             "officer": "J. Martin",
             "lines": [{"item": item, "quantity": q} for item, q in lines.items()],
         }
@@ -260,24 +260,28 @@ async def _customs_at_border(customs: CustomsClient, store, tally: Tally) -> Non
     if ours:
         full = ours.pop(0)
         number = full["number"]
-        status, w = await customs.write_off(ISSUER, number, f"25FR{number[-5:]}ALL", {line["item"]: line["remaining"] for line in full["permit"]["lines"]})
+        status, w = await customs.write_off(ISSUER, number, f"FR-{number}-ALL", {line["item"]: line["remaining"] for line in full["permit"]["lines"]})
         if status == 201:
             ct.written_off.append(number)
             v = await customs.verify(ISSUER, number, stamp=tally.stamps.get((ISSUER, number)))
             ct.exhausted = number
             _say(f"  customs wrote off all of {ISSUER}/{number}; verified again: {v['verdict']}")
-            status, _ = await customs.write_off(ISSUER, number, f"25FR{number[-5:]}MORE", {full["permit"]["lines"][0]["item"]: "1"})
+            status, _ = await customs.write_off(ISSUER, number, f"FR-{number}-MORE", {full["permit"]["lines"][0]["item"]: "1"})
             ct.overdraw_refused += status == 409
+        else:
+            _say(f"  ! write-off of {ISSUER}/{number} refused: {w.get('code')}: {w.get('message')}")
     # The others get part of their first line written off; each declaration is sent twice, as a
     # client that lost the first answer would: the second is answered from the ledger.
     for v in ours:
         number, line = v["number"], v["permit"]["lines"][0]
-        ref = f"25FR{number[-5:]}001"
+        ref = f"FR-{number}-1"
         status, w = await customs.write_off(ISSUER, number, ref, {line["item"]: _half(line)})
         if status == 201:
             ct.written_off.append(number)
             status, again = await customs.write_off(ISSUER, number, ref, {line["item"]: _half(line)})
             ct.retries_replayed += status == 200 and again.get("replayed") is True
+        else:
+            _say(f"  ! write-off of {ISSUER}/{number} refused: {w.get('code')}: {w.get('message')}")
     _say(
         f"  customs wrote off {len(ct.written_off)} {ISSUER} permits ({ct.retries_replayed} declarations resent: "
         f"answered from the ledger); endorsements on their way to {ISSUER}"
