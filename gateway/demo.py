@@ -41,7 +41,6 @@ import aiohttp
 from adapters.permit_json import permit_to_dict, permit_to_json
 from domain.messages import Action, Direction, MessageStatus
 from gateway import appkeys
-from gateway.hub import FINAL as FINAL_REPORTS
 from gateway.logs import configure_logging
 from gateway.store.base import MessageFilter, MessageRecord
 from gateway.store.sqlite import SqliteStore
@@ -541,7 +540,6 @@ async def run_demo(
 
 
 async def _story(net: Network, gateways: dict[str, GatewayProcess], proxy: FaultProxy, customs_token: str, *, permits: int, seed: int) -> dict:
-    rng = random.Random(seed)
     tally = Tally()
     per_party = max(1, permits // len(NATIONALS))
     total = per_party * len(NATIONALS)

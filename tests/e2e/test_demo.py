@@ -3,6 +3,7 @@ summary it writes with --json must tell the whole story, counted from the stores
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import re
@@ -23,7 +24,7 @@ def run_demo(tmp_path: Path, *extra: str) -> tuple[subprocess.CompletedProcess, 
     out = tmp_path / "summary.json"
     proc = subprocess.run(
         [sys.executable, "-m", "gateway.cli", "demo", "--permits", "30", "--seed", "3", "--json", str(out), "--dir", str(tmp_path / "net"), *extra],
-        cwd=ROOT, capture_output=True, text=True, timeout=300,
+        cwd=ROOT, capture_output=True, text=True, timeout=300, check=False,
     )  # fmt: skip
     assert out.exists(), proc.stdout + proc.stderr
     return proc, json.loads(out.read_text())
@@ -72,7 +73,7 @@ async def test_demo_over_rabbitmq(tmp_path):
     await require_rabbit()
     proc, summary = None, None
     try:
-        proc, summary = run_demo(tmp_path, "--amqp", AMQP_URL)
+        proc, summary = await asyncio.to_thread(run_demo, tmp_path, "--amqp", AMQP_URL)
         assert "delivery queues on RabbitMQ" in proc.stdout
         assert_whole_story(proc, summary)
     finally:
@@ -85,8 +86,11 @@ async def _delete_queues(prefix: str) -> None:
     """The run's own queues and exchanges, named from rabbitmqctl when it is at hand."""
     names = []
     with contextlib.suppress(OSError):
-        listing = subprocess.run(["rabbitmqctl", "-q", "list_queues", "name"], capture_output=True, text=True, timeout=30)
-        names = [n.strip() for n in listing.stdout.splitlines() if n.strip().startswith(prefix + ".")]
+        listing = await asyncio.create_subprocess_exec(
+            "rabbitmqctl", "-q", "list_queues", "name", stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL
+        )
+        out, _ = await listing.communicate()
+        names = [n.strip() for n in out.decode().splitlines() if n.strip().startswith(prefix + ".")]
     connection = await aio_pika.connect(AMQP_URL, timeout=5)
     try:
         for name in names:
