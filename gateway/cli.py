@@ -228,7 +228,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--log-json", action="store_true", help="JSON log lines (for log shippers)")
     serve.set_defaults(func=cmd_serve)
 
-    demo = sub.add_parser("demo", help="three national gateways on 127.0.0.1 exchanging permits, with a summary")
+    demo = sub.add_parser("demo", help="national gateways, a regional hub, faults and customs on 127.0.0.1 exchanging permits, with a summary")
     demo.add_argument("--permits", type=int, default=300)
     demo.add_argument("--json", help="also write the summary as JSON to this file")
     demo.add_argument("--seed", type=int, default=7)
