@@ -44,6 +44,7 @@ from adapters.exchange_xml import (
     build_hub_request,
     build_pull_list,
     build_receipt,
+    is_party_id,
     read_delivery_report,
     read_error,
     read_hub_request,
@@ -255,7 +256,7 @@ class HubDesk:
             signal = ErrorSignal(
                 message_id=None,
                 sender=self.config.party,
-                receiver=member if member and member.isalnum() and len(member) <= 64 else None,
+                receiver=member if is_party_id(member) else None,
                 code=exc.code.name,
                 message=exc.detail[:512],
                 retryable=exc.code.retryable,

@@ -20,9 +20,10 @@ from adapters.exchange_xml import (
     ErrorSignal,
     Receipt,
     build_error,
-    build_receipt,
+    is_party_id,
     read_cancellation,
     read_envelope,
+    receipt_xml,
 )
 from adapters.ns import EXCHANGE
 from adapters.permit_json import permit_to_json
@@ -72,7 +73,8 @@ class InboundService:
             if not claimed_sender:
                 raise EpixError(ErrorCode.ENVELOPE_INVALID, "The envelope names no sender (Header/From).")
             self.config.agreements.get(claimed_sender)
-            verified = self.security.verify(body, self._hop_party(tree, claimed_sender))
+            # The tree read for From is the one verified (one parse); verifying consumes it.
+            verified = self.security.verify(body, self._hop_party(tree, claimed_sender), parsed=tree)
             envelope = read_envelope(verified.signed_root)
             return await self._accept(envelope)
         except EpixError as exc:
@@ -137,7 +139,7 @@ class InboundService:
         # Customs feedback (gateway/customs/feedback.py): box 14 for a permit we issued.
         endorsed = await endorsement_request(self, env) if h.action is Action.ENDORSE else None
         receipt = self.security.sign(
-            build_receipt(
+            receipt_xml(
                 Receipt(
                     message_id=h.message_id,
                     sender=self.config.party,
@@ -239,7 +241,7 @@ class InboundService:
         signal = ErrorSignal(
             message_id=message_id if message_id and len(message_id) <= 64 else None,
             sender=self.config.party,
-            receiver=receiver if receiver and receiver.isalnum() and len(receiver) <= 64 else None,
+            receiver=receiver if is_party_id(receiver) else None,
             code=exc.code.name,
             message=exc.detail[:512],
             retryable=exc.code.retryable,
