@@ -2,7 +2,8 @@
 issuer, risk targeting, pre-arrival feed, EPIX-compatible SOAP facade, annual report.
 
 ``customs_resources`` is a cleanup context for ``create_app``: it runs after the gateway's own
-resources (store, keys, delivery worker) are up, and stops the feed before they close.
+resources (store, keys, delivery worker) are up, and stops the permit check worker and the feed
+before they close.
 """
 
 from __future__ import annotations
@@ -22,19 +23,21 @@ CUSTOMS: web.AppKey["CustomsService"] = web.AppKey("customs")
 
 
 async def customs_resources(app: web.Application) -> AsyncIterator[None]:
+    from gateway.customs.checks import CheckWorker
     from gateway.customs.feed import FeedWorker
     from gateway.customs.service import CustomsService
 
+    party = app[appkeys.CONFIG].party
     service = CustomsService(app[appkeys.CONFIG], app[appkeys.STORE], app[appkeys.SECURITY], app[appkeys.DELIVERY].wake)
     app[CUSTOMS] = service
-    task = None
+    tasks = [asyncio.create_task(CheckWorker(service).run(), name=f"customs-checks-{party}")]
     if service.customs.feed_enabled:
         feed = FeedWorker(service, app[appkeys.HTTP])
-        task = asyncio.create_task(feed.run(), name=f"customs-feed-{app[appkeys.CONFIG].party}")
+        tasks.append(asyncio.create_task(feed.run(), name=f"customs-feed-{party}"))
     try:
         yield
     finally:
-        if task is not None:
+        for task in tasks:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task

@@ -85,7 +85,8 @@ class SqliteLedger(CustomsLedger):
         return [lq.verification_from_row(r, s._dec) for r in rows]
 
     async def verification_facts(self, issuer: str, number: str) -> VerificationFacts | None:
-        rows = await self._read(s._fetchall, _sql(lq.SELECT_VERIFICATION_FACTS), (issuer, number))
+        # A bounded point read on the event loop's thread (see SqliteStore._read_now).
+        rows = self._read_now(s._fetchall, _sql(lq.SELECT_VERIFICATION_FACTS), (issuer, number))
         return lq.facts_from_rows(rows, s._dec)
 
     async def save_permit_checks(self, checks: Sequence[tuple[PermitCheck, bytes, bytes]]) -> int:
