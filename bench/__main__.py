@@ -40,12 +40,22 @@ def main(argv: list[str] | None = None) -> int:
         nargs="?",
         choices=("stages", "e2e", "customs", "all"),
         default="all",
-        help="stages: one core per stage vs raw crypto (about 45 s); e2e: two gateways over HTTP, SQLite and PostgreSQL; all (default)",
+        help="stages: one core per stage vs raw crypto (about 45 s); e2e: gateway processes over HTTP (direct, RabbitMQ, hub), SQLite and PostgreSQL; customs; all (default: stages and e2e)",
     )
     parser.add_argument("--quick", action="store_true", help="a few seconds per benchmark: smoke numbers, not results")
     parser.add_argument("--json", type=Path, metavar="PATH", help="where to write the JSON (default bench/results/<name>.json)")
     parser.add_argument("-n", "--permits", type=int, help="e2e: permits per peak pass (default 1000, --quick 100)")
     parser.add_argument("-c", "--concurrency", type=int, help="e2e: concurrent clients at peak (default 32, --quick 16)")
+    parser.add_argument(
+        "--paths",
+        default=",".join(e2e.PATHS),
+        help="e2e: which paths, comma-separated, of %(default)s (direct: CH -> FR; rabbitmq: delivery queues on RabbitMQ; hub: CH -> HUB -> FR)",
+    )
+    parser.add_argument(
+        "--amqp",
+        default=e2e.DEFAULT_AMQP_URL,
+        help="e2e: RabbitMQ URL for the rabbitmq path (queues are deleted after); 'none' skips it (default $EPIX_TEST_AMQP_URL or %(default)s)",
+    )
     parser.add_argument(
         "--pg",
         default=os.environ.get("EPIX_TEST_PG_DSN", e2e.DEFAULT_PG_DSN),
@@ -66,7 +76,17 @@ def main(argv: list[str] | None = None) -> int:
             text = stages.render(result)
         else:
             settings = e2e.Settings.quick() if args.quick else e2e.Settings()
-            settings = settings.with_overrides(permits=args.permits, concurrency=args.concurrency, pg_dsn=None if args.pg == "none" else args.pg)
+            paths = tuple(p.strip() for p in args.paths.split(",") if p.strip())
+            unknown = [p for p in paths if p not in e2e.PATHS]
+            if unknown:
+                parser.error(f"--paths: unknown path(s) {', '.join(unknown)}; choose from {', '.join(e2e.PATHS)}")
+            settings = settings.with_overrides(
+                permits=args.permits,
+                concurrency=args.concurrency,
+                pg_dsn=None if args.pg == "none" else args.pg,
+                amqp_url=None if args.amqp == "none" else args.amqp,
+                paths=paths,
+            )
             result = asyncio.run(e2e.run(settings, log=_log))
             text = e2e.render(result)
             failed = failed or bool(result.get("errors"))

@@ -12,7 +12,9 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Callable
 
-from adapters.cites_write import permit_to_xml
+from lxml import etree
+
+from adapters.cites_write import permit_to_element
 from adapters.exchange_xml import Cancellation, build_cancellation
 from adapters.permit_json import permit_to_json
 from domain import rules
@@ -108,8 +110,10 @@ class OutboundService:
             receivers = await self._replacement_receivers(issuer, permit.replaces, receivers)
         routes = [self.config.agreements.route(r, DOCUMENT_TYPE, action) for r in receivers]
 
-        unsigned = permit_to_xml(permit)
-        signed = self.security.sign(unsigned)
+        # Signed from the element itself: the signer would otherwise parse the bytes back.
+        element = permit_to_element(permit)
+        unsigned = etree.tostring(element, xml_declaration=True, encoding="UTF-8")  # = permit_to_xml(permit)
+        signed = self.security.sign(element)
         now = datetime.now(timezone.utc)
         record = PermitRecord(
             issuer=issuer,

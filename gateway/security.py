@@ -43,10 +43,12 @@ class Security:
     def sign(self, data) -> bytes:
         return self.signer.sign(data)
 
-    def verify(self, data: bytes, party: str) -> Verified:
-        """Verify ``data`` as signed by ``party``; on an untrusted signer, say whether it is another partner."""
+    def verify(self, data: bytes, party: str, *, parsed=None) -> Verified:
+        """Verify ``data`` as signed by ``party``; on an untrusted signer, say whether it is another partner.
+
+        ``parsed``: ``parse_xml(data)``'s tree when the caller already has it (see ``Verifier.verify``)."""
         try:
-            return self.verifier.verify(data, expected_signer=party)
+            return self.verifier.verify(data, expected_signer=party, parsed=parsed)
         except EpixError as exc:
             if exc.code is ErrorCode.SIGNER_UNTRUSTED:
                 other = self._known_party_of_signature(data, party)

@@ -694,15 +694,32 @@ class Verifier:
             raise EpixError(ErrorCode.CONFIG_INVALID, "A verifier needs at least one pinned certificate or CA.")
         return cls(pinned, anchors=anchors)
 
-    def verify(self, data: bytes, expected_signer: str | None = None, *, at: datetime | None = None) -> Verified:
+    def verify(
+        self,
+        data: bytes,
+        expected_signer: str | None = None,
+        *,
+        at: datetime | None = None,
+        parsed: etree._ElementTree | None = None,
+    ) -> Verified:
         """Check ``data``'s signature and return only what was signed, or raise a specific ``EpixError``.
 
         ``expected_signer`` pins the party whose certificate must have signed (the issuing MA of
         the permit, the partner at the other end of a hop); ``at`` is the verification time.
-        ``data`` is only read: the tree worked on is this call's own parse of it.
+        ``data`` is only read: the tree worked on is this call's own parse of it, or ``parsed``.
+
+        ``parsed`` spares a caller that already had to parse ``data`` (to read who claims to have
+        sent it) a second parse: it must be the hardened parser's tree of exactly these bytes
+        (``parse_xml``, with a depth limit no looser than this verifier's), made for this call alone,
+        because verifying detaches the signature from it. Only bytes within this verifier's size
+        limit are taken that way; larger ones are parsed here and refused as before. Nothing is
+        read from ``parsed`` after the call: what was signed comes back in ``Verified``.
         """
         at = at or datetime.now(timezone.utc)
-        tree = parse_xml(data, limits=self.limits, what="signed document")
+        if parsed is not None and len(data) <= self.limits.max_bytes:
+            tree = parsed
+        else:
+            tree = parse_xml(data, limits=self.limits, what="signed document")
         signature = _find_signature(tree.getroot())
         profile = _common_profile(signature) or _check_profile(signature)
         certificate, intermediates = _signer_certificates(profile.key_info)
