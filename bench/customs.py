@@ -50,7 +50,7 @@ from simulators.network import GatewayProcess, build_network, free_port
 from simulators.samples import make_permit
 
 TOKEN = "bench-customs-token"
-GENERATION = 1  # bump when what is stored changes: older cached stores are then rebuilt
+GENERATION = 2  # bump when what is stored changes: older cached stores are then rebuilt
 TEMPLATES = 256
 PLACEHOLDER = "CH26-X@@@@@@"  # same length as CH26-0000000, so the XML stays the same size
 

@@ -19,7 +19,7 @@ from domain.errors import EpixError, ErrorCode
 from gateway import appkeys
 from gateway.customs import CUSTOMS
 from gateway.customs.config import covers_country
-from gateway.customs.service import balance_view, dumps, require_customs, verification_view, write_off_view
+from gateway.customs.service import balance_view, dumps, require_customs, verification_json, write_off_view
 from gateway.middleware import principal
 
 routes = web.RouteTableDef()
@@ -49,7 +49,7 @@ async def verify(request: web.Request) -> web.Response:
     )  # fmt: skip
     if xml:
         return web.Response(body=service.signed_verdict(result), content_type=XML, charset="utf-8")
-    return web.Response(text=dumps(verification_view(result)), content_type="application/json")
+    return web.Response(text=verification_json(result), content_type="application/json")
 
 
 @routes.get("/v1/verifications/{issuer}/{number}/history")

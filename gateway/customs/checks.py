@@ -32,15 +32,30 @@ if TYPE_CHECKING:
     from gateway.customs.service import CustomsService, SignatureCheck
 
 log = get_logger("epix.customs.checks")
+FACTS_LAYOUT = 1  # bump when the layout of a check's facts changes: older checks are made again
 
 
 def exporter_key(permit: Permit) -> str:
     return f"{permit.exporter.address.country or '?'}:{permit.exporter.name.strip().lower()}"
 
 
+def _members(d: dict[str, Any]) -> str:
+    """A JSON object's members without the braces, to be spliced into a larger object."""
+    return _compact(d)[1:-1]
+
+
+def _compact(value: Any) -> str:
+    return json.dumps(value, separators=(",", ":"))
+
+
 def make_check(record: PermitRecord, permit: Permit, signature: "SignatureCheck", now: datetime) -> PermitCheck:
-    """The check of ``record`` (parsed as ``permit``, its signature checked as ``signature``)."""
-    summary = {
+    """The check of ``record`` (parsed as ``permit``, its signature checked as ``signature``).
+
+    Its ``facts`` hold the answer's static parts as JSON text already (the permit summary, each
+    line up to its permitted quantity, the signer), so a verification only writes what changes:
+    status, quantities used, verdict and risk.
+    """
+    head = {
         "issuer": record.issuer,
         "number": permit.number,
         "type": permit.type,
@@ -50,18 +65,25 @@ def make_check(record: PermitRecord, permit: Permit, signature: "SignatureCheck"
         "purpose": permit.purpose,
         "valid_from": permit.valid_from.isoformat(),
         "valid_until": permit.valid_until.isoformat(),
-        "lines": [
-            {
-                "item": i.id, "scientific_name": i.scientific_name, "common_name": i.common_name,
-                "appendix": i.appendix, "source": i.source, "term": i.term,
-            }  # fmt: skip
-            for i in permit.items
-        ],
     }
+    lines = []
+    for i in permit.items:
+        static = {
+            "item": i.id, "scientific_name": i.scientific_name, "common_name": i.common_name, "appendix": i.appendix,
+            "source": i.source, "term": i.term, "unit": i.unit, "permitted": format(i.quantity, "f"),
+        }  # fmt: skip
+        lines.append([i.id, format(i.quantity, "f"), i.unit, "{" + _members(static)])
     facts = {
-        "summary": summary,
-        "permitted": [[i.id, format(i.quantity, "f"), i.unit] for i in permit.items],
-        "risk": [[i.id, i.scientific_name, i.appendix, i.source, i.origin_country] for i in permit.items],
+        "layout": FACTS_LAYOUT,
+        "valid": [head["valid_from"], head["valid_until"]],
+        "head": _members(head),
+        "lines": lines,
+        "risk": {
+            "exporter": permit.exporter.address.country,
+            "importer": permit.importer.address.country,
+            "items": [[i.id, i.scientific_name, i.appendix, i.source, i.origin_country] for i in permit.items],
+        },
+        "signer": _compact(signature.view()),
     }
     countries = (permit.exporter.address.country, permit.importer.address.country, permit.issuing_country)
     return PermitCheck(
@@ -70,8 +92,7 @@ def make_check(record: PermitRecord, permit: Permit, signature: "SignatureCheck"
         certificate_subject=signature.subject, certificate_serial=signature.serial, signature_error=signature.error,
         signature_error_code=signature.error_code, valid_from=permit.valid_from, valid_until=permit.valid_until,
         stamp=permit.security_stamp, countries=" ".join(c or "-" for c in countries), exporter=exporter_key(permit),
-        facts=json.dumps(facts, separators=(",", ":")), checked_at=now, status=record.status,
-        replaced_by=record.replaced_by,
+        facts=_compact(facts), checked_at=now, status=record.status, replaced_by=record.replaced_by,
     )  # fmt: skip
 
 
@@ -113,57 +134,43 @@ class RiskView:
 class CheckFacts:
     """A check's JSON, read once per verification."""
 
-    summary: dict[str, Any]
-    permitted: dict[str, tuple[Decimal, str]]
-    risk: RiskView
     valid_from: datetime
     valid_until: datetime
+    lines: list[list[str]]  # [item, permitted, unit, the line's JSON up to its permitted quantity]
+    risk: RiskView
     countries: tuple[str | None, ...]  # exporter, importer, issuer
+    head: str  # the permit summary's static members, JSON
+    signer: str  # the signer's view, JSON
 
     @classmethod
-    def of(cls, check: PermitCheck) -> "CheckFacts":
+    def of(cls, check: PermitCheck) -> "CheckFacts | None":
+        """None when the check was written in another layout: it is then made again."""
         raw = json.loads(check.facts)
-        summary = raw["summary"]
-        valid_from = datetime.fromisoformat(summary["valid_from"])
-        valid_until = datetime.fromisoformat(summary["valid_until"])
+        if raw.get("layout") != FACTS_LAYOUT:
+            return None
+        valid_from, valid_until = (datetime.fromisoformat(v) for v in raw["valid"])
+        r = raw["risk"]
         risk = RiskView(
-            items=tuple(_Line(*line) for line in raw["risk"]),
-            exporter=_Party(_Address(summary["exporter"]["country"])),
-            importer=_Party(_Address(summary["importer"]["country"])),
-            valid_until=valid_until,
-        )
-        permitted = {item: (Decimal(q), unit) for item, q, unit in raw["permitted"]}
+            tuple(_Line(*line) for line in r["items"]), _Party(_Address(r["exporter"])), _Party(_Address(r["importer"])),
+            valid_until,
+        )  # fmt: skip
         countries = tuple(None if c == "-" else c for c in check.countries.split(" "))
-        return cls(summary, permitted, risk, valid_from, valid_until, countries)
+        return cls(valid_from, valid_until, raw["lines"], risk, countries, raw["head"], raw["signer"])
+
+    def balances(self, used: dict[str, Decimal]) -> tuple[ledger.Balance, ...]:
+        return tuple(ledger.Balance(item, unit, Decimal(q), used.get(item, ledger.ZERO)) for item, q, unit, _ in self.lines)
 
 
-def summary_view(check: PermitCheck, facts: CheckFacts, balances: tuple[ledger.Balance, ...]) -> dict[str, Any]:
-    """The permit as a verification shows it: what ``service.permit_summary`` gives for the
-    record, from the check."""
-    s = facts.summary
-    by_item = {b.item_id: b for b in balances}
-    return {
-        "issuer": s["issuer"],
-        "number": s["number"],
-        "type": s["type"],
-        "version": check.version,
-        "status": check.status,
-        "replaced_by": check.replaced_by,
-        "issuing_authority": s["issuing_authority"],
-        "exporter": s["exporter"],
-        "importer": s["importer"],
-        "purpose": s["purpose"],
-        "valid_from": s["valid_from"],
-        "valid_until": s["valid_until"],
-        "lines": [{**line, **_balance(by_item[line["item"]])} for line in s["lines"] if line["item"] in by_item],
-    }
-
-
-def _balance(b: ledger.Balance) -> dict[str, str]:
-    return {
-        "item": b.item_id, "unit": b.unit, "permitted": format(b.permitted, "f"), "used": format(b.used, "f"),
-        "remaining": format(b.remaining, "f"),
-    }  # fmt: skip
+def permit_json(check: PermitCheck, facts: CheckFacts, balances: tuple[ledger.Balance, ...]) -> str:
+    """The permit as a verification shows it (JSON text): what ``service.permit_summary`` gives
+    for the record, written from the check."""
+    lines = ",".join(
+        f'{prefix},"used":"{b.used:f}","remaining":"{b.remaining:f}"}}' for (_, _, _, prefix), b in zip(facts.lines, balances)
+    )
+    return (
+        f'{{"version":{check.version:d},"status":{_compact(check.status)},"replaced_by":{_compact(check.replaced_by)},'
+        f'{facts.head},"lines":[{lines}]}}'
+    )
 
 
 # --- made when a permit is stored ----------------------------------------------------------------

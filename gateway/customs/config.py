@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import tomllib
 from dataclasses import dataclass, field
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -87,6 +88,7 @@ def parse_customs(raw: dict[str, Any] | None, *, source: str = "config", base_di
 # --- scope of a customs token ----------------------------------------------------------------------
 
 
+@lru_cache(maxsize=1024)  # asked on every verification; a gateway has a handful of tokens
 def scope_countries(countries: frozenset[str]) -> frozenset[str]:
     """The countries a token acts for: 'FR' and 'FR/FRCDG' both give FR; '*' stays '*'."""
     return frozenset(c.split("/", 1)[0] for c in countries)

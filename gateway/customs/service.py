@@ -33,7 +33,7 @@ from domain.messages import Action, Direction, MessageStatus
 from domain.model import EndorsedLine, Endorsement, Permit
 from domain.risk import Assessment, Declared, RiskContext, assess
 from gateway.config import GatewayConfig, Token
-from gateway.customs.checks import CheckFacts, exporter_key, make_check, summary_view
+from gateway.customs.checks import CheckFacts, exporter_key, make_check, permit_json
 from gateway.customs.config import CustomsConfig, covers_country, covers_office, single_office
 from gateway.customs.verification import Facts, Verdict, judge
 from gateway.logs import get_logger
@@ -110,10 +110,13 @@ class _Ids:
 
     def __call__(self) -> str:
         if self._at >= len(self._pool):
-            self._pool, self._at = os.urandom(4096), 0
-        raw = self._pool[self._at : self._at + 16]
-        self._at += 16
-        return str(uuid.UUID(bytes=raw, version=4))
+            self._pool, self._at = bytearray(os.urandom(4096)), 0
+        at, self._at = self._at, self._at + 16
+        raw = self._pool
+        raw[at + 6] = (raw[at + 6] & 0x0F) | 0x40  # version 4
+        raw[at + 8] = (raw[at + 8] & 0x3F) | 0x80  # RFC 4122 variant
+        h = raw[at : at + 16].hex()
+        return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
 
 new_id = _Ids()
@@ -136,22 +139,30 @@ class _Lru(OrderedDict):
 
 
 class AuditLog:
-    """Appends verifications in batches: callers that arrive while a batch commits share the next."""
+    """Appends verifications in batches (group commit): the first caller starts a flusher, which
+    writes everything pending in one transaction, then whatever arrived meanwhile, until nothing
+    is left. Each caller returns once the transaction holding its record has committed, so a
+    verdict is never answered before it is in the audit history."""
 
     def __init__(self, store: Store, batch: int) -> None:
         self.store = store
         self.batch = max(1, batch)
         self._pending: list[tuple[VerificationRecord, asyncio.Future]] = []
-        self._lock = asyncio.Lock()
+        self._flusher: asyncio.Task | None = None
 
     async def append(self, record: VerificationRecord) -> None:
         done = asyncio.get_running_loop().create_future()
         self._pending.append((record, done))
-        async with self._lock:
-            while not done.done():
+        if self._flusher is None:
+            self._flusher = asyncio.get_running_loop().create_task(self._flush())
+        await done  # a cancelled caller's record is still written (it is in the batch)
+
+    async def _flush(self) -> None:
+        try:
+            while self._pending:
                 batch, self._pending = self._pending[: self.batch], self._pending[self.batch :]
                 try:
-                    await asyncio.shield(self.store.record_verifications([r for r, _ in batch]))
+                    await self.store.record_verifications([r for r, _ in batch])
                 except Exception as exc:  # noqa: BLE001 -- every caller of the batch hears of it
                     for _, f in batch:
                         if not f.done():
@@ -160,7 +171,8 @@ class AuditLog:
                     for _, f in batch:
                         if not f.done():
                             f.set_result(None)
-        await done
+        finally:
+            self._flusher = None
 
 
 class CustomsService:
@@ -250,15 +262,16 @@ class CustomsService:
         now = datetime.now(timezone.utc)
         found = await self.store.verification_facts(issuer, number)
         check = found.check if found is not None else None
+        facts = CheckFacts.of(check) if check is not None else None  # None too: an older layout
         held = None
-        if found is not None and (check is None or thorough or self.customs.verify_signature_every_time):
-            held, check = await self._check_record(issuer, number, check, now)
+        if found is not None and (facts is None or thorough or self.customs.verify_signature_every_time):
+            held, check = await self._check_record(issuer, number, check if facts is not None else None, now)
+            facts = CheckFacts.of(check) if check is not None else None
         balances: tuple[ledger.Balance, ...] = ()
-        signature = risk = facts = None
-        if check is None:
+        signature = risk = None
+        if check is None or facts is None:
             verdict_facts = Facts(issuer, number, found=False)
         else:
-            facts = CheckFacts.of(check)
             if not concerns(token, facts.countries):
                 verdict_facts = Facts(issuer, number, found=True, addressed=False)
                 held = check = facts = None  # nothing about a permit for another border leaves this gateway
@@ -267,7 +280,7 @@ class CustomsService:
                     check.signature_ok, check.signer, check.certificate_subject, check.certificate_serial,
                     check.signature_error, check.signature_error_code,
                 )  # fmt: skip
-                balances = ledger.balances_of(facts.permitted, found.used)
+                balances = facts.balances(found.used)
                 verdict_facts = Facts(
                     issuer, number, found=True, signature_error=None if signature.ok else signature.error,
                     stamp_given=stamp, stamp_on_permit=check.stamp, status=check.status, replaced_by=check.replaced_by,
@@ -523,18 +536,19 @@ def permit_summary(held: Held, balances: tuple[ledger.Balance, ...]) -> dict[str
     }
 
 
+def verification_json(v: VerificationResult) -> str:
+    """The answer to a verification, written from the check's JSON parts (checks.py)."""
+    shown = v.check is not None and v.facts is not None
+    return (
+        f'{{"verification_id":"{v.id}","verdict":"{v.verdict.value}","reasons":{dumps(v.reasons)},'
+        f'"verified_at":"{v.at.isoformat()}","issuer":{dumps(v.issuer)},"number":{dumps(v.number)},'
+        f'"permit":{permit_json(v.check, v.facts, v.balances) if shown else "null"},'
+        f'"signer":{v.facts.signer if shown else "null"},"risk":{dumps(v.risk.to_dict()) if v.risk else "null"}}}'
+    )
+
+
 def verification_view(v: VerificationResult) -> dict[str, Any]:
-    return {
-        "verification_id": v.id,
-        "verdict": v.verdict.value,
-        "reasons": v.reasons,
-        "verified_at": v.at.isoformat(),
-        "issuer": v.issuer,
-        "number": v.number,
-        "permit": summary_view(v.check, v.facts, v.balances) if v.check and v.facts else None,
-        "signer": v.signature.view() if v.signature else None,
-        "risk": v.risk.to_dict() if v.risk else None,
-    }
+    return json.loads(verification_json(v))
 
 
 def write_off_view(outcome: WriteOffOutcome, risk: Assessment | None, issuer: str, number: str) -> dict[str, Any]:

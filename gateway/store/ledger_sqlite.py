@@ -7,6 +7,7 @@ other on the same file.
 
 from __future__ import annotations
 
+import json
 import sqlite3
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
@@ -78,7 +79,8 @@ class SqliteLedger(CustomsLedger):
 
     async def record_verifications(self, records: Sequence[VerificationRecord]) -> None:
         if records:
-            await self._write(_executemany, _sql(lq.INSERT_VERIFICATION), [lq.verification_values(v, s._enc) for v in records])
+            rows = json.dumps([lq.verification_values(v, s._enc) for v in records])
+            await self._write(s._rowcount, _INSERT_VERIFICATIONS, (rows,))
 
     async def list_verifications(self, issuer: str, number: str, *, limit: int = 100) -> list[VerificationRecord]:
         rows = await self._read(s._fetchall, _sql(lq.SELECT_VERIFICATIONS), (issuer, number, limit))
@@ -129,6 +131,12 @@ def _executemany(conn: sqlite3.Connection, sql: str, rows: list[tuple]) -> None:
 
 
 _SAVE_CHECK = _sql(lq.SAVE_CHECK.format(lock=""))
+# A batch of verifications in ONE statement (rows as a JSON array): executemany would step once
+# per row, and each step hands the GIL back and waits for it again while the event loop is busy.
+_INSERT_VERIFICATIONS = f"""
+    INSERT INTO verifications ({lq.VERIFICATION_COLUMNS})
+    SELECT {", ".join(f"value ->> {i}" for i in range(9))} FROM json_each(?1)
+"""
 
 
 def _save_checks(conn: sqlite3.Connection, rows: list[tuple]) -> int:

@@ -14,6 +14,7 @@ from domain import ledger
 from domain.errors import EpixError, ErrorCode
 from domain.ledger import Balance, DrawLine, HeldWriteOff
 from gateway.customs.verification import Facts, Verdict, judge
+from tests.strategies import permits
 
 D = Decimal
 PERMITTED = {"A": (D("10"), "NAR"), "B": (D("2.5"), "KGM")}
@@ -127,3 +128,60 @@ def test_precedence_and_all_reasons_are_given():
     # A partly used-up permit is still VALID, and says which line is empty.
     verdict, reasons = judge(_facts(balances=(Balance("A", "NAR", D(1), D(1)), Balance("B", "NAR", D(1), D(0)))))
     assert verdict is Verdict.VALID and any("Line(s) A" in r for r in reasons)
+
+
+# --- a permit's check answers as the permit itself would -------------------------------------------
+
+
+def _record(permit):
+    import hashlib
+
+    from adapters.permit_json import permit_to_json
+    from domain.messages import Direction
+    from gateway.store.base import PermitRecord
+
+    xml = b"<CITESEPermit/>"
+    return PermitRecord(
+        issuer=permit.issuing_country, number=permit.number, version=2, direction=Direction.INBOUND, status="REPLACED",
+        permit_json=permit_to_json(permit), signed_xml=xml, digest=hashlib.sha256(xml).hexdigest(), sender="CH",
+        replaces=None, replaced_by="CH26-000099", created_at=NOW,
+    )  # fmt: skip
+
+
+@given(permit=permits(), used=st.lists(st.decimals(min_value=0, max_value=1000, places=2), min_size=5, max_size=5),
+       first=st.booleans(), days=st.integers(-400, 400))  # fmt: skip
+def test_the_check_shows_and_scores_the_permit_as_the_permit_itself(permit, used, first, days):
+    import json
+
+    from domain.risk import RiskContext, RiskRules, assess
+    from gateway.customs.checks import CheckFacts, make_check, permit_json
+    from gateway.customs.service import Held, SignatureCheck, permit_summary
+
+    record = _record(permit)
+    signature = SignatureCheck(False, None, None, None, 'The "digest" does not match.', "DIGEST_MISMATCH")
+    check = make_check(record, permit, signature, NOW)
+    facts = CheckFacts.of(check)
+    spent = {item.id: q for item, q in zip(permit.items, used)}
+    balances = facts.balances(spent)
+    assert balances == ledger.balances_of(ledger.permitted_lines(permit), spent)
+    assert json.loads(permit_json(check, facts, balances)) == permit_summary(Held(record, permit), balances)
+    assert json.loads(facts.signer) == signature.view()
+    assert (facts.valid_from, facts.valid_until) == (permit.valid_from, permit.valid_until)
+    assert facts.countries == (permit.exporter.address.country, permit.importer.address.country, permit.issuing_country)
+    rules = RiskRules(species_of_concern=frozenset(i.scientific_name for i in permit.items[:1]), parties_of_concern=frozenset({"KE"}), random_rate=0.3)
+    context = RiskContext(today=permit.valid_until - timedelta(days=days), balances=balances, first_shipment=first)
+    assert assess(facts.risk, context, rules, key="k") == assess(permit, context, rules, key="k")
+
+
+def test_a_check_in_another_layout_is_made_again():
+    from dataclasses import replace
+
+    from gateway.customs.checks import CheckFacts, make_check
+    from gateway.customs.service import SignatureCheck
+    from simulators.samples import make_permit
+    import random
+
+    permit = make_permit(random.Random(3), issuer="CH", importer_country="FR")
+    check = make_check(_record(permit), permit, SignatureCheck(True, "CH", "CN=CH", "1", None, None), NOW)
+    assert CheckFacts.of(check) is not None
+    assert CheckFacts.of(replace(check, facts=check.facts.replace('"layout":1', '"layout":0'))) is None
