@@ -71,7 +71,7 @@ def _resources(preloaded: Security | None):
         worker = DeliveryWorker(config, store, security, http, app[appkeys.METRICS], queue)
         app[appkeys.DELIVERY] = worker
         app[appkeys.OUTBOUND] = OutboundService(config, store, security, worker.wake)
-        app[appkeys.INBOUND] = InboundService(config, store, security)
+        app[appkeys.INBOUND] = InboundService(config, store, security, wake=worker.wake)
         task = asyncio.create_task(worker.run(), name=f"delivery-{config.party}") if config.start_delivery else None
         hub_loops = hub.background(config, store, security, http, app[appkeys.INBOUND]) if config.start_delivery else []
         hub_tasks = [asyncio.create_task(loop, name=f"hub-{config.party}") for loop in hub_loops]

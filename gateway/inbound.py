@@ -9,6 +9,7 @@ signed receipt. Any failure becomes a signed error signal with a stable code; no
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timezone
 
@@ -54,10 +55,12 @@ class Answer:
 
 
 class InboundService:
-    def __init__(self, config: GatewayConfig, store: Store, security: Security) -> None:
+    def __init__(self, config: GatewayConfig, store: Store, security: Security, wake: Callable[[], None] | None = None) -> None:
         self.config = config
         self.store = store
         self.security = security
+        # A hub hands what it relays to its own delivery worker: wake it rather than wait for its poll.
+        self.wake = wake or (lambda: None)
         self.limits = XmlLimits(max_bytes=config.max_body_bytes)
         self.relay = Relay(config, store, security) if config.role == "hub" else None
 
@@ -106,7 +109,9 @@ class InboundService:
     async def _accept(self, env: Envelope) -> Answer:
         h = env.header
         if h.receiver != self.config.party and self.relay is not None and env.relayed_by is None:
-            return Answer(200, await self.relay.accept(env), h.message_id)
+            receipt = await self.relay.accept(env)
+            self.wake()
+            return Answer(200, receipt, h.message_id)
         if h.receiver != self.config.party:
             raise EpixError(
                 ErrorCode.MISADDRESSED,
