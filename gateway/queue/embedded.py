@@ -32,6 +32,10 @@ class EmbeddedQueue(DeliveryQueue):
         self._wake = asyncio.Event()
         self._inflight: set[asyncio.Task] = set()
         self._held: set[str] = set()  # claimed by this process and not yet settled
+        # Under a backlog, a claim (one write transaction) waits for this many free slots and
+        # takes that many messages, instead of one claim per finished delivery.
+        self._refill = max(1, min(delivery.batch, delivery.concurrency // 4))
+        self._backlog = False  # the last claim was full: more messages are probably due
 
     def notify(self) -> None:
         self._wake.set()
@@ -52,12 +56,13 @@ class EmbeddedQueue(DeliveryQueue):
 
     async def run_once(self, deliver: Deliver) -> int:
         free = self.delivery.concurrency - len(self._inflight)
-        if free <= 0:
+        if free <= 0 or (self._backlog and free < self._refill):
             await asyncio.wait(self._inflight, return_when=asyncio.FIRST_COMPLETED)
             return 1
+        limit = min(free, self.delivery.batch)
         claim = asyncio.ensure_future(
             self.store.claim_due(
-                limit=min(free, self.delivery.batch),
+                limit=limit,
                 lease_s=self.delivery.lease_s,
                 now=datetime.now(timezone.utc),
                 actor=self.actor,
@@ -70,6 +75,7 @@ class EmbeddedQueue(DeliveryQueue):
             with contextlib.suppress(Exception):
                 self._held.update(m.message_id for m in await claim)
             raise
+        self._backlog = len(batch) == limit
         for message in batch:
             self._held.add(message.message_id)
             task = asyncio.create_task(self._deliver_guarded(deliver, message))
