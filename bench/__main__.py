@@ -44,7 +44,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--quick", action="store_true", help="a few seconds per benchmark: smoke numbers, not results")
     parser.add_argument("--json", type=Path, metavar="PATH", help="where to write the JSON (default bench/results/<name>.json)")
-    parser.add_argument("-n", "--permits", type=int, help="e2e: permits per peak pass (default 1000, --quick 100)")
+    parser.add_argument(
+        "-n", "--permits", type=int,
+        help="e2e: permits per peak pass (default 1000, --quick 100); customs: permits stored, compared with 10,000 (default 1,000,000)",
+    )
     parser.add_argument("-c", "--concurrency", type=int, help="e2e: concurrent clients at peak (default 32, --quick 16)")
     parser.add_argument(
         "--paths",
@@ -68,7 +71,8 @@ def main(argv: list[str] | None = None) -> int:
         started = time.perf_counter()
         _log(f"{name}{' (quick)' if args.quick else ''} ...")
         if name == "customs":  # customs verification with many permits stored vs a bare handler
-            result = asyncio.run(customs.run(customs.Settings.quick() if args.quick else customs.Settings(), log=_log))
+            settings = customs.Settings.quick() if args.quick else customs.Settings()
+            result = asyncio.run(customs.run(settings.with_largest(args.permits), log=_log))
             text = customs.render(result)
             failed = failed or bool(result.get("errors"))
         elif name == "stages":

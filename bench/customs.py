@@ -50,7 +50,8 @@ from simulators.network import GatewayProcess, build_network, free_port
 from simulators.samples import make_permit
 
 TOKEN = "bench-customs-token"
-GENERATION = 2  # bump when what is stored changes: older cached stores are then rebuilt
+HEADERS = {"Authorization": f"Bearer {TOKEN}"}
+GENERATION = 3  # bump when what is stored changes: older cached stores are then rebuilt
 TEMPLATES = 256
 PLACEHOLDER = "CH26-X@@@@@@"  # same length as CH26-0000000, so the XML stays the same size
 
@@ -66,6 +67,12 @@ class Settings:
     @classmethod
     def quick(cls) -> "Settings":
         return cls(sizes=(1_000, 10_000), seconds=1.0, concurrency=16, warmup_s=0.5)
+
+    def with_largest(self, permits: int | None) -> "Settings":
+        """``--permits N``: N permits stored, compared with the smallest size (10,000 at most)."""
+        if permits is None:
+            return self
+        return replace(self, sizes=tuple(sorted({min(self.sizes[0], permits), permits})))
 
     def cache(self) -> Path:
         default = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "epix-bench"
@@ -162,7 +169,9 @@ def _first_line(check) -> tuple[str, Any, str]:
     import json
     from decimal import Decimal
 
-    item, quantity, unit = json.loads(check.facts)["permitted"][0]
+    from gateway.customs.checks import SEP
+
+    item, quantity, unit = json.loads(check.facts.split(SEP, 1)[0])["lines"][0]
     return item, Decimal(quantity), unit
 
 
@@ -216,7 +225,9 @@ async def _load(url_for: Callable[[random.Random], str], headers: dict[str, str]
     }
 
 
-async def _bare(seconds: float, concurrency: int) -> dict[str, Any]:
+async def _bare(seconds: float, concurrency: int, size: int) -> dict[str, Any]:
+    """The same requests (URLs, bearer token) from the same client, to a handler that does nothing."""
+
     async def handler(request: web.Request) -> web.Response:
         return web.json_response({"verdict": "VALID"})
 
@@ -227,7 +238,8 @@ async def _bare(seconds: float, concurrency: int) -> dict[str, Any]:
     port = free_port()
     await web.TCPSite(runner, "127.0.0.1", port).start()
     try:
-        return await _load(lambda rng: f"http://127.0.0.1:{port}/v1/verifications/CH/x", {}, seconds, concurrency)
+        base = f"http://127.0.0.1:{port}/v1/verifications/CH/"
+        return await _load(lambda rng: base + number_of(rng.randrange(size)), HEADERS, seconds, concurrency)
     finally:
         await runner.cleanup()
 
@@ -292,8 +304,8 @@ async def run(settings: Settings, log: Callable[[str], None] = print) -> dict[st
         "meta": run_metadata(), "sizes": [],
     }  # fmt: skip
     log(f"bare aiohttp handler, {settings.seconds} s x {settings.concurrency} clients ...")
-    result["bare"] = await _bare(settings.seconds, settings.concurrency)
-    headers = {"Authorization": f"Bearer {TOKEN}"}
+    result["bare"] = await _bare(settings.seconds, settings.concurrency, max(settings.sizes))
+    headers = HEADERS
     for size in settings.sizes:
         db = paths[size]
         conn = sqlite3.connect(db)

@@ -17,10 +17,9 @@ from __future__ import annotations
 
 import asyncio
 import json
-from dataclasses import dataclass
 from datetime import datetime, timezone
 from decimal import Decimal
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from domain import ledger
 from domain.model import Permit
@@ -32,7 +31,8 @@ if TYPE_CHECKING:
     from gateway.customs.service import CustomsService, SignatureCheck
 
 log = get_logger("epix.customs.checks")
-FACTS_LAYOUT = 1  # bump when the layout of a check's facts changes: older checks are made again
+FACTS_LAYOUT = 2  # bump when the layout of a check's facts changes: older checks are made again
+SEP = "\x1f"
 
 
 def exporter_key(permit: Permit) -> str:
@@ -72,19 +72,20 @@ def make_check(record: PermitRecord, permit: Permit, signature: "SignatureCheck"
             "item": i.id, "scientific_name": i.scientific_name, "common_name": i.common_name, "appendix": i.appendix,
             "source": i.source, "term": i.term, "unit": i.unit, "permitted": format(i.quantity, "f"),
         }  # fmt: skip
-        lines.append([i.id, format(i.quantity, "f"), i.unit, "{" + _members(static)])
-    facts = {
+        lines.append("{" + _members(static))
+    data = {
         "layout": FACTS_LAYOUT,
         "valid": [head["valid_from"], head["valid_until"]],
-        "head": _members(head),
-        "lines": lines,
-        "risk": {
-            "exporter": permit.exporter.address.country,
-            "importer": permit.importer.address.country,
-            "items": [[i.id, i.scientific_name, i.appendix, i.source, i.origin_country] for i in permit.items],
-        },
-        "signer": _compact(signature.view()),
+        "lines": [[i.id, format(i.quantity, "f"), i.unit] for i in permit.items],
+        "risk": [
+            permit.exporter.address.country,
+            permit.importer.address.country,
+            [[i.id, i.scientific_name, i.appendix, i.source, i.origin_country] for i in permit.items],
+        ],
     }
+    # The answer's parts as JSON text, after the data: read back by a split, not a JSON decode
+    # (json.dumps escapes every control character, so SEP never occurs inside them).
+    facts = SEP.join([_compact(data), _members(head), _compact(signature.view()), *lines])
     countries = (permit.exporter.address.country, permit.importer.address.country, permit.issuing_country)
     return PermitCheck(
         issuer=record.issuer, number=record.number, version=record.version, direction=record.direction.value,
@@ -92,25 +93,22 @@ def make_check(record: PermitRecord, permit: Permit, signature: "SignatureCheck"
         certificate_subject=signature.subject, certificate_serial=signature.serial, signature_error=signature.error,
         signature_error_code=signature.error_code, valid_from=permit.valid_from, valid_until=permit.valid_until,
         stamp=permit.security_stamp, countries=" ".join(c or "-" for c in countries), exporter=exporter_key(permit),
-        facts=_compact(facts), checked_at=now, status=record.status, replaced_by=record.replaced_by,
+        facts=facts, checked_at=now, status=record.status, replaced_by=record.replaced_by,
     )  # fmt: skip
 
 
 # --- reading a check back ---------------------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
-class _Address:
+class _Address(NamedTuple):
     country: str | None
 
 
-@dataclass(frozen=True, slots=True)
-class _Party:
+class _Party(NamedTuple):
     address: _Address
 
 
-@dataclass(frozen=True, slots=True)
-class _Line:
+class _Line(NamedTuple):
     id: str
     scientific_name: str
     appendix: str
@@ -118,11 +116,11 @@ class _Line:
     origin_country: str | None
 
 
-@dataclass(frozen=True, slots=True)
-class RiskView:
+class RiskView(NamedTuple):
     """The part of a permit ``domain.risk.assess`` reads (items, exporter and importer country,
     validity), rebuilt from a check without parsing the permit. tests/unit/test_ledger.py keeps
-    it honest: the same assessment as from the permit itself."""
+    it honest: the same assessment as from the permit itself. (Named tuples: made on every
+    verification, and much cheaper to make than frozen dataclasses.)"""
 
     items: tuple[_Line, ...]
     exporter: _Party
@@ -130,42 +128,41 @@ class RiskView:
     valid_until: datetime
 
 
-@dataclass(frozen=True, slots=True)
-class CheckFacts:
-    """A check's JSON, read once per verification."""
+class CheckFacts(NamedTuple):
+    """A check's facts, read once per verification."""
 
     valid_from: datetime
     valid_until: datetime
-    lines: list[list[str]]  # [item, permitted, unit, the line's JSON up to its permitted quantity]
+    lines: list[list[str]]  # [item, permitted, unit]
     risk: RiskView
     countries: tuple[str | None, ...]  # exporter, importer, issuer
-    head: str  # the permit summary's static members, JSON
-    signer: str  # the signer's view, JSON
+    head: str  # the permit summary's static members, JSON text
+    signer: str  # the signer's view, JSON text
+    line_parts: list[str]  # each line's JSON text up to its permitted quantity
 
     @classmethod
     def of(cls, check: PermitCheck) -> "CheckFacts | None":
         """None when the check was written in another layout: it is then made again."""
-        raw = json.loads(check.facts)
-        if raw.get("layout") != FACTS_LAYOUT:
+        data, head, signer, *line_parts = check.facts.split(SEP)
+        raw = json.loads(data)
+        if not isinstance(raw, dict) or raw.get("layout") != FACTS_LAYOUT:
             return None
         valid_from, valid_until = (datetime.fromisoformat(v) for v in raw["valid"])
-        r = raw["risk"]
-        risk = RiskView(
-            tuple(_Line(*line) for line in r["items"]), _Party(_Address(r["exporter"])), _Party(_Address(r["importer"])),
-            valid_until,
-        )  # fmt: skip
+        exporter, importer, items = raw["risk"]
+        risk = RiskView(tuple(_Line(*i) for i in items), _Party(_Address(exporter)), _Party(_Address(importer)), valid_until)
         countries = tuple(None if c == "-" else c for c in check.countries.split(" "))
-        return cls(valid_from, valid_until, raw["lines"], risk, countries, raw["head"], raw["signer"])
+        return cls(valid_from, valid_until, raw["lines"], risk, countries, head, signer, line_parts)
 
     def balances(self, used: dict[str, Decimal]) -> tuple[ledger.Balance, ...]:
-        return tuple(ledger.Balance(item, unit, Decimal(q), used.get(item, ledger.ZERO)) for item, q, unit, _ in self.lines)
+        zero = ledger.ZERO
+        return tuple(ledger.Balance(item, unit, Decimal(q), used.get(item, zero)) for item, q, unit in self.lines)
 
 
 def permit_json(check: PermitCheck, facts: CheckFacts, balances: tuple[ledger.Balance, ...]) -> str:
     """The permit as a verification shows it (JSON text): what ``service.permit_summary`` gives
     for the record, written from the check."""
     lines = ",".join(
-        f'{prefix},"used":"{b.used:f}","remaining":"{b.remaining:f}"}}' for (_, _, _, prefix), b in zip(facts.lines, balances)
+        f'{prefix},"used":"{b.used:f}","remaining":"{b.remaining:f}"}}' for prefix, b in zip(facts.line_parts, balances)
     )
     return (
         f'{{"version":{check.version:d},"status":{_compact(check.status)},"replaced_by":{_compact(check.replaced_by)},'

@@ -79,7 +79,9 @@ class SqliteLedger(CustomsLedger):
 
     async def record_verifications(self, records: Sequence[VerificationRecord]) -> None:
         if records:
-            rows = json.dumps([lq.verification_values(v, s._enc) for v in records])
+            rows = json.dumps(
+                [(v.id, v.issuer, v.number, v.verdict, v.reasons, v.principal, v.office, int(v.stamp_given), s._enc(v.at)) for v in records]
+            )
             await self._write(s._rowcount, _INSERT_VERIFICATIONS, (rows,))
 
     async def list_verifications(self, issuer: str, number: str, *, limit: int = 100) -> list[VerificationRecord]:
@@ -131,11 +133,12 @@ def _executemany(conn: sqlite3.Connection, sql: str, rows: list[tuple]) -> None:
 
 
 _SAVE_CHECK = _sql(lq.SAVE_CHECK.format(lock=""))
-# A batch of verifications in ONE statement (rows as a JSON array): executemany would step once
-# per row, and each step hands the GIL back and waits for it again while the event loop is busy.
+# A batch of verifications in ONE statement (rows as a JSON array; reasons, an array, kept as JSON
+# text by ->): executemany would step once per row, and each step hands the GIL back and waits
+# for it again while the event loop is busy.
 _INSERT_VERIFICATIONS = f"""
     INSERT INTO verifications ({lq.VERIFICATION_COLUMNS})
-    SELECT {", ".join(f"value ->> {i}" for i in range(9))} FROM json_each(?1)
+    SELECT {", ".join(f"value {'->' if i == 4 else '->>'} {i}" for i in range(9))} FROM json_each(?1)
 """
 
 

@@ -184,4 +184,4 @@ def test_a_check_in_another_layout_is_made_again():
     permit = make_permit(random.Random(3), issuer="CH", importer_country="FR")
     check = make_check(_record(permit), permit, SignatureCheck(True, "CH", "CN=CH", "1", None, None), NOW)
     assert CheckFacts.of(check) is not None
-    assert CheckFacts.of(replace(check, facts=check.facts.replace('"layout":1', '"layout":0'))) is None
+    assert CheckFacts.of(replace(check, facts=check.facts.replace('"layout":2', '"layout":1'))) is None
