@@ -30,7 +30,11 @@ async def customs_resources(app: web.Application) -> AsyncIterator[None]:
     party = app[appkeys.CONFIG].party
     service = CustomsService(app[appkeys.CONFIG], app[appkeys.STORE], app[appkeys.SECURITY], app[appkeys.DELIVERY].wake)
     app[CUSTOMS] = service
-    tasks = [asyncio.create_task(CheckWorker(service).run(), name=f"customs-checks-{party}")]
+    tasks = []
+    # Precomputed checks only pay off where customs clients verify; without a customs token the
+    # rare operator verification makes its check on demand, and the exchange path keeps its CPU.
+    if any(token.role == "customs" for token in app[appkeys.CONFIG].tokens):
+        tasks.append(asyncio.create_task(CheckWorker(service).run(), name=f"customs-checks-{party}"))
     if service.customs.feed_enabled:
         feed = FeedWorker(service, app[appkeys.HTTP])
         tasks.append(asyncio.create_task(feed.run(), name=f"customs-feed-{party}"))
