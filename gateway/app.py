@@ -6,16 +6,13 @@ factory serves ``epix serve``, the demo, the benchmarks and the tests.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 from typing import AsyncIterator
 
 import aiohttp
 from aiohttp import web
 
-from gateway import api_exchange, api_local, api_ops, appkeys, hub
+from gateway import api_customs, api_exchange, api_local, api_ops, appkeys, hub, tasks
 from gateway.config import GatewayConfig
-from gateway import api_customs
 from gateway.customs import customs_resources
 from gateway.delivery import DeliveryWorker
 from gateway.inbound import InboundService
@@ -72,23 +69,19 @@ def _resources(preloaded: Security | None):
         app[appkeys.DELIVERY] = worker
         app[appkeys.OUTBOUND] = OutboundService(config, store, security, worker.wake)
         app[appkeys.INBOUND] = InboundService(config, store, security, wake=worker.wake)
-        task = asyncio.create_task(worker.run(), name=f"delivery-{config.party}") if config.start_delivery else None
-        hub_loops = hub.background(config, store, security, http, app[appkeys.INBOUND]) if config.start_delivery else []
-        hub_tasks = [asyncio.create_task(loop, name=f"hub-{config.party}") for loop in hub_loops]
+        background = []
+        if config.start_delivery:
+            background = tasks.start(
+                [(f"delivery-{config.party}", worker.run())]
+                + [(f"hub-{config.party}", loop) for loop in hub.background(config, store, security, http, app[appkeys.INBOUND])]
+            )
         log.info(
             "gateway.started", party=config.party, role=config.role, store=type(store).__name__, queue=type(queue).__name__
         )
         try:
             yield
         finally:
-            for hub_task in hub_tasks:
-                hub_task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await hub_task
-            if task is not None:
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
+            await tasks.stop(background)
             await queue.close()
             await http.close()
             await store.close()
@@ -104,10 +97,8 @@ async def _webhook(app: web.Application) -> AsyncIterator[None]:
 
     store = app[appkeys.STORE]
     notifier = WebhookNotifier(app[appkeys.CONFIG], store, app[appkeys.HTTP], lambda m: inbox_item(store, m))
-    task = asyncio.create_task(notifier.run(), name="webhook")
+    background = tasks.start([("webhook", notifier.run())])
     try:
         yield
     finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+        await tasks.stop(background)

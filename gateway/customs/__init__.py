@@ -8,13 +8,11 @@ before they close.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 from typing import TYPE_CHECKING, AsyncIterator
 
 from aiohttp import web
 
-from gateway import appkeys
+from gateway import appkeys, tasks
 
 if TYPE_CHECKING:
     from gateway.customs.service import CustomsService
@@ -30,18 +28,15 @@ async def customs_resources(app: web.Application) -> AsyncIterator[None]:
     party = app[appkeys.CONFIG].party
     service = CustomsService(app[appkeys.CONFIG], app[appkeys.STORE], app[appkeys.SECURITY], app[appkeys.DELIVERY].wake)
     app[CUSTOMS] = service
-    tasks = []
+    background = []
     # Precomputed checks only pay off where customs clients verify; without a customs token the
     # rare operator verification makes its check on demand, and the exchange path keeps its CPU.
     if any(token.role == "customs" for token in app[appkeys.CONFIG].tokens):
-        tasks.append(asyncio.create_task(CheckWorker(service).run(), name=f"customs-checks-{party}"))
+        background += tasks.start([(f"customs-checks-{party}", CheckWorker(service).run())])
     if service.customs.feed_enabled:
         feed = FeedWorker(service, app[appkeys.HTTP])
-        tasks.append(asyncio.create_task(feed.run(), name=f"customs-feed-{party}"))
+        background += tasks.start([(f"customs-feed-{party}", feed.run())])
     try:
         yield
     finally:
-        for task in tasks:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await tasks.stop(background)
