@@ -22,6 +22,7 @@ ledger, the issuer's record), never from the senders' hopes: lost and duplicated
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import random
 import secrets
@@ -529,14 +530,35 @@ async def run_demo(
         _say(f"  partners reach {FAULTY} through the fault proxy {proxy.url}")
         summary = await _story(net, gateways, proxy, customs_token, permits=permits, seed=seed)
     finally:
+        workers = [gw.app.get(appkeys.DELIVERY) for gw in gateways.values() if gw.app is not None]
+        declared = {name for w in workers if w is not None for name in getattr(w.queue, "queue_names", list)()}
         for gw in gateways.values():
             await gw.stop()
         await proxy.stop()
+        if amqp:
+            await _delete_broker_objects(amqp, declared, [f"{queue_prefix}.{p}" for p in everyone])
     _say(_table(summary))
     if json_path:
         Path(json_path).write_text(json.dumps(summary, indent=2), encoding="utf-8")
         _say(f"summary written to {json_path}")
     return summary
+
+
+async def _delete_broker_objects(url: str, queues: set[str], exchanges: list[str]) -> None:
+    """A demo leaves nothing behind on the broker: its own queues and exchanges are deleted."""
+    import aio_pika
+
+    connection = await aio_pika.connect(url, timeout=5)
+    try:
+        for name in sorted(queues):
+            with contextlib.suppress(Exception):
+                await (await connection.channel()).queue_delete(name)
+        for name in exchanges:
+            with contextlib.suppress(Exception):
+                await (await connection.channel()).exchange_delete(name)
+    finally:
+        await connection.close()
+    _say(f"  removed the demo's {len(queues)} queues and {len(exchanges)} exchanges from the broker")
 
 
 async def _story(net: Network, gateways: dict[str, GatewayProcess], proxy: FaultProxy, customs_token: str, *, permits: int, seed: int) -> dict:
