@@ -17,14 +17,14 @@ import aiohttp
 from adapters.exchange_xml import envelope_xml, read_error, read_receipt, root_name
 from adapters.xmlparse import parse_xml
 from domain.errors import EpixError, ErrorCode
-from domain.messages import EnvelopeHeader, MessageStatus
+from domain.messages import MessageStatus
 from gateway.config import GatewayConfig
 from gateway.logs import get_logger
 from gateway.metrics import Metrics
 from gateway.queue.base import DeliveryQueue
 from gateway.queue.embedded import EmbeddedQueue
 from gateway.security import Security
-from gateway.store.base import MessageRecord, Store
+from gateway.store.base import MessageRecord, Store, header_of
 
 log = get_logger("epix.delivery")
 EXCHANGE_PATH = "/exchange/v1/messages"
@@ -117,18 +117,7 @@ class DeliveryWorker:
         route_agreement = self.config.agreements.get(message.via or message.receiver)
         if not route_agreement.endpoint:
             raise _Outcome(ErrorCode.CONFIG_INVALID, f"No endpoint to reach {message.receiver}.", retryable=False)
-        header = EnvelopeHeader(
-            message_id=message.message_id,
-            conversation_id=message.conversation_id,
-            sender=message.sender,
-            receiver=message.receiver,
-            document_type=message.document_type,
-            document_number=message.number,
-            document_issuer=message.issuer,
-            document_version=message.version,
-            action=message.action,
-            created_at=message.created_at,
-        )
+        header = header_of(message)
         # A message this gateway did not originate is one it relays as a hub: the envelope says so.
         relayed_by = None if message.sender == self.config.party else self.config.party
         envelope = self.security.sign(

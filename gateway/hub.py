@@ -55,11 +55,17 @@ from adapters.exchange_xml import (
 from adapters.ns import EXCHANGE
 from adapters.xmlparse import XmlLimits, parse_xml
 from domain.errors import EpixError, ErrorCode
-from domain.messages import Direction, EnvelopeHeader, MessageStatus
+from domain.messages import Direction, MessageStatus
 from gateway.config import GatewayConfig
 from gateway.logs import get_logger
 from gateway.security import Security
-from gateway.store.base import DeliveryReportRecord, MessageRecord, Store
+from gateway.store.base import (
+    DeliveryReportRecord,
+    MessageRecord,
+    Store,
+    header_of,
+    message_from_header,
+)
 
 if TYPE_CHECKING:
     from gateway.inbound import InboundService
@@ -109,19 +115,7 @@ def _within_window(config: GatewayConfig, sent_at: datetime, what: str) -> None:
 def relayed_envelope(message: MessageRecord, *, hub: str, security: Security) -> bytes:
     """The envelope a hub hands on: the original sender's header, the payload byte for byte,
     ``RelayedBy`` = the hub, signed by the hub."""
-    header = EnvelopeHeader(
-        message_id=message.message_id,
-        conversation_id=message.conversation_id,
-        sender=message.sender,
-        receiver=message.receiver,
-        document_type=message.document_type,
-        document_number=message.number,
-        document_issuer=message.issuer,
-        document_version=message.version,
-        action=message.action,
-        created_at=message.created_at,
-    )
-    return security.sign(build_envelope(header, message.payload or b"", sent_at=_now(), relayed_by=hub))
+    return security.sign(build_envelope(header_of(message), message.payload or b"", sent_at=_now(), relayed_by=hub))
 
 
 # --- the hub: accepting envelopes for other members ----------------------------------------------
@@ -165,29 +159,14 @@ class Relay:
         self.security.verify(env.payload, h.document_issuer)
         now = _now()
         pull = target.delivery == "pull"
-        message = MessageRecord(
-            message_id=h.message_id,
-            conversation_id=h.conversation_id,
+        message = message_from_header(
+            h,
             direction=Direction.OUTBOUND,
-            sender=h.sender,
-            receiver=h.receiver,
-            document_type=h.document_type,
-            action=h.action,
-            issuer=h.document_issuer,
-            number=h.document_number,
-            version=h.document_version,
             status=MessageStatus.SEND_ENQUEUED,
-            attempts=0,
-            next_attempt_at=None if pull else now,  # None: held for pull, never due for the pusher
-            lease_until=None,
-            last_error_code=None,
-            last_error_detail=None,
-            via=None,
-            receipt=None,
-            payload_digest=env.digest,
             payload=env.payload,
-            created_at=now,
-            updated_at=now,
+            payload_digest=env.digest,
+            now=now,
+            next_attempt_at=None if pull else now,  # None: held for pull, never due for the pusher
         )
         mode = f"held for {h.receiver} to pull" if pull else f"to push to {h.receiver}"
         is_new, stored = await self.store.accept_relay(

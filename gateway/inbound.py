@@ -38,7 +38,7 @@ from gateway.customs.feedback import endorsement_request
 from gateway.hub import Relay
 from gateway.logs import get_logger
 from gateway.security import Security
-from gateway.store.base import MessageRecord, PermitRecord, Store
+from gateway.store.base import MessageRecord, PermitRecord, Store, message_from_header
 
 log = get_logger("epix.inbound")
 _FROM = etree.XPath("/ex:Envelope/ex:Header/ex:From/text()", namespaces={"ex": EXCHANGE})
@@ -155,29 +155,14 @@ class InboundService:
                 )
             )
         )
-        message = MessageRecord(
-            message_id=h.message_id,
-            conversation_id=h.conversation_id,
+        message = message_from_header(
+            h,
             direction=Direction.INBOUND,
-            sender=h.sender,
-            receiver=h.receiver,
-            document_type=h.document_type,
-            action=h.action,
-            issuer=h.document_issuer,
-            number=h.document_number,
-            version=h.document_version,
             status=MessageStatus.RECEIVED,
-            attempts=0,
-            next_attempt_at=None,
-            lease_until=None,
-            last_error_code=None,
-            last_error_detail=None,
-            via=None,
-            receipt=receipt,
-            payload_digest=env.digest,
             payload=env.payload,
-            created_at=now,
-            updated_at=now,
+            payload_digest=env.digest,
+            now=now,
+            receipt=receipt,
         )
         if endorsed is not None:
             is_new, stored = await self.store.record_endorsement(

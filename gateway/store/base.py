@@ -17,7 +17,13 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from domain.errors import EpixError, ErrorCode
-from domain.messages import ALLOWED_TRANSITIONS, Action, Direction, MessageStatus
+from domain.messages import (
+    ALLOWED_TRANSITIONS,
+    Action,
+    Direction,
+    EnvelopeHeader,
+    MessageStatus,
+)
 
 from .ledger import CustomsLedger
 
@@ -101,6 +107,60 @@ class DeliveryReportRecord:
     detail: str | None
     report: bytes | None  # the hub's signed DeliveryReport, as received
     updated_at: datetime
+
+
+def header_of(message: MessageRecord) -> EnvelopeHeader:
+    """The envelope header a stored message travels under (the same on every attempt and hop)."""
+    return EnvelopeHeader(
+        message_id=message.message_id,
+        conversation_id=message.conversation_id,
+        sender=message.sender,
+        receiver=message.receiver,
+        document_type=message.document_type,
+        document_number=message.number,
+        document_issuer=message.issuer,
+        document_version=message.version,
+        action=message.action,
+        created_at=message.created_at,
+    )
+
+
+def message_from_header(
+    h: EnvelopeHeader,
+    *,
+    direction: Direction,
+    status: MessageStatus,
+    payload: bytes,
+    payload_digest: str,
+    now: datetime,
+    next_attempt_at: datetime | None = None,
+    receipt: bytes | None = None,
+) -> MessageRecord:
+    """A message as a receiver (or a relaying hub) stores it, from the envelope it arrived in."""
+    return MessageRecord(
+        message_id=h.message_id,
+        conversation_id=h.conversation_id,
+        direction=direction,
+        sender=h.sender,
+        receiver=h.receiver,
+        document_type=h.document_type,
+        action=h.action,
+        issuer=h.document_issuer,
+        number=h.document_number,
+        version=h.document_version,
+        status=status,
+        attempts=0,
+        next_attempt_at=next_attempt_at,
+        lease_until=None,
+        last_error_code=None,
+        last_error_detail=None,
+        via=None,
+        receipt=receipt,
+        payload_digest=payload_digest,
+        payload=payload,
+        created_at=now,
+        updated_at=now,
+    )
 
 
 @dataclass(frozen=True, slots=True)
