@@ -14,7 +14,7 @@ gateway instance, and an auditor can recompute it. Pure: no I/O, no clock (``tod
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal

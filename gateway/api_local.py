@@ -269,6 +269,19 @@ async def list_messages(request: web.Request) -> web.Response:
     return _json(page)
 
 
+RETRYABLE = (MessageStatus.SEND_FAILURE, MessageStatus.REJECTED)
+
+
+async def _requeue(store, message_id: str, token) -> MessageRecord:
+    return await store.transition(
+        message_id,
+        MessageStatus.SEND_ENQUEUED,
+        actor=f"operator:{token.name}",
+        detail="manual retry by an operator (same message id)",
+        next_attempt_at=datetime.now(timezone.utc),
+    )
+
+
 @routes.post("/v1/messages/{message_id}/retry")
 async def retry_message(request: web.Request) -> web.Response:
     token = require_role(request, "operator")
@@ -277,21 +290,49 @@ async def retry_message(request: web.Request) -> web.Response:
     message = await store.get_message(message_id)
     if message is None:
         raise EpixError(ErrorCode.NOT_FOUND, f"No message {message_id} is known to this gateway.")
-    if message.status not in (MessageStatus.SEND_FAILURE, MessageStatus.REJECTED):
+    if message.status not in RETRYABLE:
         raise EpixError(
             ErrorCode.CONFLICT,
             f"Message {message_id} is {message.status.value}; only SEND_FAILURE or REJECTED messages can be retried.",
             status=message.status.value,
         )
-    updated = await store.transition(
-        message_id,
-        MessageStatus.SEND_ENQUEUED,
-        actor=f"operator:{token.name}",
-        detail="manual retry by an operator (same message id)",
-        next_attempt_at=datetime.now(timezone.utc),
-    )
+    updated = await _requeue(store, message_id, token)
     request.app[appkeys.DELIVERY].wake()
     return _json(message_view(updated), status=202)
+
+
+@routes.post("/v1/messages/retry")
+async def retry_many(request: web.Request) -> web.Response:
+    """Operator: replay parked (or rejected) messages in bulk, e.g. after a partner's long outage;
+    each keeps its message id, so receivers that already hold one answer with the same receipt."""
+    token = require_role(request, "operator")
+    body = await request.read()
+    try:
+        query = json.loads(body) if body else {}
+        if not isinstance(query, dict) or set(query) - {"status", "receiver", "limit"}:
+            raise ValueError
+        status = MessageStatus(query.get("status", MessageStatus.SEND_FAILURE.value))
+        limit = int(query.get("limit", 500))
+    except (ValueError, TypeError, UnicodeDecodeError):
+        raise EpixError(
+            ErrorCode.JSON_MALFORMED,
+            'Send {"status": "SEND_FAILURE" or "REJECTED", "receiver": "<party>", "limit": 1..1000} (all optional).',
+        ) from None
+    if status not in RETRYABLE or not 1 <= limit <= 1000:
+        raise EpixError(ErrorCode.JSON_MALFORMED, "status must be SEND_FAILURE or REJECTED, and limit 1 to 1000.")
+    store = request.app[appkeys.STORE]
+    found = await store.list_messages(
+        MessageFilter(status=status, direction=Direction.OUTBOUND, receiver=query.get("receiver"), limit=limit)
+    )
+    retried = []
+    for message in found:
+        try:
+            retried.append(await _requeue(store, message.message_id, token))
+        except EpixError as exc:
+            if exc.code is not ErrorCode.CONFLICT:  # another operator or sender moved it meanwhile
+                raise
+    request.app[appkeys.DELIVERY].wake()
+    return _json({"retried": [m.message_id for m in retried], "count": len(retried)}, status=202)
 
 
 @routes.get("/v1/inbox")

@@ -14,11 +14,10 @@ from decimal import Decimal
 import aiohttp
 import pytest
 from aiohttp import web
-from lxml import etree
 
 from adapters.exchange_xml import exchange_schema
 from adapters.ns import EXCHANGE
-from domain.messages import Action, Direction, MessageStatus
+from domain.messages import Action, MessageStatus
 from gateway.store.sqlite import SqliteStore
 from simulators.network import build_network, free_port
 from simulators.samples import make_permit

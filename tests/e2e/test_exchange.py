@@ -7,10 +7,8 @@ import uuid
 from datetime import datetime, timedelta, timezone
 
 import pytest
-from lxml import etree
 
 from adapters.exchange_xml import build_envelope, read_error, read_receipt
-from adapters.ns import EXCHANGE
 from domain.messages import Action, Direction, EnvelopeHeader, MessageStatus
 from gateway.outbound import conversation_id
 from gateway.security import Security
@@ -290,3 +288,25 @@ async def test_openapi_describes_every_route(cluster):
         spec = await resp.json()
     described = {(method, path) for path, ops in spec["paths"].items() for method in ops}
     assert served == described
+
+
+async def test_operator_replays_parked_messages_in_bulk_keeping_their_ids(cluster):
+    await cluster.stop("FR")
+    ids = []
+    for i in range(3):
+        permit = make_permit(random.Random(200 + i), issuer="CH", importer_country="FR", number=f"CH26-BULK{i}")
+        status, body = await cluster.submit(permit)
+        assert status == 202
+        ids.append(body["messages"][0]["message_id"])
+    for message_id in ids:
+        await cluster.wait_status("CH", message_id, {MessageStatus.SEND_FAILURE})
+    status, err = await cluster.post_json("CH", "/v1/messages/retry", {"status": "SEND_FAILURE"})
+    assert status == 403 and err["code"] == "FORBIDDEN"
+    status, err = await cluster.post_json("CH", "/v1/messages/retry", {"status": "ACKNOWLEDGED"}, operator=True)
+    assert status == 400 and err["code"] == "JSON_MALFORMED"
+    await cluster.start("FR")
+    status, body = await cluster.post_json("CH", "/v1/messages/retry", {"receiver": "FR"}, operator=True)
+    assert status == 202 and sorted(body["retried"]) == sorted(ids)
+    for message_id in ids:
+        await cluster.wait_status("CH", message_id, {MessageStatus.ACKNOWLEDGED})
+        assert (await cluster.store("FR").get_message(message_id)).direction is Direction.INBOUND

@@ -164,7 +164,7 @@ def test_every_error_is_listed(validator, sample_permit):
 
 def test_another_root_is_invalid(validator):
     invalid(validator, etree.fromstring(b"<CITESEPermit/>"))
-    invalid(validator, etree.fromstring(f"<x:CBFShip xmlns:x='urn:un:unece:uncefact:data:draft:CBFShip:1'/>".encode()))
+    invalid(validator, etree.fromstring("<x:CBFShip xmlns:x='urn:un:unece:uncefact:data:draft:CBFShip:1'/>".encode()))
 
 
 def test_lxml_messages_use_our_prefixes(sample_permit):
