@@ -258,7 +258,7 @@ def _check(p, **kw) -> PermitCheck:
 
 
 async def _stored(store: Store, number: str = "CH26-000001", *, version: int = 1, xml: bytes | None = None):
-    from tests.integration.test_store import message, permit
+    from tests.integration.records import message, permit
 
     p = permit(number, version=version, direction=Direction.INBOUND, sender="CH", xml=xml)
     is_new, _ = await store.store_inbound(p, message(p), actor="partner:CH")

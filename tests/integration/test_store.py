@@ -5,11 +5,9 @@ missing, skips otherwise). Every test below runs once per backend."""
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import sqlite3
 import subprocess
 import sys
-import uuid
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -25,118 +23,10 @@ from gateway.store.postgres import PostgresStore
 from gateway.store.schema import MIGRATIONS
 from gateway.store.sqlite import SqliteStore
 from tests.conftest import IN_CI
+from tests.integration.records import T0, accept, message, permit
+from tests.pg import PG_DSN, pg_unreachable_reason
 
-from tests.pg import PG_DSN, PgSchema, pg_unreachable_reason
-T0 = datetime(2026, 11, 23, 14, 0, 0, tzinfo=UTC)
 ROOT = Path(__file__).resolve().parents[2]
-
-
-class Clock:
-    """The store's idea of now, moved by the test (claim_due takes ``now`` explicitly)."""
-
-    def __init__(self, at: datetime = T0) -> None:
-        self.at = at
-
-    def __call__(self) -> datetime:
-        return self.at
-
-    def advance(self, seconds: float) -> None:
-        self.at += timedelta(seconds=seconds)
-
-
-# --- backends ------------------------------------------------------------------------------------
-
-
-def _pg_store(pg: PgSchema, clock: Clock, **kw) -> PostgresStore:
-    return PostgresStore(PG_DSN, schema=pg.name, clock=clock, **kw)
-
-
-@pytest.fixture
-def clock() -> Clock:
-    return Clock()
-
-
-@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
-async def backend(request, tmp_path, clock):
-    """A factory of stores that share one database, so tests can open a second instance."""
-    opened: list[Store] = []
-    if request.param == "sqlite":
-
-        def make(**kw) -> Store:
-            return SqliteStore(tmp_path / "epix.sqlite3", clock=clock, **kw)
-
-        pg = None
-    else:
-        pg = PgSchema()
-        await pg.create()
-
-        def make(**kw) -> Store:
-            return _pg_store(pg, clock, **kw)
-
-    async def open_one(**kw) -> Store:
-        store = make(**kw)
-        await store.open()
-        opened.append(store)
-        return store
-
-    open_one.kind = request.param  # type: ignore[attr-defined]
-    yield open_one
-    for store in opened:
-        await store.close()
-    if pg is not None:
-        await pg.drop()
-
-
-@pytest.fixture
-async def store(backend) -> Store:
-    return await backend()
-
-
-# --- records -------------------------------------------------------------------------------------
-
-
-def permit(
-    number: str = "CH-2026-0001",
-    *,
-    version: int = 1,
-    issuer: str = "CH",
-    direction: Direction = Direction.OUTBOUND,
-    xml: bytes | None = None,
-    sender: str | None = None,
-) -> PermitRecord:
-    signed = xml if xml is not None else f"<CITESEPermit id='{issuer}/{number}/{version}'/>".encode()
-    return PermitRecord(
-        issuer=issuer, number=number, version=version, direction=direction, status="VALID",
-        permit_json=b'{"number": "%s"}' % number.encode(), signed_xml=signed,
-        digest=hashlib.sha256(signed).hexdigest(), sender=sender, replaces=None, replaced_by=None,
-        created_at=T0,
-    )  # fmt: skip
-
-
-def message(
-    p: PermitRecord,
-    *,
-    receiver: str = "FR",
-    message_id: str | None = None,
-    created_at: datetime = T0,
-    next_attempt_at: datetime | None = None,
-    action: Action = Action.ISSUE,
-) -> MessageRecord:
-    inbound = p.direction is Direction.INBOUND
-    return MessageRecord(
-        message_id=message_id or f"m-{uuid.uuid4()}", conversation_id=f"c-{p.issuer}-{p.number}",
-        direction=p.direction, sender=p.sender or "CH" if inbound else "CH", receiver=receiver,
-        document_type="CITESEPermit", action=action, issuer=p.issuer, number=p.number, version=p.version,
-        status=MessageStatus.RECEIVED if inbound else MessageStatus.SEND_ENQUEUED, attempts=0,
-        next_attempt_at=next_attempt_at, lease_until=None, last_error_code=None, last_error_detail=None,
-        via=None, receipt=b"<Receipt/>" if inbound else None, payload_digest=p.digest,
-        created_at=created_at, updated_at=created_at,
-    )  # fmt: skip
-
-
-async def accept(store: Store, p: PermitRecord, *receivers: str, **kw) -> list[MessageRecord]:
-    msgs = [message(p, receiver=r, next_attempt_at=kw.pop("due", None)) for r in receivers or ("FR",)]
-    return await store.accept_outbound(p, msgs, actor="ma-system", **kw)
 
 
 # --- accepting outbound permits ------------------------------------------------------------------
@@ -582,7 +472,7 @@ async def test_opening_again_keeps_data_and_migrates_once(backend):
 _CRASHING_WRITER = """
 import asyncio, os, sys
 sys.path.insert(0, {root!r})
-from tests.integration.test_store import accept, permit
+from tests.integration.records import accept, permit
 from gateway.store.sqlite import SqliteStore
 
 async def main():

@@ -8,7 +8,7 @@ from datetime import timedelta
 
 from domain.messages import MessageStatus
 from gateway.store.base import DeliveryReportRecord
-from tests.integration.test_store import T0, accept, backend, clock, message, permit, store  # noqa: F401
+from tests.integration.records import T0, accept, message, permit
 
 
 async def test_relayed_message_held_for_pull_is_never_due_and_is_listed_until_acknowledged(store):

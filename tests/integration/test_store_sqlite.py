@@ -10,7 +10,7 @@ import pytest
 
 from domain.messages import MessageStatus
 from gateway.store.sqlite import SqliteStore
-from tests.integration.test_store import T0, Clock, accept, permit
+from tests.integration.records import T0, Clock, accept, permit
 
 
 @pytest.fixture
