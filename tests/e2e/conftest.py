@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 import time
 
@@ -62,6 +63,19 @@ class Cluster:
         async with self.http.post(f"{self.url(party)}{path}", json=body, headers=self.headers(party, operator=operator)) as resp:
             return resp.status, await resp.json()
 
+    @contextlib.asynccontextmanager
+    async def running(self, parties):
+        """Serve ``parties`` and a client session for the test; stop everything after it."""
+        self.http = aiohttp.ClientSession()
+        try:
+            for party in parties:
+                await self.start(party)
+            yield self
+        finally:
+            await self.http.close()
+            for party in list(self.gateways):
+                await self.stop(party)
+
     async def wait_status(self, party: str, message_id: str, statuses: set[MessageStatus], timeout: float = 15.0):
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -76,34 +90,38 @@ class Cluster:
 PARTIES = ("CH", "FR", "KE")
 
 
-@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
-async def cluster(request, tmp_path):
-    """CH, FR and KE on 127.0.0.1, each on its own store: SQLite files, or PostgreSQL schemas."""
-    schemas = []
-    store_urls = None
-    if request.param == "postgres":
-        schemas = [PgSchema(f"e2e_{p.lower()}") for p in PARTIES]
+@contextlib.asynccontextmanager
+async def party_stores(kind: str, parties, prefix: str):
+    """Store URLs for ``build_network``: None (each party's own SQLite file) or, for "postgres",
+    a fresh PostgreSQL schema per party, dropped afterwards."""
+    if kind != "postgres":
+        yield None
+        return
+    schemas = [PgSchema(f"{prefix}_{p.lower()}") for p in parties]
+    try:
         for schema in schemas:
             await schema.create()
-        store_urls = {p: s.url for p, s in zip(PARTIES, schemas)}
-    net = build_network(
-        tmp_path / "net",
-        PARTIES,
-        store_urls=store_urls,
-        retry={"max_attempts": 4, "first_delay_s": 0.1, "factor": 2.0, "max_delay_s": 0.5},
-    )
-    c = Cluster(net)
-    for party in PARTIES:
-        await c.start(party)
-    c.http = aiohttp.ClientSession()
-    try:
-        yield c
+        yield {p: s.url for p, s in zip(parties, schemas)}
     finally:
-        await c.http.close()
-        for party in list(c.gateways):
-            await c.stop(party)
         for schema in schemas:
             await schema.drop()
+
+
+STORES = ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)]
+
+
+@pytest.fixture(params=STORES)
+async def cluster(request, tmp_path):
+    """CH, FR and KE on 127.0.0.1, each on its own store: SQLite files, or PostgreSQL schemas."""
+    async with party_stores(request.param, PARTIES, "e2e") as store_urls:
+        net = build_network(
+            tmp_path / "net",
+            PARTIES,
+            store_urls=store_urls,
+            retry={"max_attempts": 4, "first_delay_s": 0.1, "factor": 2.0, "max_delay_s": 0.5},
+        )
+        async with Cluster(net).running(PARTIES) as c:
+            yield c
 
 
 @pytest.fixture

@@ -11,7 +11,6 @@ from dataclasses import replace
 from datetime import datetime, timedelta, timezone
 from decimal import Decimal
 
-import aiohttp
 import pytest
 from aiohttp import web
 
@@ -21,8 +20,7 @@ from domain.messages import Action, MessageStatus
 from gateway.store.sqlite import SqliteStore
 from simulators.network import build_network, free_port
 from simulators.samples import make_permit
-from tests.e2e.conftest import Cluster
-from tests.pg import PgSchema
+from tests.e2e.conftest import STORES, Cluster, party_stores
 
 PARTIES = ("CH", "FR", "KE")
 TOKENS = {
@@ -99,34 +97,22 @@ class CustomsCluster(Cluster):
             assert sent.status is MessageStatus.ACKNOWLEDGED, sent
 
 
-@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+@pytest.fixture(params=STORES)
 async def customs(request, tmp_path):
-    schemas, store_urls = [], None
-    if request.param == "postgres":
-        schemas = [PgSchema(f"cu_{p.lower()}") for p in PARTIES]
-        for schema in schemas:
-            await schema.create()
-        store_urls = {p: s.url for p, s in zip(PARTIES, schemas)}
     feed = Feed()
     await feed.start()
-    net = build_network(
-        tmp_path / "net", PARTIES, store_urls=store_urls, extra=_extra(feed.port),
-        retry={"max_attempts": 4, "first_delay_s": 0.1, "factor": 2.0, "max_delay_s": 0.5},
-    )  # fmt: skip
-    c = CustomsCluster(net)
-    c.feed = feed
-    for party in PARTIES:
-        await c.start(party)
-    c.http = aiohttp.ClientSession()
     try:
-        yield c
+        async with party_stores(request.param, PARTIES, "cu") as store_urls:
+            net = build_network(
+                tmp_path / "net", PARTIES, store_urls=store_urls, extra=_extra(feed.port),
+                retry={"max_attempts": 4, "first_delay_s": 0.1, "factor": 2.0, "max_delay_s": 0.5},
+            )  # fmt: skip
+            c = CustomsCluster(net)
+            c.feed = feed
+            async with c.running(PARTIES):
+                yield c
     finally:
-        await c.http.close()
-        for party in list(c.gateways):
-            await c.stop(party)
         await feed.stop()
-        for schema in schemas:
-            await schema.drop()
 
 
 def _permit(number: str, seed: int = 42, **changes):

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import random
 
-import aiohttp
 import pytest
 
 from domain.messages import Direction, MessageStatus
@@ -27,18 +26,12 @@ async def faulty(tmp_path):
         endpoints={"FR": f"http://127.0.0.1:{proxy_port}"},
     )
     c = Cluster(net)
-    proxy = await FaultProxy(net["FR"].url, port=proxy_port, delay_s=0.4).start()
-    for party in ("CH", "FR"):
-        await c.start(party)
-    c.http = aiohttp.ClientSession()
-    c.proxy = proxy
+    c.proxy = await FaultProxy(net["FR"].url, port=proxy_port, delay_s=0.4).start()
     try:
-        yield c
+        async with c.running(("CH", "FR")):
+            yield c
     finally:
-        await c.http.close()
-        for party in list(c.gateways):
-            await c.stop(party)
-        await proxy.stop()
+        await c.proxy.stop()
 
 
 async def _send(c: Cluster, n: int) -> str:

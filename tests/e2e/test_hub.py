@@ -11,7 +11,6 @@ import time
 import uuid
 from datetime import datetime, timezone
 
-import aiohttp
 import pytest
 
 from adapters.cites_write import permit_to_xml
@@ -48,16 +47,8 @@ async def hubnet(tmp_path):
         pull={"TZ"},
         retry={"max_attempts": 3, "first_delay_s": 0.1, "factor": 2.0, "max_delay_s": 0.3},
     )
-    c = Cluster(net)
-    for party in ("CH", "FR", "KE", "TZ", "HUB"):
-        await c.start(party)
-    c.http = aiohttp.ClientSession()
-    try:
+    async with Cluster(net).running((*NATIONALS, "HUB")) as c:
         yield c
-    finally:
-        await c.http.close()
-        for party in list(c.gateways):
-            await c.stop(party)
 
 
 def _permit(importer: str, n: int = 1):
