@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 
 from domain.errors import EpixError, ErrorCode
@@ -107,6 +107,18 @@ class DeliveryReportRecord:
     detail: str | None
     report: bytes | None  # the hub's signed DeliveryReport, as received
     updated_at: datetime
+
+
+def as_stored(message: MessageRecord, *, due: datetime | None) -> MessageRecord:
+    """A message as it is first written: times in UTC, no lease, and ``due`` as the time a sender
+    may take it (None: never — received messages, and those held for a party to pull)."""
+    return replace(
+        message,
+        next_attempt_at=None if due is None else as_utc(due),
+        lease_until=None,
+        created_at=as_utc(message.created_at),
+        updated_at=as_utc(message.updated_at),
+    )
 
 
 def header_of(message: MessageRecord) -> EnvelopeHeader:

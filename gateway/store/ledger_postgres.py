@@ -8,7 +8,6 @@ the declaration's earlier lines and the balances read here are the latest ones.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import replace
 from datetime import datetime
 from decimal import Decimal
 
@@ -20,7 +19,7 @@ from domain.messages import MessageStatus
 
 from . import ledger as lq
 from . import schema as q
-from .base import MessageRecord, PermitRecord, as_utc, check_inbound
+from .base import MessageRecord, PermitRecord, as_stored, as_utc, check_inbound
 from .ledger import (
     CustomsLedger,
     PermitCheck,
@@ -104,10 +103,7 @@ class PostgresLedger(CustomsLedger):
         self, request: WriteOffRequest, message: MessageRecord, *, reversal: bool, actor: str
     ) -> tuple[bool, MessageRecord]:
         check_inbound(None, message)
-        held_message = replace(
-            message, next_attempt_at=None, lease_until=None,
-            created_at=as_utc(message.created_at), updated_at=as_utc(message.updated_at),
-        )  # fmt: skip
+        held_message = as_stored(message, due=None)
         now = as_utc(self._clock())
         async with self.pool.acquire() as conn:
             if (row := await conn.fetchrow(q.SELECT_MESSAGE, message.message_id)) is not None:
@@ -183,13 +179,7 @@ def _queued(message: MessageRecord | None) -> MessageRecord | None:
         return None
     if message.status is not MessageStatus.SEND_ENQUEUED:
         raise EpixError(ErrorCode.CONFLICT, f"Endorsement message {message.message_id} must be SEND_ENQUEUED.")
-    return replace(
-        message,
-        next_attempt_at=as_utc(message.next_attempt_at or message.created_at),
-        lease_until=None,
-        created_at=as_utc(message.created_at),
-        updated_at=as_utc(message.updated_at),
-    )
+    return as_stored(message, due=message.next_attempt_at or message.created_at)
 
 
 async def _lock_balances(conn, issuer: str, number: str, permitted: Mapping[str, tuple[Decimal, str]], now: datetime):

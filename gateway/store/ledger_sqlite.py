@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import sqlite3
 from collections.abc import Mapping, Sequence
-from dataclasses import replace
 from datetime import datetime
 from decimal import Decimal
 
@@ -21,7 +20,7 @@ from domain.messages import MessageStatus
 from . import ledger as lq
 from . import schema as q
 from . import sqlite as s
-from .base import MessageRecord, PermitRecord, as_utc, check_inbound
+from .base import MessageRecord, PermitRecord, as_stored, check_inbound
 from .ledger import (
     CustomsLedger,
     PermitCheck,
@@ -60,10 +59,7 @@ class SqliteLedger(CustomsLedger):
         self, request: WriteOffRequest, message: MessageRecord, *, reversal: bool, actor: str
     ) -> tuple[bool, MessageRecord]:
         check_inbound(None, message)
-        held = replace(
-            message, next_attempt_at=None, lease_until=None,
-            created_at=as_utc(message.created_at), updated_at=as_utc(message.updated_at),
-        )  # fmt: skip
+        held = as_stored(message, due=None)
         return await self._write(_record_endorsement, request, held, reversal, actor, s._enc(self._clock()))
 
     async def used_quantities(self, issuer: str, number: str) -> dict[str, Decimal]:
@@ -122,7 +118,7 @@ def _queued(message: MessageRecord | None) -> MessageRecord | None:
         return None
     if message.status is not MessageStatus.SEND_ENQUEUED:
         raise EpixError(ErrorCode.CONFLICT, f"Endorsement message {message.message_id} must be SEND_ENQUEUED.")
-    return replace(message, next_attempt_at=as_utc(message.next_attempt_at or message.created_at), lease_until=None)
+    return as_stored(message, due=message.next_attempt_at or message.created_at)
 
 
 # --- on the writer thread ------------------------------------------------------------------------

@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Sequence
-from dataclasses import replace
 from datetime import datetime, timedelta
 from functools import lru_cache
 from typing import Any
@@ -37,6 +36,7 @@ from .base import (
     Store,
     Unpublished,
     ack_inbox_via,
+    as_stored,
     as_utc,
     check_inbound,
     check_outbound,
@@ -222,13 +222,7 @@ class PostgresStore(PostgresLedger, Store):
         check_outbound(permit, messages)
         now = self._clock()
         held = [
-            replace(
-                m,
-                next_attempt_at=as_utc(m.next_attempt_at or now),
-                lease_until=None,
-                created_at=as_utc(m.created_at),
-                updated_at=as_utc(m.updated_at),
-            )
+            as_stored(m, due=m.next_attempt_at or now)
             for m in messages
         ]
         columns = list(zip(*(q.message_values(m, _enc) for m in held))) or [()] * len(_ARRAY_TYPES)
@@ -274,7 +268,7 @@ class PostgresStore(PostgresLedger, Store):
         self, issuer: str, number: str, messages: Sequence[MessageRecord], *, actor: str
     ) -> list[MessageRecord]:
         now = as_utc(self._clock())
-        held = [replace(m, next_attempt_at=as_utc(m.next_attempt_at or now), lease_until=None) for m in messages]
+        held = [as_stored(m, due=m.next_attempt_at or now) for m in messages]
         async with self.pool.acquire() as conn, conn.transaction():
             if _affected(await conn.execute(q.MARK_CANCELLED, issuer, number, Direction.OUTBOUND.value)) == 0:
                 raise not_cancellable(issuer, number)
@@ -392,13 +386,7 @@ class PostgresStore(PostgresLedger, Store):
         self, permit: PermitRecord | None, message: MessageRecord, *, actor: str
     ) -> tuple[bool, MessageRecord]:
         check_inbound(permit, message)
-        held = replace(
-            message,
-            next_attempt_at=None,
-            lease_until=None,
-            created_at=as_utc(message.created_at),
-            updated_at=as_utc(message.updated_at),
-        )
+        held = as_stored(message, due=None)
         async with self.pool.acquire() as conn:
             if (row := await conn.fetchrow(q.SELECT_MESSAGE, message.message_id)) is not None:
                 return False, q.message_from_row(row, _dec)
@@ -452,13 +440,7 @@ class PostgresStore(PostgresLedger, Store):
 
     async def accept_relay(self, message: MessageRecord, *, actor: str, detail: str) -> tuple[bool, MessageRecord]:
         check_relay(message)
-        held = replace(
-            message,
-            next_attempt_at=None if message.next_attempt_at is None else as_utc(message.next_attempt_at),
-            lease_until=None,
-            created_at=as_utc(message.created_at),
-            updated_at=as_utc(message.updated_at),
-        )
+        held = as_stored(message, due=message.next_attempt_at)
         async with self.pool.acquire() as conn:
             if (row := await conn.fetchrow(q.SELECT_MESSAGE, message.message_id)) is not None:
                 return False, q.message_from_row(row, _dec)

@@ -27,7 +27,7 @@ import json
 import sqlite3
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, TypeVar
@@ -49,6 +49,7 @@ from .base import (
     Store,
     Unpublished,
     ack_inbox_via,
+    as_stored,
     as_utc,
     check_inbound,
     check_outbound,
@@ -315,13 +316,7 @@ class SqliteStore(SqliteLedger, Store):
         check_outbound(permit, messages)
         now = self._clock()
         held = [
-            replace(
-                m,
-                next_attempt_at=as_utc(m.next_attempt_at or now),
-                lease_until=None,
-                created_at=as_utc(m.created_at),
-                updated_at=as_utc(m.updated_at),
-            )
+            as_stored(m, due=m.next_attempt_at or now)
             for m in messages
         ]
         key = None if idempotency_key is None else (principal or "", idempotency_key, request_hash or "")
@@ -331,7 +326,7 @@ class SqliteStore(SqliteLedger, Store):
         self, issuer: str, number: str, messages: Sequence[MessageRecord], *, actor: str
     ) -> list[MessageRecord]:
         now = self._clock()
-        held = [replace(m, next_attempt_at=as_utc(m.next_attempt_at or now), lease_until=None) for m in messages]
+        held = [as_stored(m, due=m.next_attempt_at or now) for m in messages]
         return await self._write(_accept_cancellation, issuer, number, held, actor, _enc(now))
 
     async def idempotency_lookup(self, principal: str, key: str) -> tuple[str, list[str]] | None:
@@ -429,13 +424,7 @@ class SqliteStore(SqliteLedger, Store):
         self, permit: PermitRecord | None, message: MessageRecord, *, actor: str
     ) -> tuple[bool, MessageRecord]:
         check_inbound(permit, message)
-        held = replace(
-            message,
-            next_attempt_at=None,
-            lease_until=None,
-            created_at=as_utc(message.created_at),
-            updated_at=as_utc(message.updated_at),
-        )
+        held = as_stored(message, due=None)
         return await self._write(_store_inbound, permit, held, actor, _enc(self._clock()))
 
     async def inbox(self, receiver: str, *, limit: int = 100) -> list[MessageRecord]:
@@ -450,13 +439,7 @@ class SqliteStore(SqliteLedger, Store):
 
     async def accept_relay(self, message: MessageRecord, *, actor: str, detail: str) -> tuple[bool, MessageRecord]:
         check_relay(message)
-        held = replace(
-            message,
-            next_attempt_at=None if message.next_attempt_at is None else as_utc(message.next_attempt_at),
-            lease_until=None,
-            created_at=as_utc(message.created_at),
-            updated_at=as_utc(message.updated_at),
-        )
+        held = as_stored(message, due=message.next_attempt_at)
         return await self._write(_accept_relay, held, actor, detail, _enc(self._clock()))
 
     async def held_for_pull(self, receiver: str, *, limit: int = 100) -> list[MessageRecord]:
