@@ -102,13 +102,15 @@ def _now() -> datetime:
     return datetime.now(timezone.utc)
 
 
-def _within_window(config: GatewayConfig, sent_at: datetime, what: str) -> None:
+def check_replay_window(config: GatewayConfig, sent_at: datetime, what: str, **context) -> None:
+    """Refuse what was sent further from now than the replay window (duplicates are caught before)."""
     skew = abs((_now() - sent_at).total_seconds())
     if skew > config.replay_window_s:
         raise EpixError(
             ErrorCode.REPLAY_REJECTED,
             f"The {what} was sent at {sent_at.isoformat()}, {int(skew)} s from now; "
             f"the window is {int(config.replay_window_s)} s.",
+            **context,
         )
 
 
@@ -147,7 +149,7 @@ class Relay:
                 f"Message id {h.message_id} is already held by this hub with different content or sender.",
                 message_id=h.message_id,
             )
-        _within_window(self.config, env.sent_at, "message")
+        check_replay_window(self.config, env.sent_at, "message")
         for party in (h.sender, h.receiver):
             if not self.config.agreements.get(party).allows(h.document_type, h.action):
                 raise EpixError(
@@ -247,7 +249,7 @@ class HubDesk:
         req = read_hub_request(root)
         if req.receiver != self.config.party:
             raise EpixError(ErrorCode.MISADDRESSED, f"The request is addressed to {req.receiver}, not to {self.config.party}.")
-        _within_window(self.config, req.sent_at, "request")
+        check_replay_window(self.config, req.sent_at, "request")
         if req.operation == "list":
             held = await self.store.held_for_pull(member, limit=100)
             listing = PullList(

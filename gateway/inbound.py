@@ -35,7 +35,7 @@ from domain.errors import EpixError, ErrorCode
 from domain.messages import Action, Direction, MessageStatus
 from gateway.config import GatewayConfig
 from gateway.customs.feedback import endorsement_request
-from gateway.hub import Relay
+from gateway.hub import Relay, check_replay_window
 from gateway.logs import get_logger
 from gateway.security import Security
 from gateway.store.base import MessageRecord, PermitRecord, Store, message_from_header
@@ -122,14 +122,7 @@ class InboundService:
         if existing is not None and existing.direction is Direction.INBOUND:
             return await self._duplicate(existing, env)
         now = datetime.now(timezone.utc)
-        skew = abs((now - env.sent_at).total_seconds())
-        if skew > self.config.replay_window_s:
-            raise EpixError(
-                ErrorCode.REPLAY_REJECTED,
-                f"The message was sent at {env.sent_at.isoformat()}, {int(skew)} s from now; "
-                f"the window is {int(self.config.replay_window_s)} s.",
-                message_id=h.message_id,
-            )
+        check_replay_window(self.config, env.sent_at, "message", message_id=h.message_id)
         agreement = self.config.agreements.get(h.sender)
         if not agreement.allows(h.document_type, h.action):
             raise EpixError(
