@@ -9,20 +9,22 @@ PostgreSQL with synchronous_commit=on. FULL costs one fsync per commit (about 0.
 below one RSA signature), so it is the default; ``synchronous="NORMAL"`` is there for throwaway
 data directories and benchmarks of everything but the disk.
 
-Each connection lives on its own thread and every store call runs as ONE function on that thread
-(a whole transaction per hop), instead of one thread hop per statement as aiosqlite would do.
 Writes are serialised by an asyncio lock around the single writer connection, and writes that
 queue up meanwhile are committed together (group commit, each in its own savepoint), so sixteen
-concurrent requests cost one fsync, not sixteen. ``BEGIN IMMEDIATE`` serialises against other
-processes on the same file (``busy_timeout`` makes them wait rather than fail). Reads use a
-few other connections (``readers``), which WAL lets run beside the writer; a verification's
-point read runs on the event loop's own connection (``_read_now``).
+concurrent requests cost one fsync, not sixteen. A batch's statements run on the event loop's
+thread and only its COMMIT (the fsync) on the writer's own thread: statements are short CPU work
+in the C library, and on another thread each one would hand the GIL back and forth with a busy
+event loop (every hand-back can wait out the interpreter's 5 ms switch interval), which made a
+batch take tens of milliseconds. ``BEGIN IMMEDIATE`` serialises against other processes on the
+same file: it is tried at once, and only when another process holds the lock is it waited for
+(``busy_timeout``) on the writer's thread. Reads use a few other connections (``readers``),
+each on its own thread, which WAL lets run beside the writer; point reads on the hot paths (a
+verification, a duplicate check) run on the event loop's own connection (``_read_now``).
 """
 
 from __future__ import annotations
 
 import asyncio
-import functools
 import json
 import sqlite3
 from collections.abc import Callable, Sequence
@@ -82,7 +84,11 @@ def _sql(statement: str) -> str:
 
 
 class _Connection:
-    """One sqlite3 connection, opened, used and closed on one dedicated thread."""
+    """One sqlite3 connection with a dedicated thread for what may block (opening, a COMMIT's
+    fsync, a wait for another process's lock, a reader's query).
+
+    ``here`` runs a function on the calling thread instead: the writer's statements. Its caller
+    makes sure the connection is never used from two threads at once."""
 
     def __init__(self, path: Path, pragmas: Sequence[str], name: str) -> None:
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"epix-sqlite-{name}")
@@ -95,7 +101,9 @@ class _Connection:
 
     def _connect(self) -> sqlite3.Connection:
         # isolation_level=None: no implicit transactions; BEGIN/COMMIT are ours and explicit.
-        conn = sqlite3.connect(self._path, isolation_level=None, cached_statements=256)
+        # check_same_thread=False: the writer's statements run on the loop's thread, its COMMIT
+        # on this connection's own; the write lock keeps the two from overlapping.
+        conn = sqlite3.connect(self._path, isolation_level=None, cached_statements=256, check_same_thread=False)
         for pragma in self._pragmas:
             conn.execute(pragma)
         return conn
@@ -104,6 +112,9 @@ class _Connection:
         if self._conn is None:
             self._conn = self._connect()
         return fn(self._conn, *args)
+
+    def here(self, fn: Callable[..., T], *args: Any) -> T:
+        return self._call(fn, args)
 
     def submit(self, fn: Callable[..., T], *args: Any) -> asyncio.Future[T]:
         return asyncio.get_running_loop().run_in_executor(self._executor, self._call, fn, args)
@@ -126,31 +137,42 @@ class _Connection:
 MAX_BATCH = 200  # writes committed together at most; bounds the wait of the first one
 
 
-def _in_transaction(conn: sqlite3.Connection, fn: Callable[..., T], args: tuple[Any, ...]) -> T:
+class _LockedByOther(Exception):
+    """BEGIN IMMEDIATE found another process holding the write lock."""
+
+
+def _begin_now(conn: sqlite3.Connection) -> None:
     # IMMEDIATE takes the write lock up front, so a claim's SELECT and UPDATE see the same rows
-    # even when another process writes the same file.
-    conn.execute("BEGIN IMMEDIATE")
+    # even when another process writes the same file. The writer's busy timeout is 0: a lock
+    # held elsewhere is waited for on the writer's thread (_begin_waiting), not here on the loop.
     try:
-        result = fn(conn, *args)
-    except BaseException:
-        conn.execute("ROLLBACK")
+        conn.execute("BEGIN IMMEDIATE")
+    except sqlite3.OperationalError as e:
+        if "locked" in str(e) or "busy" in str(e):
+            raise _LockedByOther() from None
         raise
-    conn.execute("COMMIT")
-    return result
 
 
-def _run_batch(conn: sqlite3.Connection, jobs: list[tuple[Callable[..., Any], tuple[Any, ...]]]) -> list[_Outcome]:
-    """Several store writes in ONE transaction (group commit): one fsync and one thread hop for
-    all of them. Each runs in its own savepoint, so one that fails leaves no trace and does not
-    disturb the others; none is reported done before the COMMIT has returned."""
+def _begin_waiting(conn: sqlite3.Connection, busy_timeout_ms: int) -> None:
+    conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
+    try:
+        conn.execute("BEGIN IMMEDIATE")
+    finally:
+        conn.execute("PRAGMA busy_timeout = 0")
+
+
+def _run_jobs(conn: sqlite3.Connection, jobs: list[tuple[Callable[..., Any], tuple[Any, ...]]]) -> list[_Outcome]:
+    """Several store writes in the open transaction (group commit: one fsync for all of them).
+    Each runs in its own savepoint, so one that fails leaves no trace and does not disturb the
+    others. A single write needs no savepoint: if it fails, the whole transaction is rolled back."""
     if len(jobs) == 1:
         fn, args = jobs[0]
         try:
-            return [_Outcome(True, _in_transaction(conn, fn, args))]
+            return [_Outcome(True, fn(conn, *args))]
         except Exception as e:  # noqa: BLE001 -- handed to the caller that asked for this write
+            conn.execute("ROLLBACK")
             return [_Outcome(False, e)]
     outcomes = []
-    conn.execute("BEGIN IMMEDIATE")
     try:
         for fn, args in jobs:
             conn.execute("SAVEPOINT job")
@@ -160,12 +182,22 @@ def _run_batch(conn: sqlite3.Connection, jobs: list[tuple[Callable[..., Any], tu
                 conn.execute("ROLLBACK TO job")
                 outcomes.append(_Outcome(False, e))
             conn.execute("RELEASE job")
-        conn.execute("COMMIT")
     except BaseException:
         if conn.in_transaction:
             conn.execute("ROLLBACK")
         raise
     return outcomes
+
+
+def _commit(conn: sqlite3.Connection) -> None:
+    if not conn.in_transaction:  # every job failed and rolled it back already
+        return
+    try:
+        conn.execute("COMMIT")
+    except BaseException:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        raise
 
 
 @dataclass(frozen=True, slots=True)
@@ -181,14 +213,7 @@ class _Job:
     done: asyncio.Future[Any]
 
 
-def _settle(batch: list[_Job], running: asyncio.Future[list[_Outcome]]) -> None:
-    if running.cancelled() or running.exception() is not None:
-        # The transaction as a whole failed (disk full, lock timeout): nothing of it was kept.
-        error = running.exception() if not running.cancelled() else None
-        failure = error or EpixError(ErrorCode.STORE_UNAVAILABLE, "The SQLite write was interrupted.")
-        outcomes = [_Outcome(False, failure)] * len(batch)
-    else:
-        outcomes = running.result()
+def _settle(batch: list[_Job], outcomes: list[_Outcome]) -> None:
     for job, outcome in zip(batch, outcomes):
         if job.done.done():  # its caller was cancelled after the write started; the write stands
             continue
@@ -216,9 +241,10 @@ class SqliteStore(SqliteLedger, Store):
         self.path = Path(path)
         self._clock = clock
         common = (f"PRAGMA busy_timeout = {int(busy_timeout_ms)}", "PRAGMA foreign_keys = ON")
+        self._busy_timeout_ms = int(busy_timeout_ms)
         self._writer = _Connection(
             self.path,
-            ("PRAGMA journal_mode = WAL", f"PRAGMA synchronous = {synchronous.upper()}", *common),
+            ("PRAGMA journal_mode = WAL", f"PRAGMA synchronous = {synchronous.upper()}", *common, "PRAGMA busy_timeout = 0"),
             "writer",
         )
         # Several readers, which WAL lets read side by side: a slow read (a report, a long list)
@@ -232,6 +258,7 @@ class SqliteStore(SqliteLedger, Store):
         self._inline: sqlite3.Connection | None = None
         self._write_lock = asyncio.Lock()
         self._queued: list[_Job] = []
+        self._batch: asyncio.Future[None] | None = None  # the write transaction in progress
 
     # --- lifecycle ---------------------------------------------------------------------------
 
@@ -249,6 +276,8 @@ class SqliteStore(SqliteLedger, Store):
 
     async def close(self) -> None:
         async with self._write_lock:
+            if self._batch is not None and not self._batch.done():
+                await asyncio.wait([self._batch])
             await self._writer.close()
         for reader in self._readers:
             await reader.close()
@@ -259,27 +288,50 @@ class SqliteStore(SqliteLedger, Store):
     async def _write(self, fn: Callable[..., T], *args: Any) -> T:
         """Run ``fn(conn, *args)`` in a write transaction and return once it is committed.
 
-        Writes queue up while the writer is busy; whoever takes the lock next commits everything
-        queued so far in one transaction (see ``_run_batch``), so concurrent requests share fsyncs
-        instead of waiting for one each.
+        Writes queue up while the writer is busy; whoever takes the lock next runs everything
+        queued so far in one transaction (see ``_run_jobs``) and commits it once, so concurrent
+        requests share fsyncs instead of waiting for one each.
         """
         job = _Job(fn, args, asyncio.get_running_loop().create_future())
         self._queued.append(job)
         try:
             async with self._write_lock:
                 while not job.done.done():
+                    if self._batch is not None and not self._batch.done():
+                        # A caller cancelled mid-batch let go of the lock; that batch goes on.
+                        await asyncio.wait([self._batch])
+                        continue
                     batch, self._queued = self._queued[:MAX_BATCH], self._queued[MAX_BATCH:]
-                    running = self._writer.submit(_run_batch, [(j.fn, j.args) for j in batch])
-                    # Settled by callback, not by this task: if this task is cancelled meanwhile,
-                    # the batch still finishes on its thread and every caller still hears of it.
-                    running.add_done_callback(functools.partial(_settle, batch))
-                    await asyncio.wait([running])
+                    # Its own task: cancelling this caller neither stops the batch nor leaves
+                    # the other callers in it without an answer.
+                    self._batch = asyncio.ensure_future(self._run_batch(batch))
+                    await asyncio.wait([self._batch])
         except asyncio.CancelledError:
             if any(queued is job for queued in self._queued):
                 self._queued = [queued for queued in self._queued if queued is not job]  # never started
             job.done.cancel()
             raise
         return await job.done
+
+    async def _run_batch(self, batch: list[_Job]) -> None:
+        """BEGIN, the batch's statements here on the loop, COMMIT on the writer's thread; then
+        every caller in the batch hears how its write ended (none before the COMMIT returned)."""
+        try:
+            try:
+                self._writer.here(_begin_now)
+            except _LockedByOther:
+                await self._writer.run(_begin_waiting, self._busy_timeout_ms)
+            outcomes = self._writer.here(_run_jobs, [(j.fn, j.args) for j in batch])
+            await self._writer.run(_commit)
+        except BaseException as e:
+            # The transaction as a whole failed (lock timeout, disk full, I/O error) or was
+            # interrupted at shutdown: nothing of it can be taken as kept.
+            failure = e if isinstance(e, Exception) else EpixError(ErrorCode.STORE_UNAVAILABLE, "The SQLite write was interrupted.")
+            _settle(batch, [_Outcome(False, failure)] * len(batch))
+            if not isinstance(e, Exception):
+                raise
+            return
+        _settle(batch, outcomes)
 
     def _read_now(self, fn: Callable[..., T], *args: Any) -> T:
         """Run ``fn(conn, *args)`` right here, on the event loop's thread, with a connection of
@@ -349,7 +401,8 @@ class SqliteStore(SqliteLedger, Store):
     # --- messages ----------------------------------------------------------------------------
 
     async def get_message(self, message_id: str) -> MessageRecord | None:
-        row = await self._read(_fetchone, _sql(q.SELECT_MESSAGE), (message_id,))
+        # A primary-key lookup, on every inbound message (the duplicate check): on the loop.
+        row = self._read_now(_fetchone, _sql(q.SELECT_MESSAGE), (message_id,))
         return None if row is None else q.message_from_row(row, _dec)
 
     async def list_messages(self, f: MessageFilter) -> list[MessageRecord]:
