@@ -26,8 +26,9 @@ about five times per call, which made verifying cost thirty times the RSA operat
 exactly one profile is short: strict policy checks on the parsed tree (everything else is
 refused before any cryptography), the trust store decides on the certificate, the SignatureValue
 is checked over the exclusive C14N of SignedInfo in its document context, then the document
-without its Signature is canonicalised and digested. What is returned is re-parsed from those
-digested bytes, so nothing unsigned can be read from it. signxml and xmlsec1 stay in the tests
+without its Signature is canonicalised and digested. What is returned holds exactly those
+digested bytes (the tree itself, or a re-parse of the bytes when comments could hide unsigned
+text), so nothing unsigned can be read from it. signxml and xmlsec1 stay in the tests
 as independent implementations that must agree with this one (tests/unit/test_verifier_crosscheck.py,
 tests/interop/test_xmlsec1.py).
 """
@@ -169,12 +170,16 @@ class Signer:
         n = self._coordinate_bytes
         return r.to_bytes(n, "big") + s.to_bytes(n, "big")
 
-    def sign(self, document: bytes | etree._Element) -> bytes:
+    def sign(self, document: bytes | etree._Element, *, canonical: bytes | None = None) -> bytes:
         """The document with an enveloped signature as the root's last child, as UTF-8 bytes.
 
         Bytes go through the hardened parser first. An element must be a document root; it is
-        not modified.
+        not modified. ``canonical``: the exclusive C14N of ``document`` (bytes), when the caller
+        wrote the document so that it knows it (the exchange templates); it spares the parse and
+        the canonicalisation, and must be exact, or the signature will not verify.
         """
+        if canonical is not None and isinstance(document, (bytes, bytearray, memoryview)):
+            return self._sign_canonical(bytes(document), canonical)
         if isinstance(document, (bytes, bytearray, memoryview)):
             data = bytes(document)
             tree = parse_xml(data, what="document to sign")
@@ -196,11 +201,7 @@ class Signer:
             canonical = etree.tostring(tree, method="c14n", exclusive=True, with_comments=False)
         except etree.C14NError as exc:
             raise EpixError(ErrorCode.XML_MALFORMED, f"The document cannot be canonicalised for signing ({exc}).") from None
-        digest = hashlib.sha256(canonical).digest()
-        digest_b64 = base64.b64encode(digest)
-        value_b64 = base64.b64encode(self._signature_value(self._signed_info_head + digest_b64 + self._signed_info_tail))
-        head, middle, tail = self._signature_parts
-        signature = head + digest_b64 + middle + value_b64 + tail
+        signature = self._signature(canonical)
         # Only the last end tag can be the root's; matching there alone keeps this O(1).
         end = _ROOT_END_TAG.match(data, max(data.rfind(b"</"), 0))
         if end is not None and end.group(1).decode("utf-8") == _qualified_name(root):
@@ -214,6 +215,19 @@ class Signer:
             return etree.tostring(tree, xml_declaration=True, encoding="UTF-8")
         finally:
             root.remove(element)
+
+    def _signature(self, canonical: bytes) -> bytes:
+        """The serialised ds:Signature over a document whose exclusive C14N is ``canonical``."""
+        digest_b64 = base64.b64encode(hashlib.sha256(canonical).digest())
+        value_b64 = base64.b64encode(self._signature_value(self._signed_info_head + digest_b64 + self._signed_info_tail))
+        head, middle, tail = self._signature_parts
+        return head + digest_b64 + middle + value_b64 + tail
+
+    def _sign_canonical(self, data: bytes, canonical: bytes) -> bytes:
+        end = _ROOT_END_TAG.match(data, max(data.rfind(b"</"), 0))
+        if end is None:
+            raise ValueError("a document signed from its canonical form must end with its root's end tag")
+        return data[: end.start()] + self._signature(canonical) + data[end.start() :]
 
 
 def _qualified_name(element: etree._Element) -> str:
@@ -254,8 +268,10 @@ CANONICAL_GROWTH = 4
 class Verified:
     """What a verified signature vouches for, and nothing else.
 
-    ``signed_root`` is re-parsed from ``signed_bytes``, the canonical bytes that were digested
-    (comments and the signature itself are gone), so nothing unsigned can be read from it.
+    ``signed_root`` holds exactly ``signed_bytes``, the canonical bytes that were digested
+    (comments and the signature itself are gone), so nothing unsigned can be read from it: it is
+    the verified tree without its Signature, or re-parsed from those bytes when the document had
+    comments.
     """
 
     signed_root: etree._Element
@@ -753,5 +769,15 @@ class Verifier:
             error.context.update(signer=party, certificate=describe(certificate))
             raise
         signed_bytes = b"".join(sink.parts)
-        signed_root = parse_xml(signed_bytes, limits=self._signed_limits, what="signed content").getroot()
+        if b"<!--" in data:
+            # Comments are not signed (exclusive C14N drops them) but the tree still has them,
+            # and one inside a text splits what a reader sees ("12<!---->3" reads as "12"): read
+            # only from the digested bytes.
+            signed_root = parse_xml(signed_bytes, limits=self._signed_limits, what="signed content").getroot()
+        else:
+            # Without comments (DTDs, entities and processing instructions were refused when it
+            # was parsed) the tree without its Signature holds exactly what was digested: the
+            # elements, attributes and text c14n wrote. Only namespace declarations nobody uses
+            # and what lies outside the root may differ, and neither can be read as content.
+            signed_root = tree.getroot()
         return Verified(signed_root=signed_root, signed_bytes=signed_bytes, signer=party, certificate=certificate)

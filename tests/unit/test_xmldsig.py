@@ -528,3 +528,18 @@ def test_the_common_shape_and_the_long_way_read_the_same_profile(ch, document):
     assert _common_profile(signature) == _check_profile(signature)
     etree.SubElement(signature.find("ds:SignedInfo", NS), f"{{{DS}}}Reference", URI="")
     assert _common_profile(signature) is None
+
+
+def test_a_comment_inside_signed_text_is_not_read_as_splitting_it(tmp_path):
+    # Exclusive C14N drops comments, so "12<!--x-->3" is signed as "123"; a reader of the
+    # verified tree must see "123" too, not the "12" an lxml .text before the comment holds.
+    from keys.pki import make_test_ca
+    from keys.store import KeyStore
+
+    store = KeyStore(tmp_path)
+    store.init_party("CH", "rsa2048", ca=make_test_ca("Test CA"))
+    identity = store.load_signing_identity("CH")
+    signed = Signer(identity).sign(b"<a><b>12<!--x-->3</b><c>4</c></a>")
+    verified = Verifier([identity.certificate]).verify(signed, "CH")
+    assert verified.signed_root.find("b").text == "123"
+    assert verified.signed_bytes == b"<a><b>123</b><c>4</c></a>"
