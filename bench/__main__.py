@@ -7,7 +7,6 @@ Prints a table per benchmark and writes its JSON to ``bench/results/<name>.json`
 from __future__ import annotations
 
 import argparse
-import asyncio
 import os
 import sys
 import time
@@ -16,6 +15,7 @@ from pathlib import Path
 from bench import customs, e2e, stages
 from bench.measure import FULL, QUICK
 from bench.report import default_json_path, write_json
+from gateway.eventloop import run
 
 
 def _json_path(name: str, given: Path | None, several: bool) -> Path:
@@ -72,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
         _log(f"{name}{' (quick)' if args.quick else ''} ...")
         if name == "customs":  # customs verification with many permits stored vs a bare handler
             settings = customs.Settings.quick() if args.quick else customs.Settings()
-            result = asyncio.run(customs.run(settings.with_largest(args.permits), log=_log))
+            result = run(customs.run(settings.with_largest(args.permits), log=_log))
             text = customs.render(result)
             failed = failed or bool(result.get("errors"))
         elif name == "stages":
@@ -91,7 +91,7 @@ def main(argv: list[str] | None = None) -> int:
                 amqp_url=None if args.amqp == "none" else args.amqp,
                 paths=paths,
             )
-            result = asyncio.run(e2e.run(settings, log=_log))
+            result = run(e2e.run(settings, log=_log))
             text = e2e.render(result)
             failed = failed or bool(result.get("errors"))
         result["elapsed_s"] = round(time.perf_counter() - started, 1)

@@ -53,6 +53,7 @@ def run_metadata() -> dict[str, Any]:
         "signxml": _version("signxml"),
         "xmlschema": _version("xmlschema"),
         "aiohttp": _version("aiohttp"),
+        "uvloop": _version("uvloop"),  # the gateways' event loop when installed (gateway/eventloop.py)
         # Other work on the machine shows up in means and p99s: say how busy it was.
         "loadavg": [round(x, 2) for x in os.getloadavg()] if hasattr(os, "getloadavg") else None,
     }

@@ -149,18 +149,21 @@ def cmd_serve(args) -> int:
     from gateway.config import load_config
     from gateway.logs import configure_logging
 
-    configure_logging(level=args.log_level, json=args.log_json)
+    from gateway.eventloop import new_event_loop
+
+    configure_logging(level=args.log_level, json=args.log_json, cache=True)
     config = load_config(Path(args.config))
-    web.run_app(create_app(config), host=config.host, port=config.port, print=None, shutdown_timeout=5)
+    loop = new_event_loop(args.loop)
+    web.run_app(create_app(config), host=config.host, port=config.port, print=None, shutdown_timeout=5, loop=loop)
     return EXIT_OK
 
 
 def cmd_demo(args) -> int:
     from gateway.demo import run_demo
 
-    summary = asyncio.run(
-        run_demo(permits=args.permits, json_path=args.json, seed=args.seed, workdir=args.dir, amqp=args.amqp)
-    )
+    from gateway.eventloop import run
+
+    summary = run(run_demo(permits=args.permits, json_path=args.json, seed=args.seed, workdir=args.dir, amqp=args.amqp))
     return EXIT_OK if summary["lost"] == 0 and summary["duplicated"] == 0 else EXIT_INVALID
 
 
@@ -226,6 +229,10 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--config", required=True)
     serve.add_argument("--log-level", default="INFO")
     serve.add_argument("--log-json", action="store_true", help="JSON log lines (for log shippers)")
+    serve.add_argument(
+        "--loop", choices=("auto", "uvloop", "asyncio"), default="auto",
+        help="event loop: uvloop where installed (auto, the default), or asyncio's own",
+    )  # fmt: skip
     serve.set_defaults(func=cmd_serve)
 
     demo = sub.add_parser("demo", help="national gateways, a regional hub, faults and customs on 127.0.0.1 exchanging permits, with a summary")

@@ -14,7 +14,9 @@ import structlog
 _configured = False
 
 
-def configure_logging(*, level: str = "INFO", json: bool = False, stream=None) -> None:
+def configure_logging(*, level: str = "INFO", json: bool = False, stream=None, cache: bool = False) -> None:
+    """``cache``: each module's logger is assembled once, on its first call, instead of on every
+    call (what a long-running service wants; tests that capture logs reconfigure, so not there)."""
     global _configured
     processors = [
         structlog.contextvars.merge_contextvars,
@@ -28,7 +30,7 @@ def configure_logging(*, level: str = "INFO", json: bool = False, stream=None) -
         processors=processors,
         wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelName(level.upper())),
         logger_factory=structlog.PrintLoggerFactory(file=stream or sys.stderr),
-        cache_logger_on_first_use=False,
+        cache_logger_on_first_use=cache,
     )
     _configured = True
 
