@@ -23,6 +23,7 @@ from datetime import date, datetime, timedelta, timezone
 from decimal import Decimal
 from enum import StrEnum
 from types import MappingProxyType
+from unicodedata import category
 
 from domain import codes
 from domain.errors import EpixError, ErrorCode
@@ -62,6 +63,12 @@ RULES = MappingProxyType(
             _E,
             "Res. Conf. 12.3 Annex 2: boxes 1, 2, 3, 4, 5a, 6, 7/8, 9, 10, 11 and 13 must be completed; box "
             "14 needs the port and one line per endorsed item",
+        ),
+        "PERMIT_NUMBER_INVALID": Rule(
+            _E,
+            "box 1: the number identifies the permit to partners, customs and in URLs: at most 64 characters "
+            "(the exchange protocol's limit), no control or invisible characters, no space at either end or "
+            'two in a row, not "." or ".."',
         ),
         "UNKNOWN_DOCUMENT_TYPE": Rule(_E, "EPT v2 document type code: E export, R re-export, I import, O other"),
         "UNKNOWN_PURPOSE": Rule(_E, "Res. Conf. 12.3 Annex 2 box 5a; purpose codes of the Guidelines"),
@@ -140,6 +147,17 @@ _MAX_MONTHS = MappingProxyType({"E": 6, "R": 6, "I": 12, "O": 12})
 _CROSS_BORDER_TYPES = frozenset({"E", "R", "I"})  # "other" documents may not name two countries
 _CLOCK_SKEW = timedelta(days=1)
 _ZERO = Decimal(0)
+# Box 1. Res. Conf. 12.3 gives the number no format, and neither the EPT v2 instances (the EPIX
+# fixtures carry "XA000000") nor our XSD (ram:IDType, an xs:token without facets) bound it. The
+# exchange protocol does: the envelope, the cancellation and the endorsement carry the number as an
+# ex:Token64 (schemas/exchange/exchange-1.xsd), so a longer one would be accepted here and then
+# fail at every delivery. Real numbers are 8 to 25 characters ("21CH012345", "KWS/CITES/2026/0012").
+MAX_NUMBER_LENGTH = 64
+# Characters nobody can see or type at a border desk: controls (also refused by XML), format
+# characters (zero-width and bidirectional marks, which make two different numbers look alike),
+# surrogates (not UTF-8) and line or paragraph separators. Spaces other than U+0020 (no-break,
+# thin ...) look like a space but an officer typing the number types U+0020.
+_INVISIBLE = frozenset({"Cc", "Cf", "Cs", "Zl", "Zp"})
 _TYPE_NAMES = MappingProxyType(
     {"E": "an export permit", "R": "a re-export certificate", "I": "an import permit", "O": "a document of type O (other)"}
 )
@@ -260,9 +278,60 @@ def _quantity_ok(value: object) -> bool:
 # --- box 1, 5a, 6 --------------------------------------------------------------------------------
 
 
-def _header(permit: Permit, out: list[Problem]) -> None:
-    if _blank(permit.number):
+def number_problems(number: object) -> list[Problem]:
+    """What makes ``number`` unusable as a permit number (box 1); empty when it is fine. The
+    gateway also asks this of a number read from a URL: no permit can have a number refused here."""
+    out: list[Problem] = []
+    _number(out, number)
+    return out
+
+
+def _number(out: list[Problem], number: object) -> None:
+    if _blank(number):
         _report(out, "MISSING_REQUIRED", "number", "Box 1: the permit number is missing.")
+        return
+    if not isinstance(number, str):
+        _report(out, "PERMIT_NUMBER_INVALID", "number", f"Box 1: the permit number {number!r} is not text.")
+        return
+    if len(number) > MAX_NUMBER_LENGTH:
+        _report(
+            out,
+            "PERMIT_NUMBER_INVALID",
+            "number",
+            f"Box 1: the permit number has {len(number)} characters; partners accept at most {MAX_NUMBER_LENGTH}.",
+        )
+    odd = next((c for c in number if category(c) in _INVISIBLE or (category(c) == "Zs" and c != " ")), None)
+    if odd is not None:
+        _report(
+            out,
+            "PERMIT_NUMBER_INVALID",
+            "number",
+            f"Box 1: the permit number contains the invisible or control character U+{ord(odd):04X}; "
+            "write it with visible characters and plain spaces only.",
+        )
+    # Partners read the number as an xs:token, which drops spaces at the ends and joins runs of
+    # spaces into one: such a number would not be the same number at the other end.
+    if number != number.strip() or "  " in number:
+        _report(
+            out,
+            "PERMIT_NUMBER_INVALID",
+            "number",
+            f"Box 1: the permit number {number!r} begins or ends with a space or has two spaces in a row, "
+            "which partners' XML readers remove.",
+        )
+    # "." and ".." are the dot-segments of RFC 3986: HTTP clients resolve them away (encoded as
+    # %2E too), so such a number could never be looked up at /v1/permits/{issuer}/{number}.
+    if number in (".", ".."):
+        _report(
+            out,
+            "PERMIT_NUMBER_INVALID",
+            "number",
+            f"Box 1: the permit number {number!r} cannot be written in a URL, where it means a folder.",
+        )
+
+
+def _header(permit: Permit, out: list[Problem]) -> None:
+    _number(out, permit.number)
     _code(out, permit.type, _DOC_TYPES, "type", "Box 1: the document type", "UNKNOWN_DOCUMENT_TYPE")
     _code(out, permit.purpose, _PURPOSES, "purpose", "Box 5a: the purpose of the transaction", "UNKNOWN_PURPOSE")
     authority = permit.authority

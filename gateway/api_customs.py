@@ -7,6 +7,8 @@ POST /v1/permits/{issuer}/{number}/write-offs               write off a declarat
 POST /v1/permits/{issuer}/{number}/write-offs/{declaration}/reversal   give them back
 GET  /v1/permits/{issuer}/{number}/quantities               permitted against actual, per line
 POST /epix/v2                                               EPIX Connect-compatible SOAP facade
+
+{number} and {declaration} are one percent-encoded path segment each (gateway/paths.py).
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import json
 from aiohttp import web
 
 from domain.errors import EpixError, ErrorCode
-from gateway import appkeys
+from gateway import appkeys, paths
 from gateway.customs import CUSTOMS
 from gateway.customs.config import covers_country
 from gateway.customs.service import balance_view, dumps, require_customs, verification_json, write_off_view
@@ -35,7 +37,7 @@ def _wants_xml(request: web.Request) -> bool:
     return request.query.get("format") == "xml" or request.headers.get("Accept", "").split(",")[0].strip() in (XML, "text/xml")
 
 
-@routes.get("/v1/verifications/{issuer}/{number}")
+@routes.get(paths.VERIFICATION)
 async def verify(request: web.Request) -> web.Response:
     stamp = request.query.get("stamp")
     if stamp is not None and len(stamp) > MAX_STAMP:
@@ -43,19 +45,19 @@ async def verify(request: web.Request) -> web.Response:
     service = request.app[CUSTOMS]
     # The signed verdict is evidence customs archive: it re-reads the record and its signature.
     xml = _wants_xml(request)
+    issuer, number = paths.permit_key(request)
     result = await service.verify(
-        request.match_info["issuer"], request.match_info["number"], token=principal(request), stamp=stamp,
-        office=request.query.get("office"), thorough=xml,
-    )  # fmt: skip
+        issuer, number, token=principal(request), stamp=stamp, office=request.query.get("office"), thorough=xml
+    )
     if xml:
         return web.Response(body=service.signed_verdict(result), content_type=XML, charset="utf-8")
     return web.Response(text=verification_json(result), content_type="application/json")
 
 
-@routes.get("/v1/verifications/{issuer}/{number}/history")
+@routes.get(paths.VERIFICATION + "/history")
 async def history(request: web.Request) -> web.Response:
     require_customs(principal(request))
-    records = await request.app[appkeys.STORE].list_verifications(request.match_info["issuer"], request.match_info["number"])
+    records = await request.app[appkeys.STORE].list_verifications(*paths.permit_key(request))
     return _json(
         {
             "verifications": [
@@ -78,16 +80,16 @@ async def _body(request: web.Request):
         raise EpixError(ErrorCode.JSON_MALFORMED, "The write-off body is not valid JSON.") from None
 
 
-@routes.post("/v1/permits/{issuer}/{number}/write-offs")
+@routes.post(paths.PERMIT + "/write-offs")
 async def write_off(request: web.Request) -> web.Response:
-    issuer, number = request.match_info["issuer"], request.match_info["number"]
+    issuer, number = paths.permit_key(request)
     outcome, risk, _ = await request.app[CUSTOMS].write_off(issuer, number, await _body(request), token=principal(request))
     return _json(write_off_view(outcome, risk, issuer, number), status=200 if outcome.replayed else 201)
 
 
-@routes.post("/v1/permits/{issuer}/{number}/write-offs/{declaration}/reversal")
+@routes.post(paths.PERMIT + "/write-offs/" + paths.DECLARATION + "/reversal")
 async def reverse(request: web.Request) -> web.Response:
-    issuer, number = request.match_info["issuer"], request.match_info["number"]
+    issuer, number = paths.permit_key(request)
     body = await _body(request) if request.can_read_body else {}
     reason = body.get("reason") if isinstance(body, dict) and isinstance(body.get("reason"), str) else None
     outcome = await request.app[CUSTOMS].reverse(
@@ -99,12 +101,12 @@ async def reverse(request: web.Request) -> web.Response:
     return _json(view, status=200)
 
 
-@routes.get("/v1/permits/{issuer}/{number}/quantities")
+@routes.get(paths.PERMIT + "/quantities")
 async def quantities(request: web.Request) -> web.Response:
     """The permit's record of actual against permitted quantities (on the issuer's gateway: as
     the partners' customs reported them)."""
     token = principal(request)
-    issuer, number = request.match_info["issuer"], request.match_info["number"]
+    issuer, number = paths.permit_key(request)
     service = request.app[CUSTOMS]
     held = await service.held(issuer, number)
     if held is None:

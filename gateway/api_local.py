@@ -14,7 +14,7 @@ from adapters.schema import permit_schema
 from adapters.xmlparse import XmlLimits, parse_xml
 from domain.errors import EpixError, ErrorCode
 from domain.messages import Direction, MessageStatus
-from gateway import appkeys
+from gateway import appkeys, paths
 from gateway.middleware import principal, require_role
 from gateway.outbound import Accepted
 from gateway.store.base import MessageFilter, MessageRecord, PermitRecord
@@ -67,7 +67,7 @@ def _accepted_view(a: Accepted) -> dict:
         "issuer": a.issuer,
         "number": a.number,
         "version": a.version,
-        "permit_url": f"/v1/permits/{a.issuer}/{a.number}",
+        "permit_url": paths.permit_url(a.issuer, a.number),
         "replayed": a.replayed,
         "messages": [message_view(m) for m in a.messages],
         "warnings": [
@@ -117,9 +117,10 @@ async def submit_permit(request: web.Request) -> web.Response:
     return _json(_accepted_view(accepted), status=202)
 
 
-@routes.post("/v1/permits/{issuer}/{number}/cancel")
+@routes.post(paths.PERMIT + "/cancel")
 async def cancel_permit(request: web.Request) -> web.Response:
     token = require_role(request, "ma", "operator")
+    issuer, number = paths.permit_key(request)
     reason = "Cancelled by the issuing Management Authority."
     body = await request.read()
     if body:
@@ -130,9 +131,7 @@ async def cancel_permit(request: web.Request) -> web.Response:
         if not isinstance(data, dict) or not isinstance(data.get("reason", reason), str):
             raise EpixError(ErrorCode.JSON_MALFORMED, "The cancellation body must be JSON like {\"reason\": \"...\"}.")
         reason = (data.get("reason") or reason).strip()[:500] or reason
-    accepted = await request.app[appkeys.OUTBOUND].cancel(
-        request.match_info["issuer"], request.match_info["number"], reason=reason, principal=token
-    )
+    accepted = await request.app[appkeys.OUTBOUND].cancel(issuer, number, reason=reason, principal=token)
     request.app[appkeys.METRICS].submitted.labels("cancel").inc()
     return _json(_accepted_view(accepted), status=202)
 
@@ -148,7 +147,7 @@ def _check_permit_scope(request: web.Request, issuer: str, versions: list[Permit
 
 
 async def _versions(request: web.Request) -> tuple[str, str, list[PermitRecord]]:
-    issuer, number = request.match_info["issuer"], request.match_info["number"]
+    issuer, number = paths.permit_key(request)
     versions = await request.app[appkeys.STORE].get_permit_versions(issuer, number)
     if not versions:
         raise EpixError(ErrorCode.NOT_FOUND, f"No permit {issuer}/{number} is known to this gateway.")
@@ -156,7 +155,7 @@ async def _versions(request: web.Request) -> tuple[str, str, list[PermitRecord]]
     return issuer, number, versions
 
 
-@routes.get("/v1/permits/{issuer}/{number}")
+@routes.get(paths.PERMIT)
 async def get_permit(request: web.Request) -> web.Response:
     issuer, number, versions = await _versions(request)
     latest = versions[-1]
@@ -181,13 +180,13 @@ async def get_permit(request: web.Request) -> web.Response:
                 for v in versions
             ],
             "permit": json.loads(latest.permit_json),
-            "xml_url": f"/v1/permits/{issuer}/{number}/xml",
+            "xml_url": paths.permit_url(issuer, number, "xml"),
             "messages": [message_view(m) for m in deliveries],
         }
     )
 
 
-@routes.get("/v1/permits/{issuer}/{number}/xml")
+@routes.get(paths.PERMIT + "/xml")
 async def get_permit_xml(request: web.Request) -> web.Response:
     _, _, versions = await _versions(request)
     return web.Response(body=versions[-1].signed_xml, content_type="application/xml", charset="utf-8")

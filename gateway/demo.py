@@ -41,7 +41,7 @@ import aiohttp
 
 from adapters.permit_json import permit_to_dict, permit_to_json
 from domain.messages import Action, Direction, MessageStatus
-from gateway import appkeys
+from gateway import appkeys, paths
 from gateway.logs import configure_logging
 from gateway.store.base import MessageFilter, MessageRecord
 from gateway.store.sqlite import SqliteStore
@@ -131,7 +131,7 @@ async def _ma_system(party: str, net: Network, http, rng: random.Random, count: 
             if roll < 0.05:
                 status, answer = await _post(
                     http,
-                    f"{node.url}/v1/permits/{party}/{permit.number}/cancel",
+                    node.url + paths.permit_url(party, permit.number, "cancel"),
                     node.ma_token,
                     json.dumps({"reason": "Issued in error"}).encode(),
                     key=None,
@@ -188,7 +188,7 @@ class CustomsClient:
     async def verify(self, issuer: str, number: str, *, stamp: str | None = None) -> dict:
         params = {"stamp": stamp} if stamp else {}
         self.tally.verified.add((issuer, number))
-        async with self.http.get(f"{self.url}/v1/verifications/{issuer}/{number}", params=params, headers=self._auth) as resp:
+        async with self.http.get(self.url + paths.verification_url(issuer, number), params=params, headers=self._auth) as resp:
             resp.raise_for_status()
             return await resp.json()
 
@@ -202,7 +202,7 @@ class CustomsClient:
             "officer": "J. Martin",
             "lines": [{"item": item, "quantity": q} for item, q in lines.items()],
         }
-        async with self.http.post(f"{self.url}/v1/permits/{issuer}/{number}/write-offs", json=body, headers=self._auth) as resp:
+        async with self.http.post(self.url + paths.permit_url(issuer, number, "write-offs"), json=body, headers=self._auth) as resp:
             return resp.status, await resp.json()
 
     @property

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 
 import aiohttp
 from aiohttp import web
+from yarl import URL
 
 MODES = ("drop", "delay", "5xx", "truncate", "duplicate", "reorder")
 CONTROL = "/_proxy/"
@@ -96,7 +97,9 @@ class FaultProxy:
 
     async def _forward(self, request: web.Request, body: bytes) -> tuple[int, bytes, dict[str, str]]:
         headers = {k: v for k, v in request.headers.items() if k.lower() not in _HOP_HEADERS}
-        url = self.target + request.rel_url.path_qs
+        # The path and query exactly as they came: the decoded ones would turn a permit number's
+        # %2F into a new path segment and a "+" in the query into a space.
+        url = URL(self.target + request.rel_url.raw_path_qs, encoded=True)
         async with self._http.request(request.method, url, data=body, headers=headers) as resp:
             answer = await resp.read()
             out = {k: v for k, v in resp.headers.items() if k.lower() not in _HOP_HEADERS}

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 import aiohttp
 
+from gateway import paths
 from gateway.logs import get_logger
 
 if TYPE_CHECKING:
@@ -84,7 +85,7 @@ class FeedWorker:
             "balances": [balance_view(b) for b in balances],
             "signer": signature.view(),
             "risk": risk.to_dict(),
-            "verification_url": f"/v1/verifications/{message.issuer}/{message.number}",
+            "verification_url": paths.verification_url(message.issuer, message.number),
         }
 
     async def publish(self, item: dict[str, Any]) -> None:

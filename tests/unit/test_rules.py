@@ -111,6 +111,62 @@ def test_missing_unit_message_tells_what_to_write_for_a_count():
     assert "NAR" in p.message
 
 
+# --- box 1: the permit number ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "number",
+    [
+        "KWS/CITES/2026/0012",
+        "21 CH 012345",
+        "FR-2106#9",
+        "50%?x=1&y={2}",
+        "ÖSTERREICH-2026/Nº 7",
+        "中华人民共和国-2026-0001",
+        "X" * rules.MAX_NUMBER_LENGTH,
+        "...",
+    ],
+)
+def test_a_number_may_hold_any_visible_character(number):
+    assert validate(permit(number=number)) == []
+    assert rules.number_problems(number) == []
+
+
+@pytest.mark.parametrize(
+    ("number", "words"),
+    [
+        ("X" * (rules.MAX_NUMBER_LENGTH + 1), "has 65 characters; partners accept at most 64"),
+        ("CH\x0126", "U+0001"),
+        ("CH26\n001", "U+000A"),
+        ("CH26\t001", "U+0009"),
+        ("CH26-\u200b001", "U+200B"),  # zero-width space
+        ("CH26-\u202e100", "U+202E"),  # right-to-left override
+        ("CH26\u00a0001", "U+00A0"),  # no-break space
+        (" CH26-001", "begins or ends with a space"),
+        ("CH26-001 ", "begins or ends with a space"),
+        ("21 CH  012345", "two spaces in a row"),
+        (".", "cannot be written in a URL"),
+        ("..", "cannot be written in a URL"),
+        (26001, "is not text"),
+    ],
+)
+def test_a_number_partners_or_urls_cannot_carry_is_an_error(number, words):
+    p = the(validate(permit(number=number)), "PERMIT_NUMBER_INVALID")
+    assert p.path == "number" and p.severity is Severity.ERROR
+    assert words in p.message and p.message.startswith("Box 1:") and p.message.endswith(".")
+    assert [x.code for x in rules.number_problems(number)] == ["PERMIT_NUMBER_INVALID"]
+
+
+def test_a_blank_number_is_missing_not_invalid():
+    assert codes_of(rules.number_problems("  ")) == ["MISSING_REQUIRED"]
+    assert codes_of(rules.number_problems(None)) == ["MISSING_REQUIRED"]
+
+
+def test_a_number_with_several_faults_gets_each_named():
+    problems = rules.number_problems(" " + "X\x00" * 40)
+    assert codes_of(problems) == ["PERMIT_NUMBER_INVALID"] * 3
+
+
 # --- code lists ----------------------------------------------------------------------------------
 
 

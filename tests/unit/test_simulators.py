@@ -108,6 +108,24 @@ async def test_fault_proxy_spoils_exactly_the_queued_requests(http):
         await runner.cleanup()
 
 
+async def test_fault_proxy_forwards_the_path_and_query_as_they_came(http):
+    async def echo(request):
+        return web.json_response({"raw": request.raw_path, "number": request.match_info["number"], "q": request.query["q"]})
+
+    app = web.Application()
+    app.router.add_get("/v1/permits/{issuer}/{number}", echo)
+    runner, url = await _serve(app)
+    proxy = await FaultProxy(url).start()
+    try:
+        async with http.get(proxy.url + "/v1/permits/KE/KWS%2FCITES%2F2026%20%239?q=a%2Bb+c") as resp:
+            assert await resp.json() == {
+                "raw": "/v1/permits/KE/KWS%2FCITES%2F2026%20%239?q=a%2Bb+c", "number": "KWS/CITES/2026 #9", "q": "a+b c",
+            }  # fmt: skip
+    finally:
+        await proxy.stop()
+        await runner.cleanup()
+
+
 def test_simulate_proxy_command_refuses_an_unknown_fault(capsys):
     from gateway.cli import main
 

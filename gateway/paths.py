@@ -1,0 +1,72 @@
+"""Permits in URLs: the route variables every handler is registered with, the one way a handler
+reads the permit a URL names, and the one way the gateway writes a permit into a URL it hands out.
+
+A permit number may hold any visible character ("KWS/CITES/2026/0012", "21 CH 012345",
+"FR-2106#9"), so it travels as ONE percent-encoded path segment (RFC 3986 section 3.3):
+/v1/permits/KE/KWS%2FCITES%2F2026%2F0012.
+
+What aiohttp 3.14 (yarl 1.25) does with such a path: the router matches against
+``URL.path_safe``, which decodes every escape except %2F and %25, so an encoded "/" stays inside
+its segment and cannot split it, while "#", "?", a space or UTF-8 come out as characters; the
+matched value is then decoded once more (%2F to "/", %25 to "%"), so ``match_info["number"]`` is
+the number itself, decoded exactly once ("%252F" is the text "%2F"). Two gaps remain, closed here:
+
+* a plain ``{var}`` matches ``[^{}/]+``: a number holding "{" or "}" (%7B and %7D are decoded
+  before matching) would be a 404. Our variables match ``[^/]+``.
+* ``url_for`` quotes a value as a path, which leaves "/" as it is; ``segment()`` quotes it as
+  one segment.
+"""
+
+from __future__ import annotations
+
+from urllib.parse import quote
+
+from aiohttp import web
+
+from domain import codes, rules
+from domain.errors import EpixError, ErrorCode
+
+# One path segment, whatever it holds once decoded (the canonical route stays "{number}").
+ISSUER = "{issuer:[^/]+}"
+NUMBER = "{number:[^/]+}"
+DECLARATION = "{declaration:[^/]+}"
+PERMIT = f"/v1/permits/{ISSUER}/{NUMBER}"
+VERIFICATION = f"/v1/verifications/{ISSUER}/{NUMBER}"
+
+_ISSUERS = codes.COUNTRIES | codes.USER_ASSIGNED_COUNTRIES  # what rules.validate lets a permit's issuer be
+
+
+def segment(value: str) -> str:
+    """``value`` percent-encoded as one path segment: everything but letters, digits and ``-._~``."""
+    return quote(value, safe="")
+
+
+def permit_url(issuer: str, number: str, *tail: str) -> str:
+    """``/v1/permits/{issuer}/{number}[/tail...]``, ready to follow as it is."""
+    return "/".join(("/v1/permits", segment(issuer), segment(number), *tail))
+
+
+def verification_url(issuer: str, number: str) -> str:
+    return "/".join(("/v1/verifications", segment(issuer), segment(number)))
+
+
+def permit_key(request: web.Request) -> tuple[str, str]:
+    """(issuer, number) of the permit the URL names. A value no permit can have is refused here, as
+    NOT_FOUND with the reason, before it reaches the store (PostgreSQL refuses a NUL outright)."""
+    issuer, number = request.match_info["issuer"], request.match_info["number"]
+    if issuer not in _ISSUERS:
+        raise EpixError(
+            ErrorCode.NOT_FOUND,
+            f"No permit is issued by {issuer!r}: the issuer is the ISO 3166-1 alpha-2 code of the issuing country, e.g. CH.",
+            issuer=issuer,
+        )
+    problems = rules.number_problems(number)
+    if problems:
+        raise EpixError(
+            ErrorCode.NOT_FOUND,
+            f"No permit can have the number {number!r}. {problems[0].message} A number is sent as one "
+            f"percent-encoded path segment: {permit_url('KE', 'KWS/CITES/2026/0012')}.",
+            issuer=issuer,
+            problems=[p.to_dict() for p in problems],
+        )
+    return issuer, number
