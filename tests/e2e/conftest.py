@@ -202,12 +202,16 @@ class CustomsCluster(Cluster):
 
 
 @contextlib.asynccontextmanager
-async def customs_network(root: Path, store: str, *, feed: list[str], parties=PARTIES, prefix: str = "cu"):
-    """A network built for customs (``customs_extra(feed)`` in every configuration), not started."""
+async def customs_network(
+    root: Path, store: str, *, feed: list[str], feed_only: str | None = None, parties=PARTIES, prefix: str = "cu"
+):
+    """A network built for customs, not started: ``customs_extra(feed)`` in every configuration,
+    or only in ``feed_only``'s (the others get no feed)."""
+    extra_for = None if feed_only is None else {p: customs_extra(feed if p == feed_only else []) for p in parties}
     async with party_stores(store, parties, prefix) as store_urls:
         yield CustomsCluster(
             build_network(
-                root, parties, store_urls=store_urls, extra=customs_extra(feed),
+                root, parties, store_urls=store_urls, extra="" if extra_for else customs_extra(feed), extra_for=extra_for,
                 retry={"max_attempts": 4, "first_delay_s": 0.1, "factor": 2.0, "max_delay_s": 0.5},
             )
         )  # fmt: skip
