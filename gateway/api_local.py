@@ -15,10 +15,12 @@ from adapters.xmlparse import XmlLimits, parse_xml
 from domain.errors import EpixError, ErrorCode
 from domain.messages import Direction, MessageStatus
 from gateway import appkeys, paths
+from gateway.logs import get_logger
 from gateway.middleware import principal, require_role
 from gateway.outbound import Accepted
 from gateway.store.base import MessageFilter, MessageRecord, PermitRecord
 
+log = get_logger("epix.api")
 routes = web.RouteTableDef()
 JSON_TYPES = ("application/json",)
 XML_TYPES = ("application/xml", "text/xml")
@@ -281,6 +283,19 @@ async def _requeue(store, message_id: str, token) -> MessageRecord:
     )
 
 
+async def _unpark(request: web.Request, retried: list[MessageRecord]) -> int | None:
+    """Drop the retried messages' entries from the broker's parking queues (RabbitMQ; nothing to
+    do on the embedded queue): how many went, or None when the broker could not be asked. The
+    retry stands either way, as the store decides what is sent; the next retry drops them."""
+    if not retried:
+        return 0
+    try:
+        return await request.app[appkeys.DELIVERY].queue.unpark(retried)
+    except Exception as exc:  # noqa: BLE001 -- the retry is committed; a broker outage must not undo the answer
+        log.warning("retry.unpark_failed", count=len(retried), error=f"{type(exc).__name__}: {exc}")
+        return None
+
+
 @routes.post("/v1/messages/{message_id}/retry")
 async def retry_message(request: web.Request) -> web.Response:
     token = require_role(request, "operator")
@@ -297,13 +312,16 @@ async def retry_message(request: web.Request) -> web.Response:
         )
     updated = await _requeue(store, message_id, token)
     request.app[appkeys.DELIVERY].wake()
+    await _unpark(request, [updated])
     return _json(message_view(updated), status=202)
 
 
 @routes.post("/v1/messages/retry")
 async def retry_many(request: web.Request) -> web.Response:
     """Operator: replay parked (or rejected) messages in bulk, e.g. after a partner's long outage;
-    each keeps its message id, so receivers that already hold one answer with the same receipt."""
+    each keeps its message id, so receivers that already hold one answer with the same receipt.
+    The store says what is parked; on RabbitMQ the parking queues only mirror it, and lose the
+    replayed messages' entries once they are queued again (``unparked``)."""
     token = require_role(request, "operator")
     body = await request.read()
     try:
@@ -331,7 +349,8 @@ async def retry_many(request: web.Request) -> web.Response:
             if exc.code is not ErrorCode.CONFLICT:  # another operator or sender moved it meanwhile
                 raise
     request.app[appkeys.DELIVERY].wake()
-    return _json({"retried": [m.message_id for m in retried], "count": len(retried)}, status=202)
+    unparked = await _unpark(request, retried)
+    return _json({"retried": [m.message_id for m in retried], "count": len(retried), "unparked": unparked}, status=202)
 
 
 @routes.get("/v1/inbox")

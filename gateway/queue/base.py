@@ -14,7 +14,7 @@ message id twice is harmless: receivers are idempotent on message id.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 
 from gateway.store.base import MessageRecord
 
@@ -33,6 +33,12 @@ class DeliveryQueue(ABC):
     def notify(self) -> None:
         """Messages were queued in the store (accepted, cancelled, released, retried by an
         operator): look for them now instead of at the next poll."""
+
+    async def unpark(self, messages: Sequence[MessageRecord]) -> int:
+        """An operator retried ``messages`` (SEND_ENQUEUED again in the store, from which they are
+        sent once more): drop what the queue still holds of them as parked; how many entries went.
+        Nothing to do where the store is the queue."""
+        return 0
 
     async def open(self) -> None:
         """Connect before the gateway serves, so a broker that cannot be reached stops start-up."""

@@ -19,15 +19,18 @@ The store stays the source of truth; the broker only carries message ids.
   gives it again (``redelivered``) and the next consumer reclaims the message.
 - **Safety net.** A message left SENDING longer than the delivery lease with no broker copy to
   come back (it should not happen) is released to SEND_ENQUEUED, so the relay publishes it again.
-- **Replay.** An operator retry moves SEND_FAILURE/REJECTED to SEND_ENQUEUED in the store (same
-  message id); the relay publishes it again. ``replay_parked`` does the same for every message in
-  the parking queues.
+- **Replay.** The parking queues mirror the SEND_FAILURE rows of the store; the store decides. An
+  operator retry (``POST /v1/messages/{id}/retry`` or, in bulk, ``/v1/messages/retry``) moves
+  SEND_FAILURE/REJECTED to SEND_ENQUEUED in the store (same message id), the relay publishes it to
+  its route once, and ``unpark`` then drops its parking entries, so a parking queue shows what is
+  still parked and a replay never puts a message on its route twice.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Sequence
 from datetime import datetime, timedelta, timezone
 
 import aio_pika
@@ -372,30 +375,48 @@ class RabbitQueue(DeliveryQueue):
             await self._declare_route(hop)
         await self._publish(message.message_id, self.names.parked(hop), attempts=message.attempts)
 
-    async def replay_parked(self, *, actor: str) -> list[str]:
-        """Send every parked message again with its original id: SEND_FAILURE -> SEND_ENQUEUED in
-        the store, then the relay publishes it to its route. Parking entries of messages an
-        operator already retried one by one are dropped."""
+    async def unpark(self, messages: Sequence[MessageRecord]) -> int:
+        """Drain the parking queues of the hops of ``messages`` and drop every entry the store has
+        moved past: its message is no longer SEND_FAILURE, or failed again since with more
+        attempts (it is parked anew), or is unknown, or the entry repeats one already kept. The
+        rest go back to the end of their queue. Nothing is published to a route here: the relay
+        does that once per operator retry, from the store."""
         await self.connect()
-        assert self._consumer_channel is not None
-        replayed: list[str] = []
-        for hop in list(self._route_queues):
-            parked = await self._consumer_channel.declare_queue(self.names.parked(hop), durable=True, arguments=QUORUM)
-            while (entry := await parked.get(no_ack=False, fail=False)) is not None:
-                message_id = entry.body.decode("ascii", "replace")
-                held = await self.store.get_message(message_id)
-                if held is not None and held.status is MessageStatus.SEND_FAILURE:
-                    await self.store.transition(
-                        message_id,
-                        MessageStatus.SEND_ENQUEUED,
-                        actor=actor,
-                        detail="replayed from the parking queue (same message id)",
-                        next_attempt_at=datetime.now(timezone.utc),
-                    )
-                    replayed.append(message_id)
-                await entry.ack()
-        self.notify()
-        return replayed
+        assert self._connection is not None
+        channel = await self._connection.channel()  # its own: gets and acks apart from the consumers
+        dropped = 0
+        try:
+            for hop in sorted({hop_of(m) for m in messages}):
+                parked = await channel.declare_queue(self.names.parked(hop), durable=True, arguments=QUORUM)
+                held_back: list[tuple[AbstractIncomingMessage, int]] = []
+                kept: set[tuple[str, int]] = set()
+                # Entries taken stay unacked until the queue is empty, so none is seen twice.
+                while (entry := await parked.get(no_ack=False, fail=False)) is not None:
+                    message_id = entry.body.decode("ascii", "replace")
+                    parked_at = int((entry.headers or {}).get("epix-attempts") or 0)
+                    held = await self.store.get_message(message_id)
+                    if (
+                        held is not None
+                        and held.status is MessageStatus.SEND_FAILURE
+                        and held.attempts <= parked_at
+                        and (message_id, parked_at) not in kept
+                    ):
+                        kept.add((message_id, parked_at))
+                        held_back.append((entry, parked_at))
+                        continue
+                    await entry.ack()
+                    dropped += 1
+                for entry, parked_at in held_back:
+                    # Published again rather than requeued: a requeue counts as a delivery, and a
+                    # quorum queue's delivery limit would drop an entry kept through many replays.
+                    await self._publish(entry.body.decode("ascii", "replace"), self.names.parked(hop), attempts=parked_at)
+                    await entry.ack()
+        finally:
+            with contextlib.suppress(Exception):
+                await channel.close()
+        if dropped:
+            log.info("queue.unparked", entries=dropped)
+        return dropped
 
 
 async def _quietly(coro, default=0):

@@ -7,13 +7,17 @@ import contextlib
 import random
 import time
 
+from dataclasses import replace
+from pathlib import Path
+
 import aiohttp
 import pytest
+from aiohttp import web
 
 from adapters.permit_json import permit_to_json
 from domain.messages import MessageStatus
 from gateway import appkeys
-from simulators.network import GatewayProcess, Network, build_network
+from simulators.network import GatewayProcess, Network, build_network, free_port
 from simulators.samples import make_permit
 from tests.pg import PgSchema
 
@@ -127,3 +131,108 @@ async def cluster(request, tmp_path):
 @pytest.fixture
 def permit_ch_fr():
     return make_permit(random.Random(42), issuer="CH", importer_country="FR", number="CH26-000042")
+
+
+# --- customs: CH issues to FR, FR's customs (and KE's, CH's) verify, write off and get the feed ---
+
+CUSTOMS_TOKENS = {
+    "fr-customs": ("FR", "customs"),
+    "fr-cdg": ("FR/FRCDG", "customs"),
+    "ke-customs": ("KE", "customs"),
+    "ch-customs": ("CH", "customs"),
+}
+FINAL = {MessageStatus.ACKNOWLEDGED, MessageStatus.REJECTED, MessageStatus.SEND_FAILURE}
+
+
+def customs_extra(feed: list[str]) -> str:
+    """The customs tokens and a ``[customs]`` table whose feed settings are ``feed`` (TOML lines)."""
+    lines = []
+    for name, (country, role) in CUSTOMS_TOKENS.items():
+        lines += ["", "[[token]]", f'name = "{name}"', f'token = "tok-{name}"', f'role = "{role}"', f'countries = ["{country}"]']
+    lines += ["", "[customs]", *feed, "[customs.risk]", 'seed = "test"', 'species_of_concern = ["Panthera leo"]', "random_rate = 0.0"]
+    return "\n".join(lines) + "\n"
+
+
+class Feed:
+    """A customs system's webhook receiver."""
+
+    def __init__(self) -> None:
+        self.items: list[dict] = []
+        self.port = free_port()
+        self.runner: web.AppRunner | None = None
+
+    async def start(self) -> None:
+        app = web.Application()
+
+        async def receive(request: web.Request) -> web.Response:
+            self.items.append(await request.json())
+            return web.Response(status=204)
+
+        app.router.add_post("/pre-arrival", receive)
+        self.runner = web.AppRunner(app, access_log=None)
+        await self.runner.setup()
+        await web.TCPSite(self.runner, "127.0.0.1", self.port).start()
+
+    async def stop(self) -> None:
+        await self.runner.cleanup()
+
+
+class CustomsCluster(Cluster):
+    feed: Feed
+
+    async def call(self, party: str, method: str, path: str, *, token: str, body=None, **kw):
+        headers = {"Authorization": f"Bearer tok-{token}", **kw.pop("headers", {})}
+        async with self.http.request(method, f"{self.url(party)}{path}", json=body, headers=headers, **kw) as resp:
+            if resp.content_type == "application/json":
+                return resp.status, await resp.json()
+            return resp.status, await resp.read()
+
+    async def verify(self, party: str, issuer: str, number: str, *, token: str = "fr-customs", **query):
+        return await self.call(party, "GET", f"/v1/verifications/{issuer}/{number}", token=token, params=query)
+
+    async def write_off(self, party: str, issuer: str, number: str, body, *, token: str = "fr-customs"):
+        return await self.call(party, "POST", f"/v1/permits/{issuer}/{number}/write-offs", token=token, body=body)
+
+    async def deliver(self, permit):
+        status, body = await self.submit(permit)
+        assert status == 202, body
+        for m in body["messages"]:
+            sent = await self.wait_status(permit.issuing_country, m["message_id"], FINAL)
+            assert sent.status is MessageStatus.ACKNOWLEDGED, sent
+
+
+@contextlib.asynccontextmanager
+async def customs_network(
+    root: Path, store: str, *, feed: list[str], feed_only: str | None = None, parties=PARTIES, prefix: str = "cu"
+):
+    """A network built for customs, not started: ``customs_extra(feed)`` in every configuration,
+    or only in ``feed_only``'s (the others get no feed)."""
+    extra_for = None if feed_only is None else {p: customs_extra(feed if p == feed_only else []) for p in parties}
+    async with party_stores(store, parties, prefix) as store_urls:
+        yield CustomsCluster(
+            build_network(
+                root, parties, store_urls=store_urls, extra="" if extra_for else customs_extra(feed), extra_for=extra_for,
+                retry={"max_attempts": 4, "first_delay_s": 0.1, "factor": 2.0, "max_delay_s": 0.5},
+            )
+        )  # fmt: skip
+
+
+@pytest.fixture(params=STORES)
+async def customs(request, tmp_path):
+    """CH, FR and KE with customs tokens; FR's pre-arrival feed goes to a webhook receiver (``customs.feed``)."""
+    feed = Feed()
+    await feed.start()
+    try:
+        settings = [f'feed_url = "http://127.0.0.1:{feed.port}/pre-arrival"', "feed_poll_s = 0.05"]
+        async with customs_network(tmp_path / "net", request.param, feed=settings) as c:
+            c.feed = feed
+            async with c.running(PARTIES):
+                yield c
+    finally:
+        await feed.stop()
+
+
+def customs_permit(number: str, seed: int = 42, **changes):
+    """A two-line permit CH issues to an importer in FR."""
+    p = make_permit(random.Random(seed), issuer="CH", importer_country="FR", number=number, items=2)
+    return replace(p, **changes) if changes else p

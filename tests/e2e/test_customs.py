@@ -5,120 +5,15 @@ from __future__ import annotations
 
 import asyncio
 import json
-import random
 import sqlite3
-from dataclasses import replace
 from datetime import datetime, timedelta, timezone
 from decimal import Decimal
-
-import pytest
-from aiohttp import web
 
 from adapters.exchange_xml import exchange_schema
 from adapters.ns import EXCHANGE
 from domain.messages import Action, MessageStatus
 from gateway.store.sqlite import SqliteStore
-from simulators.network import build_network, free_port
-from simulators.samples import make_permit
-from tests.e2e.conftest import STORES, Cluster, party_stores
-
-PARTIES = ("CH", "FR", "KE")
-TOKENS = {
-    "fr-customs": ("FR", "customs"),
-    "fr-cdg": ("FR/FRCDG", "customs"),
-    "ke-customs": ("KE", "customs"),
-    "ch-customs": ("CH", "customs"),
-}
-FINAL = {MessageStatus.ACKNOWLEDGED, MessageStatus.REJECTED, MessageStatus.SEND_FAILURE}
-
-
-def _extra(feed_port: int) -> str:
-    lines = []
-    for name, (country, role) in TOKENS.items():
-        lines += ["", "[[token]]", f'name = "{name}"', f'token = "tok-{name}"', f'role = "{role}"', f'countries = ["{country}"]']
-    lines += [
-        "",
-        "[customs]",
-        f'feed_url = "http://127.0.0.1:{feed_port}/pre-arrival"',
-        "feed_poll_s = 0.05",
-        "[customs.risk]",
-        'seed = "test"',
-        'species_of_concern = ["Panthera leo"]',
-        "random_rate = 0.0",
-    ]
-    return "\n".join(lines) + "\n"
-
-
-class Feed:
-    """A customs system's webhook receiver."""
-
-    def __init__(self) -> None:
-        self.items: list[dict] = []
-        self.port = free_port()
-        self.runner: web.AppRunner | None = None
-
-    async def start(self) -> None:
-        app = web.Application()
-
-        async def receive(request: web.Request) -> web.Response:
-            self.items.append(await request.json())
-            return web.Response(status=204)
-
-        app.router.add_post("/pre-arrival", receive)
-        self.runner = web.AppRunner(app, access_log=None)
-        await self.runner.setup()
-        await web.TCPSite(self.runner, "127.0.0.1", self.port).start()
-
-    async def stop(self) -> None:
-        await self.runner.cleanup()
-
-
-class CustomsCluster(Cluster):
-    feed: Feed
-
-    async def call(self, party: str, method: str, path: str, *, token: str, body=None, **kw):
-        headers = {"Authorization": f"Bearer tok-{token}", **kw.pop("headers", {})}
-        async with self.http.request(method, f"{self.url(party)}{path}", json=body, headers=headers, **kw) as resp:
-            if resp.content_type == "application/json":
-                return resp.status, await resp.json()
-            return resp.status, await resp.read()
-
-    async def verify(self, party: str, issuer: str, number: str, *, token: str = "fr-customs", **query):
-        return await self.call(party, "GET", f"/v1/verifications/{issuer}/{number}", token=token, params=query)
-
-    async def write_off(self, party: str, issuer: str, number: str, body, *, token: str = "fr-customs"):
-        return await self.call(party, "POST", f"/v1/permits/{issuer}/{number}/write-offs", token=token, body=body)
-
-    async def deliver(self, permit):
-        status, body = await self.submit(permit)
-        assert status == 202, body
-        for m in body["messages"]:
-            sent = await self.wait_status(permit.issuing_country, m["message_id"], FINAL)
-            assert sent.status is MessageStatus.ACKNOWLEDGED, sent
-
-
-@pytest.fixture(params=STORES)
-async def customs(request, tmp_path):
-    feed = Feed()
-    await feed.start()
-    try:
-        async with party_stores(request.param, PARTIES, "cu") as store_urls:
-            net = build_network(
-                tmp_path / "net", PARTIES, store_urls=store_urls, extra=_extra(feed.port),
-                retry={"max_attempts": 4, "first_delay_s": 0.1, "factor": 2.0, "max_delay_s": 0.5},
-            )  # fmt: skip
-            c = CustomsCluster(net)
-            c.feed = feed
-            async with c.running(PARTIES):
-                yield c
-    finally:
-        await feed.stop()
-
-
-def _permit(number: str, seed: int = 42, **changes):
-    p = make_permit(random.Random(seed), issuer="CH", importer_country="FR", number=number, items=2)
-    return replace(p, **changes) if changes else p
-
+from tests.e2e.conftest import FINAL, customs_permit
 
 def _declaration(ref: str, quantities: dict[str, str], **extra) -> dict:
     return {
@@ -143,7 +38,7 @@ async def _wait(predicate, timeout: float = 10.0):
 
 
 async def test_verdicts_for_a_delivered_permit(customs):
-    permit = _permit("CH26-100001")
+    permit = customs_permit("CH26-100001")
     await customs.deliver(permit)
     status, v = await customs.verify("FR", "CH", permit.number, stamp=permit.security_stamp)
     assert status == 200 and v["verdict"] == "VALID", v
@@ -174,15 +69,15 @@ async def test_verdicts_for_a_delivered_permit(customs):
 
 async def test_cancelled_replaced_expired_not_yet_valid(customs):
     now = datetime.now(timezone.utc).replace(microsecond=0)
-    cancelled, replaced = _permit("CH26-100010"), _permit("CH26-100011", seed=3)
-    expired = _permit("CH26-100012", issue_date=now - timedelta(days=200), valid_from=now - timedelta(days=200), valid_until=now - timedelta(days=20))
-    future = _permit("CH26-100013", valid_from=now + timedelta(days=3), valid_until=now + timedelta(days=100))
+    cancelled, replaced = customs_permit("CH26-100010"), customs_permit("CH26-100011", seed=3)
+    expired = customs_permit("CH26-100012", issue_date=now - timedelta(days=200), valid_from=now - timedelta(days=200), valid_until=now - timedelta(days=20))
+    future = customs_permit("CH26-100013", valid_from=now + timedelta(days=3), valid_until=now + timedelta(days=100))
     for p in (cancelled, replaced, expired, future):
         await customs.deliver(p)
     status, body = await customs.post_json("CH", f"/v1/permits/CH/{cancelled.number}/cancel", {"reason": "stolen"})
     assert status == 202
     await customs.wait_status("CH", body["messages"][0]["message_id"], FINAL)
-    await customs.deliver(_permit("CH26-100014", seed=3, replaces=replaced.number))
+    await customs.deliver(customs_permit("CH26-100014", seed=3, replaces=replaced.number))
     verdicts = {}
     for p in (cancelled, replaced, expired, future):
         _, v = await customs.verify("FR", "CH", p.number)
@@ -214,7 +109,7 @@ async def _tamper(customs, party: str, issuer: str, number: str) -> None:
 
 
 async def test_signature_invalid_when_the_stored_permit_was_changed(customs):
-    permit = _permit("CH26-100020")
+    permit = customs_permit("CH26-100020")
     await customs.deliver(permit)
     _, v = await customs.verify("FR", "CH", permit.number)
     assert v["verdict"] == "VALID"
@@ -227,7 +122,7 @@ async def test_signature_invalid_when_the_stored_permit_was_changed(customs):
 
 
 async def test_write_off_feedback_reversal_and_exhaustion(customs):
-    permit = _permit("CH26-100030")
+    permit = customs_permit("CH26-100030")
     await customs.deliver(permit)
     qa, qb = permit.items[0].quantity, permit.items[1].quantity
     half = (qa / 2).quantize(Decimal("1")) if permit.items[0].unit == "NAR" else qa / 2
@@ -274,7 +169,7 @@ async def test_write_off_feedback_reversal_and_exhaustion(customs):
 
 
 async def test_customs_tokens_outside_their_scope_are_refused(customs):
-    permit = _permit("CH26-100040")
+    permit = customs_permit("CH26-100040")
     await customs.deliver(permit)
     status, err = await customs.write_off("FR", "CH", permit.number, _declaration("K-1", {"A": "1"}), token="ke-customs")
     assert status == 403 and err["code"] == "FORBIDDEN"
@@ -302,7 +197,7 @@ async def test_customs_tokens_outside_their_scope_are_refused(customs):
 
 
 async def test_concurrent_write_offs_over_http_never_overdraw(customs):
-    permit = _permit("CH26-100050")
+    permit = customs_permit("CH26-100050")
     await customs.deliver(permit)
     qb = permit.items[1].quantity
     step = qb / 10
@@ -316,7 +211,7 @@ async def test_concurrent_write_offs_over_http_never_overdraw(customs):
 
 
 async def test_signed_verdict_and_pre_arrival_feed(customs):
-    permit = _permit("CH26-100060")
+    permit = customs_permit("CH26-100060")
     await customs.deliver(permit)
     status, xml = await customs.verify("FR", "CH", permit.number, format="xml")
     assert status == 200
@@ -340,7 +235,7 @@ async def _feed_item(customs, number):
 async def test_annual_report_uses_actual_quantities(customs):
     from gateway.customs.report import annual_rows, to_csv
 
-    permit = _permit("CH26-100070")
+    permit = customs_permit("CH26-100070")
     await customs.deliver(permit)
     status, w = await customs.write_off("FR", "CH", permit.number, _declaration("R-1", {"A": "1"}))
     assert status == 201

@@ -306,7 +306,7 @@ async def test_operator_replays_parked_messages_in_bulk_keeping_their_ids(cluste
     assert status == 400 and err["code"] == "JSON_MALFORMED"
     await cluster.start("FR")
     status, body = await cluster.post_json("CH", "/v1/messages/retry", {"receiver": "FR"}, operator=True)
-    assert status == 202 and sorted(body["retried"]) == sorted(ids)
+    assert status == 202 and sorted(body["retried"]) == sorted(ids) and body["unparked"] == 0  # the store is the queue
     for message_id in ids:
         await cluster.wait_status("CH", message_id, {MessageStatus.ACKNOWLEDGED})
         assert (await cluster.store("FR").get_message(message_id)).direction is Direction.INBOUND

@@ -16,7 +16,7 @@ from adapters.ns import EPIX_V2, SOAP11
 from adapters.xmlparse import parse_xml
 from domain.model import EndorsedLine, Endorsement
 from tests.conftest import ref_file
-from tests.e2e.test_customs import _permit, customs  # noqa: F401 -- the fixture
+from tests.e2e.conftest import customs_permit
 
 SOAP_NS = f'xmlns:soapenv="{SOAP11}" xmlns:v2="{EPIX_V2}"'
 
@@ -47,7 +47,7 @@ def _shape(root: etree._Element, response: str):
 
 
 async def test_get_non_final_answers_like_epix(customs):
-    permit = _permit("CH26-200001")
+    permit = customs_permit("CH26-200001")
     await customs.deliver(permit)
     status, xml = await _post(customs, _get("GetNonFinalCitesCertificate", permit.number))
     assert status == 200, xml
@@ -63,7 +63,7 @@ async def test_get_non_final_answers_like_epix(customs):
 
 
 async def test_confirm_quantities_then_final_certificate(customs):
-    permit = _permit("CH26-200002")
+    permit = customs_permit("CH26-200002")
     await customs.deliver(permit)
     a = permit.items[0]
     endorsed = replace(

@@ -5,6 +5,7 @@ connection cut mid-run."""
 from __future__ import annotations
 
 import asyncio
+from datetime import UTC, datetime
 
 import aio_pika
 import pytest
@@ -116,13 +117,63 @@ async def test_retries_wait_in_delay_queues_and_the_last_failure_is_parked_then_
     assert f"{prefix}.CH.deliver.FR.retry.300" in names and f"{prefix}.CH.deliver.FR.retry.600" in names
     await _until(lambda: queue_depth(f"{prefix}.CH.deliver.FR.parked"), 1)
 
-    replayed = await h.queue.replay_parked(actor="operator:test")
+    # An operator's retry, as POST /v1/messages/retry does it: the store first, then the parking queue.
+    retried = await _operator_retry(h.store, message_id)
+    h.queue.notify()
+    assert await h.queue.unpark([retried]) == 1
 
-    assert replayed == [message_id]
     [held] = await h.wait([message_id], {MessageStatus.ACKNOWLEDGED})
     assert held.attempts == RETRY["max_attempts"] + 1
     assert await queue_depth(f"{prefix}.CH.deliver.FR.parked") == 0
-    assert await h.queue.replay_parked(actor="operator:test") == []
+    assert await h.queue.unpark([held]) == 0
+
+
+async def test_unpark_drops_the_entries_the_store_has_moved_past_and_keeps_the_others(rabbit):
+    make, prefix = rabbit
+    h = make()
+    h.queue = queue = open_queue(h.config, h.store, actor="t")
+    await queue.open()  # nobody consuming: the parking queue holds exactly what the test puts in
+    parked = f"{prefix}.CH.deliver.FR.parked"
+    retried, failed_again, untouched = await h.accept(3)
+    for message_id in (retried, failed_again, untouched):
+        await _fail(h.store, message_id)
+        await queue._publish(message_id, parked, attempts=1)
+    await queue._publish(retried, parked, attempts=1)  # parked twice (a redelivery parks it again)
+    await queue._publish(untouched, parked, attempts=1)
+    first = await _operator_retry(h.store, retried)
+    second = await _operator_retry(h.store, failed_again)
+    await _fail(h.store, failed_again)  # sent again, failed again before the parking queue was drained
+    await queue._publish(failed_again, parked, attempts=2)
+
+    # retried x2, failed_again's first parking, untouched's second entry
+    assert await queue.unpark([first, second]) == 4
+
+    assert sorted(await _entries(parked)) == sorted([(failed_again, 2), (untouched, 1)])
+    await queue.close()
+
+
+async def _operator_retry(store, message_id: str):
+    return await store.transition(
+        message_id, MessageStatus.SEND_ENQUEUED, actor="operator:test", detail="manual retry", next_attempt_at=datetime.now(UTC)
+    )
+
+
+async def _fail(store, message_id: str) -> None:
+    await store.transition(message_id, MessageStatus.SENDING, actor="t")
+    await store.transition(message_id, MessageStatus.SEND_FAILURE, actor="t", error_code="PARTNER_UNAVAILABLE", increment_attempts=True)
+
+
+async def _entries(name: str) -> list[tuple[str, int]]:
+    """Take every entry off a queue: (message id, attempts when parked)."""
+    connection = await aio_pika.connect(AMQP_URL)
+    try:
+        queue = await (await connection.channel()).declare_queue(name, passive=True)
+        taken = []
+        while (entry := await queue.get(no_ack=True, fail=False)) is not None:
+            taken.append((entry.body.decode(), entry.headers["epix-attempts"]))
+        return taken
+    finally:
+        await connection.close()
 
 
 async def test_a_connection_cut_mid_run_loses_nothing(rabbit):
