@@ -17,7 +17,11 @@ in the C library, and on another thread each one would hand the GIL back and for
 event loop (every hand-back can wait out the interpreter's 5 ms switch interval), which made a
 batch take tens of milliseconds. ``BEGIN IMMEDIATE`` serialises against other processes on the
 same file: it is tried at once, and only when another process holds the lock is it waited for
-(``busy_timeout``) on the writer's thread. Reads use a few other connections (``readers``),
+(``busy_timeout``) on the writer's thread. The writer never checkpoints: SQLite's automatic
+checkpoint runs inside the COMMIT that crosses its threshold, copying megabytes into the
+database file and fsyncing it while every write behind it waits (commits of tens of
+milliseconds, every fraction of a second under load). A checkpointer connection on its own
+thread does it instead, passively (beside the writer and the readers), shortly after commits. Reads use a few other connections (``readers``),
 each on its own thread, which WAL lets run beside the writer; point reads on the hot paths (a
 verification, a duplicate check) run on the event loop's own connection (``_read_now``).
 """
@@ -27,6 +31,7 @@ from __future__ import annotations
 import asyncio
 import json
 import sqlite3
+import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -135,6 +140,17 @@ class _Connection:
 
 
 MAX_BATCH = 200  # writes committed together at most; bounds the wait of the first one
+WAL_SIZE_LIMIT = 64 * 1024 * 1024
+CHECKPOINT_PAUSE_S = 0.05  # between checkpoints: each one takes whatever was committed meanwhile
+
+
+def _checkpoint(conn: sqlite3.Connection) -> None:
+    time.sleep(CHECKPOINT_PAUSE_S)
+    try:
+        # PASSIVE: copies what no reader still needs, never waits for the writer or a reader.
+        conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+    except sqlite3.OperationalError:
+        pass  # busy (another process checkpointing): the next commit asks again
 
 
 class _LockedByOther(Exception):
@@ -242,11 +258,15 @@ class SqliteStore(SqliteLedger, Store):
         self._clock = clock
         common = (f"PRAGMA busy_timeout = {int(busy_timeout_ms)}", "PRAGMA foreign_keys = ON")
         self._busy_timeout_ms = int(busy_timeout_ms)
+        wal = ("PRAGMA journal_mode = WAL", f"PRAGMA synchronous = {synchronous.upper()}")
+        # The WAL file keeps the size its longest stretch between checkpoints needed; past this
+        # it is cut back once it has been checkpointed.
+        limit = (f"PRAGMA journal_size_limit = {WAL_SIZE_LIMIT}",)
         self._writer = _Connection(
-            self.path,
-            ("PRAGMA journal_mode = WAL", f"PRAGMA synchronous = {synchronous.upper()}", *common, "PRAGMA busy_timeout = 0"),
-            "writer",
+            self.path, (*wal, *common, *limit, "PRAGMA busy_timeout = 0", "PRAGMA wal_autocheckpoint = 0"), "writer"
         )
+        self._checkpointer = _Connection(self.path, (*wal, *common, *limit), "checkpoint")
+        self._checkpointing: asyncio.Future[Any] | None = None
         # Several readers, which WAL lets read side by side: a slow read (a report, a long list)
         # no longer holds up every other read behind it. (More threads do not make quick reads
         # quicker: each waits for the GIL while the event loop is busy; see _read_now.)
@@ -267,6 +287,7 @@ class SqliteStore(SqliteLedger, Store):
             self.path.parent.mkdir(parents=True, exist_ok=True)
             await self._writer.open()
             await self._write(_migrate, _enc(self._clock()))
+            await self._checkpointer.open()
             for reader in self._readers:
                 await reader.open()
         except (OSError, sqlite3.Error) as e:
@@ -279,6 +300,9 @@ class SqliteStore(SqliteLedger, Store):
             if self._batch is not None and not self._batch.done():
                 await asyncio.wait([self._batch])
             await self._writer.close()
+        if self._checkpointing is not None:
+            await asyncio.wait([self._checkpointing])
+        await self._checkpointer.close()  # the last connection to close checkpoints what is left
         for reader in self._readers:
             await reader.close()
         if self._inline is not None:
@@ -323,6 +347,7 @@ class SqliteStore(SqliteLedger, Store):
                 await self._writer.run(_begin_waiting, self._busy_timeout_ms)
             outcomes = self._writer.here(_run_jobs, [(j.fn, j.args) for j in batch])
             await self._writer.run(_commit)
+            self._checkpoint_soon()
         except BaseException as e:
             # The transaction as a whole failed (lock timeout, disk full, I/O error) or was
             # interrupted at shutdown: nothing of it can be taken as kept.
@@ -332,6 +357,12 @@ class SqliteStore(SqliteLedger, Store):
                 raise
             return
         _settle(batch, outcomes)
+
+    def _checkpoint_soon(self) -> None:
+        """Copy committed WAL frames into the database file, on the checkpointer's thread; one
+        checkpoint at a time, and the commits meanwhile are taken by the next one."""
+        if self._checkpointing is None or self._checkpointing.done():
+            self._checkpointing = self._checkpointer.submit(_checkpoint)
 
     def _read_now(self, fn: Callable[..., T], *args: Any) -> T:
         """Run ``fn(conn, *args)`` right here, on the event loop's thread, with a connection of
