@@ -116,6 +116,28 @@ async def test_a_purged_message_is_not_found_and_a_copy_of_its_envelope_is_refus
     assert len(await retained.store("FR").get_permit_versions("CH", "CH26-RET002")) == 1
 
 
+async def test_a_resend_with_a_fresh_sent_at_after_the_purge_cannot_double_the_permit(retained):
+    """What message_days bounds: a sender's operator replaying a parked message re-sends its id
+    with a fresh SentAt, which the replay window lets in. Past message_days the receiver no longer
+    knows the id, so it is taken in once more (docs/PROTOCOL.md §2); the permit record, never
+    purged, keeps the permit version from being held twice."""
+    number = "CH26-RET004"
+    message_id, _, _ = await _received_and_acknowledged(retained, number)
+    await purge(retained.store("FR"), POLICY, actor="test", now=datetime.now(UTC) + timedelta(days=400))
+    [held] = await retained.store("FR").get_permit_versions("CH", number)  # the bytes CH sends again
+    header = EnvelopeHeader(
+        message_id=message_id, conversation_id=conversation_id("CH", number), sender="CH", receiver="FR",
+        document_type="CITESEPermit", document_number=number, document_issuer="CH", document_version=1,
+        action=Action.ISSUE, created_at=datetime.now(UTC) - timedelta(days=400),
+    )  # fmt: skip
+    again = retained.security("CH").sign(build_envelope(header, held.signed_xml, sent_at=datetime.now(UTC)))
+
+    status, _ = await _post(retained, again)
+
+    assert status == 200
+    assert len(await retained.store("FR").get_permit_versions("CH", number)) == 1
+
+
 async def test_what_has_no_payload_left_is_not_sent_again(retained):
     store = retained.store("FR")
     now = datetime.now(UTC)
