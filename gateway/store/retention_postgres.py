@@ -67,7 +67,9 @@ class PostgresRetention(Retention):
                 try:
                     await rq.run_batches(cutoffs, one_batch, batch=batch, pause_s=pause_s)
                 except Exception as exc:
-                    await conn.execute(rq.FINISH_RUN, run_id, as_utc(self._clock()), str(exc)[:500])
+                    # Best effort: the error to report is the one that stopped the run, not this one.
+                    with contextlib.suppress(asyncpg.PostgresError, asyncpg.InterfaceError, OSError):
+                        await conn.execute(rq.FINISH_RUN, run_id, as_utc(self._clock()), str(exc)[:500])
                     raise
                 await conn.execute(rq.FINISH_RUN, run_id, as_utc(self._clock()), None)
                 return rq.run_from_row(await conn.fetchrow(rq.SELECT_RUN, run_id), _ts)

@@ -3,8 +3,11 @@ gateway's own writes (group commit) and holds the file's write lock only for tha
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sqlite3
+
+from domain.errors import EpixError
 
 from . import retention as rq
 from . import schema as q
@@ -39,7 +42,9 @@ class SqliteRetention(Retention):
         try:
             await rq.run_batches(cutoffs, one_batch, batch=batch, pause_s=pause_s)
         except Exception as exc:
-            await self._write(s._rowcount, _sql(rq.FINISH_RUN), (run_id, s._enc(self._clock()), str(exc)[:500]))
+            # Best effort: the error to report is the one that stopped the run, not this one.
+            with contextlib.suppress(sqlite3.Error, EpixError, RuntimeError):
+                await self._write(s._rowcount, _sql(rq.FINISH_RUN), (run_id, s._enc(self._clock()), str(exc)[:500]))
             raise
         await self._write(s._rowcount, _sql(rq.FINISH_RUN), (run_id, s._enc(self._clock()), None))
         row = await self._read(s._fetchone, _sql(rq.SELECT_RUN), (run_id,))

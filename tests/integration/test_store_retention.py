@@ -278,3 +278,25 @@ def test_the_hub_statuses_retention_waits_for_are_the_hubs_final_ones():
     from gateway.store import retention
 
     assert retention._HUB_FINAL == ", ".join(f"'{s}'" for s in sorted(FINAL_DELIVERY_STATUSES))
+
+
+async def test_a_run_that_stops_says_why_and_what_it_removed_stays_removed(backend, clock):
+    store = await backend()
+    gone = await _outbound(store, "P-ACK", MessageStatus.SENDING, MessageStatus.ACKNOWLEDGED)
+    clock.advance(400 * DAY)
+    # Sabotage the last category of the run: its batch fails after the messages' batches committed.
+    if backend.kind == "sqlite":
+        conn = sqlite3.connect(store.path)
+        conn.execute("DROP TABLE verifications")
+        conn.close()
+    else:
+        await store.pool.execute("DROP TABLE verifications")
+    cutoff = clock() - timedelta(days=365)
+
+    with pytest.raises(Exception, match="verifications"):
+        await store.purge(Cutoffs(messages=cutoff, verifications=cutoff), actor="test")
+
+    [run] = await store.purge_runs()
+    assert run.finished_at == clock() and "verifications" in run.error
+    assert run.counts == PurgeCounts(messages=1, events=3)
+    assert await store.get_message(gone) is None
