@@ -89,7 +89,7 @@ class PurgeRun:
     run_id: int | None
     actor: str
     started_at: datetime
-    finished_at: datetime | None  # None: still running, or stopped by a crash or an error
+    finished_at: datetime | None  # None: still running, or stopped by a crash (an error is recorded with its time)
     cutoffs: Cutoffs
     counts: PurgeCounts
     batches: int
@@ -103,7 +103,7 @@ class Retention(ABC):
 
     @abstractmethod
     async def purge(
-        self, cutoffs: Cutoffs, *, actor: str, batch: int = 500, pause_s: float = 0.05, dry_run: bool = False
+        self, cutoffs: Cutoffs, *, actor: str, batch: int = 200, pause_s: float = 0.05, dry_run: bool = False
     ) -> PurgeRun:
         """Remove what is past its cutoff, ``batch`` rows per transaction with a pause between
         them (the writer is never held for long), and record the run. ``dry_run`` counts what

@@ -43,7 +43,7 @@ def _affected(status: str) -> int:
 
 class PostgresRetention(Retention):
     async def purge(
-        self, cutoffs: Cutoffs, *, actor: str, batch: int = 500, pause_s: float = 0.05, dry_run: bool = False
+        self, cutoffs: Cutoffs, *, actor: str, batch: int = 200, pause_s: float = 0.05, dry_run: bool = False
     ) -> PurgeRun:
         check_batch(batch)
         started = as_utc(self._clock())

@@ -26,7 +26,7 @@ _COUNT_PAYLOADS_KEPT_ROWS_DUE = rq.COUNT_PAYLOADS_KEPT_ROWS_DUE.format(indexed=r
 
 class SqliteRetention(Retention):
     async def purge(
-        self, cutoffs: Cutoffs, *, actor: str, batch: int = 500, pause_s: float = 0.05, dry_run: bool = False
+        self, cutoffs: Cutoffs, *, actor: str, batch: int = 200, pause_s: float = 0.05, dry_run: bool = False
     ) -> PurgeRun:
         check_batch(batch)
         started = self._clock()
