@@ -18,7 +18,8 @@ from gateway import appkeys, paths
 from gateway.logs import get_logger
 from gateway.middleware import principal, require_role
 from gateway.outbound import Accepted
-from gateway.store.base import MessageFilter, MessageRecord, PermitRecord
+from gateway.store.base import MessageEvent, MessageFilter, MessageRecord, PermitRecord
+from gateway.store.retention import RETENTION_ACTOR
 
 log = get_logger("epix.api")
 routes = web.RouteTableDef()
@@ -51,6 +52,37 @@ def message_view(m: MessageRecord) -> dict:
         "updated_at": m.updated_at.isoformat(),
         "status_url": f"/v1/messages/{m.message_id}",
     }
+
+
+def payload_view(m: MessageRecord, events: list[MessageEvent]) -> dict:
+    """Whether the document the message carried is still held; if the retention policy removed
+    it, when and by which run (the digest stays: it is what the receipt names)."""
+    if m.payload is not None:
+        return {"held": True, "digest": m.payload_digest}
+    removed = next((e for e in reversed(events) if e.actor == RETENTION_ACTOR), None)
+    return {
+        "held": False,
+        "digest": m.payload_digest,
+        "removed_at": removed.at.isoformat() if removed else None,
+        "detail": removed.detail if removed else "The payload is not held by this gateway.",
+    }
+
+
+def _not_held(request: web.Request, message_id: str) -> EpixError:
+    sentence = f"No message {message_id} is known to this gateway."
+    days = request.app[appkeys.CONFIG].retention.message_days
+    if days is not None:
+        sentence += f" Final messages are purged {days} days after their last change (retention.message_days)."
+    return EpixError(ErrorCode.NOT_FOUND, sentence, message_id=message_id)
+
+
+def _payload_removed(message_id: str) -> EpixError:
+    return EpixError(
+        ErrorCode.CONFLICT,
+        f"Message {message_id} cannot be sent again: the retention policy removed its payload "
+        f"(GET /v1/messages/{message_id} says when). Submit the permit again to send it under a new message id.",
+        message_id=message_id,
+    )
 
 
 async def inbox_item(store, m: MessageRecord) -> dict:
@@ -207,9 +239,10 @@ async def get_message(request: web.Request) -> web.Response:
     message_id = request.match_info["message_id"]
     message = await store.get_message(message_id)
     if message is None:
-        raise EpixError(ErrorCode.NOT_FOUND, f"No message {message_id} is known to this gateway.")
+        raise _not_held(request, message_id)
     events = await store.message_events(message_id)
     view = message_view(message)
+    view["payload"] = payload_view(message, events)
     if message.via:
         report = await store.delivery_report(message_id)
         view["delivery"] = (
@@ -303,13 +336,15 @@ async def retry_message(request: web.Request) -> web.Response:
     message_id = request.match_info["message_id"]
     message = await store.get_message(message_id)
     if message is None:
-        raise EpixError(ErrorCode.NOT_FOUND, f"No message {message_id} is known to this gateway.")
+        raise _not_held(request, message_id)
     if message.status not in RETRYABLE:
         raise EpixError(
             ErrorCode.CONFLICT,
             f"Message {message_id} is {message.status.value}; only SEND_FAILURE or REJECTED messages can be retried.",
             status=message.status.value,
         )
+    if message.payload is None:
+        raise _payload_removed(message_id)
     updated = await _requeue(store, message_id, token)
     request.app[appkeys.DELIVERY].wake()
     await _unpark(request, [updated])
@@ -343,6 +378,8 @@ async def retry_many(request: web.Request) -> web.Response:
     )
     retried = []
     for message in found:
+        if message.payload is None:  # the retention policy removed it: nothing left to send
+            continue
         try:
             retried.append(await _requeue(store, message.message_id, token))
         except EpixError as exc:
@@ -350,7 +387,11 @@ async def retry_many(request: web.Request) -> web.Response:
                 raise
     request.app[appkeys.DELIVERY].wake()
     unparked = await _unpark(request, retried)
-    return _json({"retried": [m.message_id for m in retried], "count": len(retried), "unparked": unparked}, status=202)
+    removed = [m.message_id for m in found if m.payload is None]
+    return _json(
+        {"retried": [m.message_id for m in retried], "count": len(retried), "unparked": unparked, "payload_removed": removed},
+        status=202,
+    )
 
 
 @routes.get("/v1/inbox")

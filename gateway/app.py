@@ -11,7 +11,7 @@ from typing import AsyncIterator
 import aiohttp
 from aiohttp import web
 
-from gateway import api_customs, api_exchange, api_local, api_ops, appkeys, hub, tasks
+from gateway import api_customs, api_exchange, api_local, api_ops, api_retention, appkeys, hub, tasks
 from gateway.config import GatewayConfig
 from gateway.customs import customs_resources
 from gateway.delivery import DeliveryWorker
@@ -41,7 +41,10 @@ def create_app(config: GatewayConfig, *, security: Security | None = None) -> we
     app.add_routes(api_local.routes)
     app.add_routes(api_exchange.routes)
     app.add_routes(api_customs.routes)
+    app.add_routes(api_retention.routes)
     app.cleanup_ctx.append(customs_resources)  # after _resources: it uses the store and keys
+    if config.retention.enabled and config.retention.interval_s > 0:
+        app.cleanup_ctx.append(_retention)
     return app
 
 
@@ -98,6 +101,19 @@ async def _webhook(app: web.Application) -> AsyncIterator[None]:
     store = app[appkeys.STORE]
     notifier = WebhookNotifier(app[appkeys.CONFIG], store, app[appkeys.HTTP], lambda m: inbox_item(store, m))
     background = tasks.start([("webhook", notifier.run())])
+    try:
+        yield
+    finally:
+        await tasks.stop(background)
+
+
+async def _retention(app: web.Application) -> AsyncIterator[None]:
+    """Purges what the [retention] policy no longer keeps, every interval_s, beside the gateway's work."""
+    from gateway.retention import RetentionWorker
+
+    config = app[appkeys.CONFIG]
+    worker = RetentionWorker(config.retention, app[appkeys.STORE], party=config.party)
+    background = tasks.start([(f"retention-{config.party}", worker.run())])
     try:
         yield
     finally:

@@ -175,6 +175,29 @@ def cmd_report_annual(args) -> int:
     return EXIT_OK
 
 
+def cmd_purge(args) -> int:
+    from gateway.config import load_config
+    from gateway.logs import configure_logging
+    from gateway.retention import purge, report_lines
+    from gateway.store import open_store
+
+    configure_logging(level="INFO")  # the run's log line on stderr, the report on stdout
+    config = load_config(Path(args.config))
+    if not config.retention.enabled:
+        print(f"{args.config} has no [retention] policy: everything is kept, nothing to purge.")
+        return EXIT_OK
+
+    async def run():
+        store = await open_store(config.store_url, config.data_dir)
+        try:
+            return await purge(store, config.retention, actor="epix purge", dry_run=args.dry_run)
+        finally:
+            await store.close()
+
+    print("\n".join(report_lines(asyncio.run(run()), config.retention)))
+    return EXIT_OK
+
+
 # ----------------------------------------------------------------------------- parser
 
 
@@ -242,6 +265,13 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--dir", help="work directory (default: a temporary one)")
     demo.add_argument("--amqp", metavar="URL", help="run the delivery queues on this RabbitMQ (amqp://user:pass@host:5672/)")
     demo.set_defaults(func=cmd_demo)
+
+    purge = sub.add_parser(
+        "purge", help="remove what the [retention] policy no longer keeps (final messages, payloads, keys, audit rows)"
+    )
+    purge.add_argument("--config", required=True, help="the gateway configuration file (its store and [retention])")
+    purge.add_argument("--dry-run", action="store_true", help="count what would go and change nothing")
+    purge.set_defaults(func=cmd_purge)
 
     report = sub.add_parser("report", help="reports from the gateway's store").add_subparsers(dest="report_command", required=True, metavar="SUBCOMMAND")
     annual = report.add_parser("annual", help="CITES annual trade report rows (CSV) with actual quantities")

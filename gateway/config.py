@@ -68,6 +68,30 @@ class WebhookConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class RetentionConfig:
+    """[retention]: how long final messages and the rest are kept (README, "Retention").
+
+    Every ``*_days`` left out (the default) keeps that category forever: what the store holds is
+    evidence (receipts, histories, audit rows), how long it must be kept is each Management
+    Authority's legal decision, and a deletion cannot be undone, so the gateway deletes nothing
+    until an operator has chosen."""
+
+    payload_days: int | None = None  # drop the document bytes of final messages (row, digest, receipt, history kept)
+    message_days: int | None = None  # delete final messages with their history
+    idempotency_days: int | None = None  # forget Idempotency-Key values
+    verification_days: int | None = None  # customs verification audit rows
+    interval_s: float = 3600.0  # how often `epix serve` purges; 0: only `epix purge` does
+    batch: int = 200  # rows per transaction (on SQLite ~5 ms of the writer)
+
+    @property
+    def enabled(self) -> bool:
+        return any(getattr(self, name) is not None for name in RETENTION_DAYS)
+
+
+RETENTION_DAYS = ("payload_days", "message_days", "idempotency_days", "verification_days")
+
+
+@dataclass(frozen=True, slots=True)
 class GatewayConfig:
     party: str
     agreements: Agreements
@@ -86,6 +110,7 @@ class GatewayConfig:
     queue: QueueConfig = field(default_factory=QueueConfig)
     start_delivery: bool = True
     customs: "CustomsConfig | None" = None  # [customs]: gateway.customs.config (None: defaults)
+    retention: RetentionConfig = field(default_factory=RetentionConfig)
 
     @property
     def keys_dir(self) -> Path:
@@ -177,6 +202,8 @@ def parse_config(data: dict[str, Any], *, source: str = "config", base_dir: Path
             raise _bad(source, f"webhook.secret_env names {var}, which is not set.")
     webhook = _table(WebhookConfig, webhook_raw, "webhook", source)
     store_url = gw.get("store_url") or os.environ.get("EPIX_STORE_URL") or None
+    replay_window_s = float(gw.get("replay_window_s", 900))
+    customs = _customs(data.get("customs"), source, base_dir)
     return GatewayConfig(
         party=party,
         agreements=agreements,
@@ -188,13 +215,14 @@ def parse_config(data: dict[str, Any], *, source: str = "config", base_dir: Path
         key_dir=path(keys.get("dir")),
         key_passphrase=passphrase,
         tokens=_tokens(data.get("token", []), source),
-        replay_window_s=float(gw.get("replay_window_s", 900)),
+        replay_window_s=replay_window_s,
         max_body_bytes=int(gw.get("max_body_bytes", 2 * 1024 * 1024)),
         delivery=delivery,
         webhook=webhook,
         queue=_queue(data.get("queue", {}), source),
         start_delivery=bool(gw.get("start_delivery", True)),
-        customs=_customs(data.get("customs"), source, base_dir),
+        customs=customs,
+        retention=_retention(data.get("retention", {}), source, replay_window_s=replay_window_s, customs=customs),
     )
 
 
@@ -219,6 +247,57 @@ def _queue(raw: dict[str, Any], source: str) -> QueueConfig:
     if not prefix or not all(c.isalnum() or c in "-_." for c in prefix):
         raise _bad(source, "queue.prefix may hold only letters, digits, '-', '_' and '.'.")
     return QueueConfig(url=url, prefetch=prefetch, confirm_timeout_s=timeout, prefix=prefix)
+
+
+def _retention(raw: Any, source: str, *, replay_window_s: float, customs: "CustomsConfig") -> RetentionConfig:
+    if not isinstance(raw, dict):
+        raise _bad(source, "[retention] must be a table.")
+    known = (*RETENTION_DAYS, "interval_s", "batch")
+    unknown = set(raw) - set(known)
+    if unknown:
+        raise _bad(source, f"[retention] does not know {', '.join(sorted(unknown))}; it accepts {', '.join(known)}.")
+    for name in RETENTION_DAYS:
+        value = raw.get(name)
+        if value is not None and (type(value) is not int or value < 1):
+            raise _bad(
+                source,
+                f"retention.{name} must be a whole number of days, at least 1, not {value!r} "
+                "(leave it out to keep that forever).",
+            )
+    interval, batch = raw.get("interval_s", 3600.0), raw.get("batch", 200)
+    if type(interval) not in (int, float) or interval < 0:
+        raise _bad(source, f"retention.interval_s must be a number of seconds, 0 or more, not {interval!r}.")
+    if type(batch) is not int or not 1 <= batch <= 10_000:
+        raise _bad(source, f"retention.batch must be a whole number from 1 to 10000, not {batch!r}.")
+    policy = RetentionConfig(**{name: raw.get(name) for name in RETENTION_DAYS}, interval_s=float(interval), batch=batch)
+    payload_days, message_days = policy.payload_days, policy.message_days
+    if payload_days is not None and message_days is not None and payload_days > message_days:
+        raise _bad(
+            source,
+            f"retention.payload_days ({payload_days}) is longer than retention.message_days ({message_days}): "
+            "a message and its payload go together after message_days; shorten payload_days or leave it out.",
+        )
+    if message_days is not None:
+        kept_s = message_days * 86400
+        # A received envelope's SentAt is within one window of its arrival, and a copy of that
+        # envelope passes the replay check for one more window: the id must be held that long, or
+        # the copy would be taken for a new message and accepted twice.
+        if kept_s <= 2 * replay_window_s:
+            raise _bad(
+                source,
+                f"retention.message_days = {message_days} keeps a received message id {kept_s} s, not longer than "
+                f"twice gateway.replay_window_s (2 x {replay_window_s:g} s): a copy of an envelope would still pass "
+                "the replay window after its message was purged, and be accepted twice. Raise message_days or "
+                "lower replay_window_s.",
+            )
+        if customs.feed_enabled and kept_s <= customs.feed_backfill_s:
+            raise _bad(
+                source,
+                f"retention.message_days = {message_days} is not longer than customs.feed_backfill_s "
+                f"({customs.feed_backfill_s:g} s): a permit the pre-arrival feed has yet to send could be purged "
+                "first. Raise message_days or lower feed_backfill_s.",
+            )
+    return policy
 
 
 def load_config(path: Path) -> GatewayConfig:

@@ -26,6 +26,7 @@ from domain.messages import (
 )
 
 from .ledger import CustomsLedger
+from .retention import Retention
 
 PERMIT_STATUSES = frozenset({"VALID", "CANCELLED", "REPLACED"})
 MAX_PAGE = 1000  # a list request larger than this is a mistake, not a need
@@ -328,11 +329,11 @@ def check_page(f: MessageFilter) -> None:
         raise EpixError(ErrorCode.CONFLICT, "before_id only makes sense together with before.")
 
 
-class Store(CustomsLedger, ABC):
+class Store(CustomsLedger, Retention, ABC):
     """Durable state of one gateway (or of several gateway processes sharing one PostgreSQL).
 
     The customs ledger (write-offs, balances, verification audit, pre-arrival feed) is declared
-    in ``ledger.py``."""
+    in ``ledger.py``, the retention job's purge in ``retention.py``."""
 
     @abstractmethod
     async def open(self) -> None:

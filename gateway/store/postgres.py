@@ -24,6 +24,7 @@ from domain.messages import Direction, MessageStatus
 
 from . import schema as q
 from .ledger_postgres import PostgresLedger
+from .retention_postgres import PostgresRetention
 from .base import (
     LEASE_EXPIRED_DETAIL,
     PERMIT_STATUSES,
@@ -137,7 +138,7 @@ def _transition_sql(new: MessageStatus, with_error: bool, with_receipt: bool) ->
     return sql, tuple(names)
 
 
-class PostgresStore(PostgresLedger, Store):
+class PostgresStore(PostgresLedger, PostgresRetention, Store):
     def __init__(
         self,
         dsn: str,

@@ -19,6 +19,7 @@ from domain.messages import Action, Direction, MessageStatus
 
 from .base import MessageEvent, MessageRecord, PermitRecord, sources_of
 from .ledger import CHECKS_DDL, CHECKS_TRIGGERS, LEDGER_DDL
+from .retention import RETENTION_DDL, RETENTION_TRIGGERS
 
 
 @dataclass(frozen=True, slots=True)
@@ -192,6 +193,12 @@ MIGRATIONS += (Migration(4, "customs: write-offs, balances, verifications, feed"
 MIGRATIONS += (Migration(5, "customs: permit checks kept in step with permits by triggers", CHECKS_DDL),)
 for _dialect, _triggers in CHECKS_TRIGGERS.items():
     _DIALECT_EXTRAS[_dialect][5] = _triggers
+
+# Retention: the run log, the indexes a purge walks, and an event history whose DELETE only a
+# retention run gets through (retention.py).
+MIGRATIONS += (Migration(6, "retention: run log, purge indexes, history deletable only by a retention run", RETENTION_DDL),)
+for _dialect, _triggers in RETENTION_TRIGGERS.items():
+    _DIALECT_EXTRAS[_dialect][6] = _triggers
 
 MIGRATIONS_TABLE = """
     CREATE TABLE IF NOT EXISTS schema_migrations (

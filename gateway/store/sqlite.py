@@ -44,6 +44,7 @@ from domain.messages import Direction, MessageStatus
 
 from . import schema as q
 from .ledger_sqlite import SqliteLedger
+from .retention_sqlite import SqliteRetention
 from .base import (
     LEASE_EXPIRED_DETAIL,
     PERMIT_STATUSES,
@@ -239,7 +240,7 @@ def _settle(batch: list[_Job], outcomes: list[_Outcome]) -> None:
             job.done.set_exception(outcome.value)
 
 
-class SqliteStore(SqliteLedger, Store):
+class SqliteStore(SqliteLedger, SqliteRetention, Store):
     def __init__(
         self,
         path: Path,

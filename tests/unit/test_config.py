@@ -139,3 +139,49 @@ def test_load_config_file_errors(tmp_path):
     bad.write_text("[gateway\nparty=")
     with pytest.raises(EpixError, match="not valid TOML"):
         load_config(bad)
+
+
+# --- [retention] ---------------------------------------------------------------------------------
+
+
+def _with_retention(retention: dict, **gateway) -> dict:
+    return {"gateway": {"party": "CH", **gateway}, "retention": retention}
+
+
+def test_retention_is_off_unless_an_operator_sets_it():
+    policy = parse_config({"gateway": {"party": "CH"}}).retention
+    assert not policy.enabled
+    assert (policy.payload_days, policy.message_days, policy.idempotency_days, policy.verification_days) == (None,) * 4
+    policy = parse_config(_with_retention({"payload_days": 30, "message_days": 730, "interval_s": 0})).retention
+    assert policy.enabled and (policy.payload_days, policy.message_days, policy.interval_s) == (30, 730, 0.0)
+
+
+@pytest.mark.parametrize(
+    "retention, gateway, words",
+    [
+        ({"payload_day": 3}, {}, "[retention] does not know payload_day"),
+        ({"payload_days": 0}, {}, "retention.payload_days must be a whole number of days, at least 1, not 0"),
+        ({"message_days": 1.5}, {}, "retention.message_days must be a whole number"),
+        ({"idempotency_days": "30"}, {}, "retention.idempotency_days must be"),
+        ({"verification_days": True}, {}, "retention.verification_days must be"),
+        ({"interval_s": -1}, {}, "retention.interval_s must be"),
+        ({"batch": 0}, {}, "retention.batch must be"),
+        ({"payload_days": 90, "message_days": 30}, {}, "payload_days (90) is longer than retention.message_days (30)"),
+        # a message id must outlive every copy of its envelope that the replay window still lets in
+        ({"message_days": 1}, {"replay_window_s": 43200}, "not longer than twice gateway.replay_window_s"),
+    ],
+)
+def test_a_bad_retention_entry_is_named(retention, gateway, words):
+    with pytest.raises(EpixError) as info:
+        parse_config(_with_retention(retention, **gateway), source="gateway.toml")
+    assert info.value.code is ErrorCode.CONFIG_INVALID
+    assert info.value.detail.startswith("gateway.toml: ")
+    assert words in info.value.detail
+
+
+def test_message_retention_must_outlive_twice_the_replay_window_and_the_customs_feed_backfill():
+    assert parse_config(_with_retention({"message_days": 1}, replay_window_s=43199)).retention.message_days == 1
+    with pytest.raises(EpixError, match="customs.feed_backfill_s"):
+        parse_config({**_with_retention({"message_days": 1}), "customs": {"feed_url": "http://127.0.0.1:9/feed"}})
+    with_feed = {**_with_retention({"message_days": 2}), "customs": {"feed_url": "http://127.0.0.1:9/feed"}}
+    assert parse_config(with_feed).retention.message_days == 2

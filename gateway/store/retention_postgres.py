@@ -1,0 +1,121 @@
+"""Retention on PostgreSQL: one connection holds a session advisory lock for the whole run, so
+that of several gateway processes on one database only one purges at a time; each batch is a
+short transaction that locks only the rows it removes (``FOR UPDATE SKIP LOCKED``: a message an
+operator is retrying right now is left for the next run)."""
+
+from __future__ import annotations
+
+import contextlib
+from datetime import datetime
+
+import asyncpg
+
+from domain.errors import EpixError, ErrorCode
+
+from . import retention as rq
+from . import schema as q
+from .base import as_utc
+from .retention import RETENTION_ACTOR, Category, Cutoffs, PurgeCounts, PurgeRun, Retention, check_batch
+
+_LOCK = "SELECT pg_try_advisory_lock(hashtext('epix-retention:' || current_schema()))"
+_UNLOCK = "SELECT pg_advisory_unlock(hashtext('epix-retention:' || current_schema()))"
+_LOCKED = " FOR UPDATE OF m SKIP LOCKED"
+_COUNT_PAYLOADS_DUE = rq.COUNT_PAYLOADS_DUE.format(indexed="")
+_COUNT_PAYLOADS_KEPT_ROWS_DUE = rq.COUNT_PAYLOADS_KEPT_ROWS_DUE.format(indexed="")
+_DROP_PAYLOADS = f"""
+    WITH due AS ({rq.SELECT_PAYLOADS_DUE.format(indexed="")}{_LOCKED}), dropped AS (
+        UPDATE messages SET payload = NULL, last_seq = messages.last_seq + 1
+        FROM due WHERE messages.message_id = due.message_id
+        RETURNING messages.message_id, messages.last_seq, messages.status
+    )
+    INSERT INTO message_events ({q.EVENT_COLUMNS})
+    SELECT message_id, last_seq, $3::timestamptz, status, '{RETENTION_ACTOR}', $4::text, NULL FROM dropped
+"""
+
+
+def _ts(value: datetime | None) -> datetime | None:
+    return None if value is None else as_utc(value)
+
+
+def _affected(status: str) -> int:
+    return int(status.rsplit(" ", 1)[-1])
+
+
+class PostgresRetention(Retention):
+    async def purge(
+        self, cutoffs: Cutoffs, *, actor: str, batch: int = 200, pause_s: float = 0.05, dry_run: bool = False
+    ) -> PurgeRun:
+        check_batch(batch)
+        started = as_utc(self._clock())
+        if dry_run:
+            return PurgeRun(None, actor, started, None, cutoffs, await self._count_due(cutoffs), 0, dry_run=True)
+        async with self.pool.acquire() as conn:
+            if not await conn.fetchval(_LOCK):
+                raise EpixError(
+                    ErrorCode.CONFLICT,
+                    "Another gateway process is purging this database right now; its run is in GET /v1/retention.",
+                )
+            try:
+                run_id = await conn.fetchval(rq.INSERT_RUN, *rq.run_values(actor, started, cutoffs, _ts))
+
+                async def one_batch(category: Category, cutoff: datetime) -> PurgeCounts:
+                    async with conn.transaction():
+                        counts = await self._retention_batch(conn, run_id, category, as_utc(cutoff), batch)
+                        await conn.execute(rq.END_BATCH, *rq.batch_values(run_id, counts))
+                    return counts
+
+                try:
+                    await rq.run_batches(cutoffs, one_batch, batch=batch, pause_s=pause_s)
+                except Exception as exc:
+                    # Best effort: the error to report is the one that stopped the run, not this one.
+                    with contextlib.suppress(asyncpg.PostgresError, asyncpg.InterfaceError, OSError):
+                        await conn.execute(rq.FINISH_RUN, run_id, as_utc(self._clock()), str(exc)[:500])
+                    raise
+                await conn.execute(rq.FINISH_RUN, run_id, as_utc(self._clock()), None)
+                return rq.run_from_row(await conn.fetchrow(rq.SELECT_RUN, run_id), _ts)
+            finally:
+                # Also released when the pool resets the connection; said here so it is not a surprise.
+                with contextlib.suppress(asyncpg.PostgresError, asyncpg.InterfaceError, OSError):
+                    await conn.execute(_UNLOCK)
+
+    async def purge_runs(self, *, limit: int = 20) -> list[PurgeRun]:
+        return [rq.run_from_row(r, _ts) for r in await self.pool.fetch(rq.SELECT_RUNS, limit)]
+
+    async def _retention_batch(
+        self, conn: asyncpg.Connection, run_id: int, category: Category, cutoff: datetime, limit: int
+    ) -> PurgeCounts:
+        if category is Category.MESSAGES:
+            # Set here and cleared by END_BATCH in the same transaction (or undone with it).
+            await conn.execute(rq.START_PURGING, run_id)
+            ids = [r[0] for r in await conn.fetch(rq.SELECT_MESSAGES_DUE + _LOCKED, cutoff, limit)]
+            if not ids:
+                return PurgeCounts()
+            events = _affected(await conn.execute("DELETE FROM message_events WHERE message_id = ANY($1::text[])", ids))
+            await conn.execute("DELETE FROM delivery_reports WHERE message_id = ANY($1::text[])", ids)
+            await conn.execute("DELETE FROM customs_feed WHERE message_id = ANY($1::text[])", ids)
+            messages = _affected(await conn.execute("DELETE FROM messages WHERE message_id = ANY($1::text[])", ids))
+            return PurgeCounts(messages=messages, events=events)
+        if category is Category.PAYLOADS:
+            detail = rq.payload_removed_detail(run_id, cutoff)
+            now = as_utc(self._clock())
+            return PurgeCounts(payloads=_affected(await conn.execute(_DROP_PAYLOADS, cutoff, limit, now, detail)))
+        if category is Category.IDEMPOTENCY_KEYS:
+            return PurgeCounts(idempotency_keys=_affected(await conn.execute(rq.DELETE_IDEMPOTENCY_DUE, cutoff, limit)))
+        return PurgeCounts(verifications=_affected(await conn.execute(rq.DELETE_VERIFICATIONS_DUE, cutoff, limit)))
+
+    async def _count_due(self, cutoffs: Cutoffs) -> PurgeCounts:
+        counts = {}
+        async with self.pool.acquire() as conn:
+            if (c := _ts(cutoffs.messages)) is not None:
+                counts["messages"] = await conn.fetchval(rq.COUNT_MESSAGES_DUE, c)
+                counts["events"] = await conn.fetchval(rq.COUNT_EVENTS_DUE, c)
+            if (c := _ts(cutoffs.payloads)) is not None:
+                if cutoffs.messages is None:
+                    counts["payloads"] = await conn.fetchval(_COUNT_PAYLOADS_DUE, c)
+                else:
+                    counts["payloads"] = await conn.fetchval(_COUNT_PAYLOADS_KEPT_ROWS_DUE, c, _ts(cutoffs.messages))
+            if (c := _ts(cutoffs.idempotency_keys)) is not None:
+                counts["idempotency_keys"] = await conn.fetchval(rq.COUNT_IDEMPOTENCY_DUE, c)
+            if (c := _ts(cutoffs.verifications)) is not None:
+                counts["verifications"] = await conn.fetchval(rq.COUNT_VERIFICATIONS_DUE, c)
+        return PurgeCounts(**counts)

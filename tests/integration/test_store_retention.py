@@ -1,0 +1,302 @@
+"""Retention in the store, on both backends: payloads dropped with the row and history kept, old
+final messages deleted with their history, nothing that is not final touched, the history still
+append-only for everything but a retention run, dry runs that change nothing, every run recorded."""
+
+from __future__ import annotations
+
+import sqlite3
+from dataclasses import replace
+from datetime import timedelta
+
+import asyncpg
+import pytest
+
+from domain.errors import EpixError, ErrorCode
+from domain.messages import Direction, MessageStatus
+from gateway.store import Store
+from gateway.store.base import DeliveryReportRecord
+from gateway.store.ledger import VerificationRecord
+from gateway.store.postgres import PostgresStore
+from gateway.store.retention import RETENTION_ACTOR, Cutoffs, PurgeCounts
+from gateway.store.schema import FINAL_DELIVERY_STATUSES
+from tests.integration.records import T0, accept, message, permit
+from tests.pg import PG_DSN, PgSchema
+
+DAY = 86400.0
+
+
+async def _outbound(store: Store, number: str, *outcome: MessageStatus, via: str | None = None) -> str:
+    """An outbound message taken through ``outcome`` (SENDING first when it needs it)."""
+    p = permit(number)
+    m = replace(message(p, receiver="FR"), via=via, payload=p.signed_xml)
+    [held] = await store.accept_outbound(p, [m], actor="ma-system")
+    for status in outcome:
+        receipt = b"<Receipt from='FR'/>" if status is MessageStatus.ACKNOWLEDGED else None
+        error = "PARTNER_REJECTED" if status in (MessageStatus.REJECTED, MessageStatus.SEND_FAILURE) else None
+        await store.transition(held.message_id, status, actor="sender", receipt=receipt, error_code=error)
+    return held.message_id
+
+
+async def _inbound(store: Store, number: str, *, acknowledged: bool) -> str:
+    p = permit(number, issuer="FR", direction=Direction.INBOUND, sender="FR")
+    _, held = await store.store_inbound(p, replace(message(p, receiver="CH"), payload=p.signed_xml), actor="partner:FR")
+    if acknowledged:
+        await store.ack_inbox(held.message_id, actor="ma:ch")
+    return held.message_id
+
+
+async def _everything(store: Store) -> dict[str, str]:
+    """One message in every state retention must tell apart, all last changed at T0."""
+    S = MessageStatus
+    ids = {
+        "acknowledged": await _outbound(store, "P-ACK", S.SENDING, S.ACKNOWLEDGED),
+        "rejected": await _outbound(store, "P-REJ", S.SENDING, S.REJECTED),
+        "delivered": await _inbound(store, "P-DEL", acknowledged=True),
+        "via_hub_done": await _outbound(store, "P-HUB1", S.SENDING, S.ACKNOWLEDGED, via="HUB"),
+        # not final, or still waiting for someone:
+        "queued": await _outbound(store, "P-Q"),
+        "sending": await _outbound(store, "P-S", S.SENDING),
+        "waiting_for_retry": await _outbound(store, "P-W", S.SENDING, S.WAITING_FOR_RETRY),
+        "parked": await _outbound(store, "P-PARK", S.SENDING, S.SEND_FAILURE),
+        "unacknowledged_inbox": await _inbound(store, "P-INBOX", acknowledged=False),
+        "via_hub_pending": await _outbound(store, "P-HUB2", S.SENDING, S.ACKNOWLEDGED, via="HUB"),
+    }
+    for key, status in (("via_hub_done", "Delivered"), ("via_hub_pending", "PendingDelivery")):
+        report = DeliveryReportRecord(ids[key], status, "HUB", None, b"<DeliveryReport/>", T0)
+        await store.save_delivery_report(report, actor="hub:HUB")
+    return ids
+
+
+SETTLED = ("acknowledged", "rejected", "delivered", "via_hub_done")
+UNSETTLED = ("queued", "sending", "waiting_for_retry", "parked", "unacknowledged_inbox", "via_hub_pending")
+
+
+async def _snapshot(store: Store, ids: dict[str, str]):
+    return {k: (await store.get_message(i), await store.message_events(i)) for k, i in ids.items()}
+
+
+async def test_payloads_go_while_the_row_its_digest_receipt_and_history_stay(store, clock):
+    ids = await _everything(store)
+    before = await _snapshot(store, ids)
+    clock.advance(31 * DAY)
+
+    run = await store.purge(Cutoffs(payloads=clock() - timedelta(days=30)), actor="test")
+
+    assert run.counts == PurgeCounts(payloads=len(SETTLED))
+    assert run.run_id == 1 and run.finished_at == clock() and run.error is None
+    for key in SETTLED:
+        held, events = await store.get_message(ids[key]), await store.message_events(ids[key])
+        old_message, old_events = before[key]
+        assert held.payload is None
+        assert replace(held, payload=old_message.payload) == old_message  # digest, receipt, times unchanged
+        assert events[:-1] == old_events
+        last = events[-1]
+        assert (last.seq, last.status, last.actor) == (old_events[-1].seq + 1, old_message.status, RETENTION_ACTOR)
+        assert last.at == clock() and "retention run 1" in last.detail
+    for key in UNSETTLED:
+        assert await _snapshot(store, {key: ids[key]}) == {key: before[key]}
+    # The receipt a partner would get again for a re-sent id, and the permit records, are all kept.
+    assert (await store.get_message(ids["delivered"])).receipt == b"<Receipt/>"
+    assert len(await store.get_permit_versions("FR", "P-DEL")) == 1
+    # A second run finds nothing more to do.
+    again = await store.purge(Cutoffs(payloads=clock() - timedelta(days=30)), actor="test")
+    assert again.counts == PurgeCounts() and again.run_id == 2
+
+
+async def test_old_final_messages_go_with_their_history_and_nothing_else_does(store, clock):
+    ids = await _everything(store)
+    before = await _snapshot(store, ids)
+    events_of_settled = sum(len(before[k][1]) for k in SETTLED)
+    clock.advance(400 * DAY)
+
+    run = await store.purge(Cutoffs(messages=clock() - timedelta(days=365)), actor="test")
+
+    assert run.counts == PurgeCounts(messages=len(SETTLED), events=events_of_settled)
+    for key in SETTLED:
+        assert await store.get_message(ids[key]) is None
+        assert await store.message_events(ids[key]) == []
+    assert await store.delivery_report(ids["via_hub_done"]) is None
+    assert (await store.delivery_report(ids["via_hub_pending"])).status == "PendingDelivery"
+    for key in UNSETTLED:
+        assert await _snapshot(store, {key: ids[key]}) == {key: before[key]}
+    # Permits are the legal record: every one is still held, whatever became of its messages.
+    for issuer, number in (("CH", "P-ACK"), ("CH", "P-REJ"), ("FR", "P-DEL"), ("CH", "P-HUB1")):
+        assert len(await store.get_permit_versions(issuer, number)) == 1
+
+
+async def test_age_counts_from_the_last_change_of_status(store, clock):
+    old = await _outbound(store, "P-OLD", MessageStatus.SENDING, MessageStatus.REJECTED)
+    retried = await _outbound(store, "P-RETRIED", MessageStatus.SENDING, MessageStatus.REJECTED)
+    clock.advance(400 * DAY)
+    # An operator replays the second one, and it is refused again: final, but only just.
+    for status in (MessageStatus.SEND_ENQUEUED, MessageStatus.SENDING, MessageStatus.REJECTED):
+        await store.transition(retried, status, actor="operator")
+
+    run = await store.purge(Cutoffs(messages=clock() - timedelta(days=365), payloads=clock() - timedelta(days=30)), actor="t")
+
+    assert (run.counts.messages, run.counts.payloads) == (1, 0)
+    assert await store.get_message(old) is None
+    assert (await store.get_message(retried)).payload is not None
+
+
+async def test_the_history_stays_append_only_outside_a_retention_run(backend, clock):
+    store = await backend()
+    final = await _outbound(store, "P-ACK", MessageStatus.SENDING, MessageStatus.ACKNOWLEDGED)
+    waiting = await _outbound(store, "P-Q")
+    clock.advance(400 * DAY)
+    cutoff = clock() - timedelta(days=365)
+    await store.purge(Cutoffs(payloads=cutoff), actor="test")  # a run exists, with its cutoffs, and is over
+
+    async def refused(statement: str, *, purging_run: bool = False) -> None:
+        """The statement fails with the trigger's message; ``purging_run``: inside a transaction that
+        sets a run's flag by hand, as only the retention job should."""
+        flag = "UPDATE retention_runs SET purging = 1, message_cutoff = '2100-01-01T00:00:00.000000+00:00'"
+        if backend.kind == "sqlite":
+            conn = sqlite3.connect(store.path, isolation_level=None)
+            conn.execute("BEGIN IMMEDIATE")
+            if purging_run:
+                conn.execute(flag)
+            with pytest.raises(sqlite3.IntegrityError, match="append-only"):
+                conn.execute(statement)
+            conn.execute("ROLLBACK")
+            conn.close()
+        else:
+            async with store.pool.acquire() as conn:
+                with pytest.raises(asyncpg.RaiseError, match="append-only"):
+                    async with conn.transaction():
+                        if purging_run:
+                            await conn.execute(flag)
+                        await conn.execute(statement)
+
+    await refused(f"UPDATE message_events SET actor = 'forger' WHERE message_id = '{final}'")
+    await refused(f"UPDATE message_events SET actor = 'forger' WHERE message_id = '{final}'", purging_run=True)
+    await refused(f"DELETE FROM message_events WHERE message_id = '{final}'")  # final and old, but no run is purging
+    await refused(f"DELETE FROM message_events WHERE message_id = '{waiting}'", purging_run=True)  # never if not final
+    if backend.kind == "postgres":
+        await refused("TRUNCATE message_events")
+    assert [e.actor for e in await store.message_events(final)] == ["ma-system", "sender", "sender", RETENTION_ACTOR]
+    assert len(await store.message_events(waiting)) == 1
+
+
+async def test_a_dry_run_counts_what_a_run_would_remove_and_changes_nothing(store, clock):
+    ids = await _everything(store)
+    await accept(store, permit("P-IDEM"), idempotency_key="k-1", principal="ma", request_hash="h")
+    await store.record_verifications([_verification("v-old")])
+    clock.advance(400 * DAY)
+    young = [await _outbound(store, f"P-YOUNG-{i}", MessageStatus.SENDING, MessageStatus.ACKNOWLEDGED) for i in range(2)]
+    clock.advance(60 * DAY)
+    cutoffs = Cutoffs(
+        messages=clock() - timedelta(days=365),  # the T0 ones go whole
+        payloads=clock() - timedelta(days=30),  # the young ones lose their payload
+        idempotency_keys=clock() - timedelta(days=30),
+        verifications=clock() - timedelta(days=30),
+    )
+    everything = {**ids, **{f"young-{i}": y for i, y in enumerate(young)}}
+    before = await _snapshot(store, everything)
+
+    dry = await store.purge(cutoffs, actor="test", dry_run=True)
+
+    assert dry.dry_run and dry.run_id is None
+    assert dry.counts == PurgeCounts(
+        messages=len(SETTLED), events=sum(len(before[k][1]) for k in SETTLED), payloads=2, idempotency_keys=1,
+        verifications=1,
+    )  # fmt: skip
+    assert await _snapshot(store, everything) == before
+    assert await store.purge_runs() == []
+    assert await store.idempotency_lookup("ma", "k-1") is not None
+    assert len(await store.list_verifications("CH", "P-1")) == 1
+    run = await store.purge(cutoffs, actor="test")
+    assert run.counts == dry.counts
+
+
+def _verification(vid: str, *, at=T0) -> VerificationRecord:
+    return VerificationRecord(vid, "CH", "P-1", "VALID", ("ok",), "customs-fr", None, False, at)
+
+
+async def test_idempotency_keys_and_verifications_go_by_their_own_cutoffs(store, clock):
+    await accept(store, permit("P-OLD"), idempotency_key="old", principal="ma", request_hash="h1")
+    await store.record_verifications([_verification("v-old")])
+    clock.advance(40 * DAY)
+    await accept(store, permit("P-NEW"), idempotency_key="new", principal="ma", request_hash="h2")
+    await store.record_verifications([_verification("v-new", at=clock())])
+
+    run = await store.purge(Cutoffs(idempotency_keys=clock() - timedelta(days=30)), actor="test")
+    assert run.counts == PurgeCounts(idempotency_keys=1)
+    assert await store.idempotency_lookup("ma", "old") is None
+    assert await store.idempotency_lookup("ma", "new") is not None
+    assert [v.id for v in await store.list_verifications("CH", "P-1")] == ["v-new", "v-old"]
+
+    run = await store.purge(Cutoffs(verifications=clock() - timedelta(days=30)), actor="test")
+    assert run.counts == PurgeCounts(verifications=1)
+    assert [v.id for v in await store.list_verifications("CH", "P-1")] == ["v-new"]
+    # The permits the keys were for, and their messages, are not this category's.
+    assert len(await store.messages_for_permit("CH", "P-OLD")) == 1
+
+
+async def test_a_run_goes_in_small_batches_and_is_recorded(store, clock):
+    ids = [await _outbound(store, f"P-{i}", MessageStatus.SENDING, MessageStatus.ACKNOWLEDGED) for i in range(5)]
+    clock.advance(400 * DAY)
+
+    run = await store.purge(
+        Cutoffs(messages=clock() - timedelta(days=365)), actor="epix purge", batch=2, pause_s=0
+    )
+
+    assert run.counts == PurgeCounts(messages=5, events=15)
+    assert run.batches == 3  # 2 + 2 + 1
+    assert all([await store.get_message(i) is None for i in ids])
+    [recorded] = await store.purge_runs()
+    assert recorded == run
+    assert recorded.actor == "epix purge" and recorded.cutoffs.messages == clock() - timedelta(days=365)
+    assert recorded.cutoffs.payloads is None and recorded.started_at <= recorded.finished_at
+    with pytest.raises(EpixError) as caught:
+        await store.purge(Cutoffs(messages=clock()), actor="t", batch=0)
+    assert caught.value.code is ErrorCode.CONFLICT
+
+
+@pytest.mark.postgres
+async def test_only_one_process_purges_a_postgresql_database_at_a_time(clock):
+    pg = PgSchema()
+    await pg.create()
+    first, second = (PostgresStore(PG_DSN, schema=pg.name, clock=clock) for _ in range(2))
+    try:
+        await first.open()
+        await second.open()
+        async with first.pool.acquire() as conn:
+            assert await conn.fetchval("SELECT pg_try_advisory_lock(hashtext('epix-retention:' || current_schema()))")
+            with pytest.raises(EpixError) as caught:
+                await second.purge(Cutoffs(messages=clock()), actor="t")
+            assert caught.value.code is ErrorCode.CONFLICT
+            await conn.execute("SELECT pg_advisory_unlock_all()")
+        assert (await second.purge(Cutoffs(messages=clock()), actor="t")).run_id == 1
+    finally:
+        await first.close()
+        await second.close()
+        await pg.drop()
+
+
+def test_the_hub_statuses_retention_waits_for_are_the_hubs_final_ones():
+    from gateway.store import retention
+
+    assert retention._HUB_FINAL == ", ".join(f"'{s}'" for s in sorted(FINAL_DELIVERY_STATUSES))
+
+
+async def test_a_run_that_stops_says_why_and_what_it_removed_stays_removed(backend, clock):
+    store = await backend()
+    gone = await _outbound(store, "P-ACK", MessageStatus.SENDING, MessageStatus.ACKNOWLEDGED)
+    clock.advance(400 * DAY)
+    # Sabotage the last category of the run: its batch fails after the messages' batches committed.
+    if backend.kind == "sqlite":
+        conn = sqlite3.connect(store.path)
+        conn.execute("DROP TABLE verifications")
+        conn.close()
+    else:
+        await store.pool.execute("DROP TABLE verifications")
+    cutoff = clock() - timedelta(days=365)
+
+    with pytest.raises(Exception, match="verifications"):
+        await store.purge(Cutoffs(messages=cutoff, verifications=cutoff), actor="test")
+
+    [run] = await store.purge_runs()
+    assert run.finished_at == clock() and "verifications" in run.error
+    assert run.counts == PurgeCounts(messages=1, events=3)
+    assert await store.get_message(gone) is None
