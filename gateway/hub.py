@@ -24,7 +24,7 @@ import asyncio
 import contextlib
 from collections.abc import Coroutine
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from typing import TYPE_CHECKING, Any
 
 import aiohttp
@@ -114,6 +114,21 @@ def check_replay_window(config: GatewayConfig, sent_at: datetime, what: str, **c
         )
 
 
+def check_remembered(config: GatewayConfig, created_at: datetime, **context) -> None:
+    """Refuse a message created longer ago than this gateway keeps message ids (retention's
+    ``message_days``): its first delivery may have been purged, so a re-send could not be told
+    from it and would take effect twice."""
+    days = config.retention.message_days
+    if days is None or _now() - created_at <= timedelta(days=days):
+        return
+    raise EpixError(
+        ErrorCode.REPLAY_REJECTED,
+        f"The message was created at {created_at.isoformat()}, more than {days} days ago; this gateway keeps "
+        f"message ids for {days} days (retention), so it cannot tell a first delivery from a replay.",
+        **context,
+    )
+
+
 def relayed_envelope(message: MessageRecord, *, hub: str, security: Security) -> bytes:
     """The envelope a hub hands on: the original sender's header, the payload byte for byte,
     ``RelayedBy`` = the hub, signed by the hub."""
@@ -150,6 +165,7 @@ class Relay:
                 message_id=h.message_id,
             )
         check_replay_window(self.config, env.sent_at, "message")
+        check_remembered(self.config, env.header.created_at, message_id=env.header.message_id)
         for party in (h.sender, h.receiver):
             if not self.config.agreements.get(party).allows(h.document_type, h.action):
                 raise EpixError(

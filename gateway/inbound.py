@@ -36,7 +36,7 @@ from domain.errors import EpixError, ErrorCode
 from domain.messages import Action, Direction, MessageStatus
 from gateway.config import GatewayConfig
 from gateway.customs.feedback import endorsement_request
-from gateway.hub import Relay, check_replay_window
+from gateway.hub import Relay, check_remembered, check_replay_window
 from gateway.logs import get_logger
 from gateway.security import Security
 from gateway.store.base import MessageRecord, PermitRecord, Store, message_from_header
@@ -124,6 +124,7 @@ class InboundService:
             return await self._duplicate(existing, env)
         now = datetime.now(timezone.utc)
         check_replay_window(self.config, env.sent_at, "message", message_id=h.message_id)
+        check_remembered(self.config, h.created_at, message_id=h.message_id)
         agreement = self.config.agreements.get(h.sender)
         if not agreement.allows(h.document_type, h.action):
             raise EpixError(

@@ -116,11 +116,11 @@ async def test_a_purged_message_is_not_found_and_a_copy_of_its_envelope_is_refus
     assert len(await retained.store("FR").get_permit_versions("CH", "CH26-RET002")) == 1
 
 
-async def test_a_resend_with_a_fresh_sent_at_after_the_purge_cannot_double_the_permit(retained):
-    """What message_days bounds: a sender's operator replaying a parked message re-sends its id
-    with a fresh SentAt, which the replay window lets in. Past message_days the receiver no longer
-    knows the id, so it is taken in once more (docs/PROTOCOL.md §2); the permit record, never
-    purged, keeps the permit version from being held twice."""
+async def test_a_resend_with_a_fresh_sent_at_after_the_purge_is_refused(retained):
+    """A sender's operator replaying a parked message re-sends its id with a fresh SentAt, which
+    the replay window lets in. Past message_days the receiver may have forgotten the id, so it
+    refuses what was created longer ago than that (docs/PROTOCOL.md §2) instead of handing its
+    MA system the message a second time."""
     number = "CH26-RET004"
     message_id, _, _ = await _received_and_acknowledged(retained, number)
     await purge(retained.store("FR"), POLICY, actor="test", now=datetime.now(UTC) + timedelta(days=400))
@@ -131,9 +131,27 @@ async def test_a_resend_with_a_fresh_sent_at_after_the_purge_cannot_double_the_p
         action=Action.ISSUE, created_at=datetime.now(UTC) - timedelta(days=400),
     )  # fmt: skip
     again = retained.security("CH").sign(build_envelope(header, held.signed_xml, sent_at=datetime.now(UTC)))
+    inbox_before = await retained.store("FR").inbox("FR")
 
-    status, _ = await _post(retained, again)
+    status, answer = await _post(retained, again)
 
+    assert status == 409
+    error = read_error(retained.security("CH").verify(answer, "FR").signed_root)
+    assert error.code == "REPLAY_REJECTED" and "365 days" in error.message
+    assert len(await retained.store("FR").get_permit_versions("CH", number)) == 1
+    assert await retained.store("FR").inbox("FR") == inbox_before
+
+
+async def test_a_message_created_within_the_retention_period_is_taken_in(retained):
+    number = "CH26-RET005"
+    permit = make_permit(random.Random(5), issuer="CH", importer_country="FR", number=number)
+    signed = retained.security("CH").sign(permit_to_xml(permit))
+    header = EnvelopeHeader(
+        message_id=str(uuid.uuid4()), conversation_id=conversation_id("CH", number), sender="CH", receiver="FR",
+        document_type="CITESEPermit", document_number=number, document_issuer="CH", document_version=1,
+        action=Action.ISSUE, created_at=datetime.now(UTC) - timedelta(days=300),
+    )  # fmt: skip
+    status, _ = await _post(retained, retained.security("CH").sign(build_envelope(header, signed, sent_at=datetime.now(UTC))))
     assert status == 200
     assert len(await retained.store("FR").get_permit_versions("CH", number)) == 1
 
