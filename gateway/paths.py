@@ -19,7 +19,8 @@ the number itself, decoded exactly once ("%252F" is the text "%2F"). Two gaps re
 
 from __future__ import annotations
 
-from urllib.parse import quote
+from collections.abc import Mapping
+from urllib.parse import quote, urlencode
 
 from aiohttp import web
 
@@ -48,6 +49,13 @@ def permit_url(issuer: str, number: str, *tail: str) -> str:
 
 def verification_url(issuer: str, number: str) -> str:
     return "/".join(("/v1/verifications", segment(issuer), segment(number)))
+
+
+def query_url(path: str, params: Mapping[str, object]) -> str:
+    """``path?name=value&...`` with every value percent-encoded, ready to follow as it is: left
+    as it is, the "+" of a UTC offset ("+00:00") is read back as a space, and a "&" or "#" in a
+    permit number would end its parameter."""
+    return f"{path}?{urlencode(params, quote_via=quote)}" if params else path
 
 
 def permit_key(request: web.Request) -> tuple[str, str]:
