@@ -68,7 +68,7 @@ RULES = MappingProxyType(
             _E,
             "box 1: the number identifies the permit to partners, customs and in URLs: at most 64 characters "
             "(the exchange protocol's limit), no control or invisible characters, no space at either end or "
-            'two in a row, not "." or ".."',
+            'two in a row, not "." or ".."; the same for the number a replacement names (replaces)',
         ),
         "UNKNOWN_DOCUMENT_TYPE": Rule(_E, "EPT v2 document type code: E export, R re-export, I import, O other"),
         "UNKNOWN_PURPOSE": Rule(_E, "Res. Conf. 12.3 Annex 2 box 5a; purpose codes of the Guidelines"),
@@ -286,52 +286,51 @@ def number_problems(number: object) -> list[Problem]:
     return out
 
 
+def identifier_problems(value: object, what: str) -> list[str]:
+    """Why ``value`` cannot identify something to partners and in URLs, one sentence per fault
+    (each naming ``what``); empty when it can. A permit number, the number a replacement names
+    and a customs declaration reference all travel as the exchange protocol's ex:Token64 and
+    as one URL path segment, so they obey the same rule."""
+    if not isinstance(value, str):
+        return [f"{what} {value!r} is not text."]
+    out: list[str] = []
+    if len(value) > MAX_NUMBER_LENGTH:
+        out.append(f"{what} has {len(value)} characters; partners accept at most {MAX_NUMBER_LENGTH}.")
+    odd = next((c for c in value if category(c) in _INVISIBLE or (category(c) == "Zs" and c != " ")), None)
+    if odd is not None:
+        out.append(
+            f"{what} contains the invisible or control character U+{ord(odd):04X}; "
+            "write it with visible characters and plain spaces only."
+        )
+    # Partners read the value as an xs:token, which drops spaces at the ends and joins runs of
+    # spaces into one: such a value would not be the same one at the other end.
+    if value != value.strip() or "  " in value:
+        out.append(
+            f"{what} {value!r} begins or ends with a space or has two spaces in a row, "
+            "which partners' XML readers remove."
+        )
+    # "." and ".." are the dot-segments of RFC 3986: HTTP clients resolve them away (encoded as
+    # %2E too), so such a value could never be looked up in a URL.
+    if value in (".", ".."):
+        out.append(f"{what} {value!r} cannot be written in a URL, where it means a folder.")
+    return out
+
+
 def _number(out: list[Problem], number: object) -> None:
     if _blank(number):
         _report(out, "MISSING_REQUIRED", "number", "Box 1: the permit number is missing.")
         return
-    if not isinstance(number, str):
-        _report(out, "PERMIT_NUMBER_INVALID", "number", f"Box 1: the permit number {number!r} is not text.")
-        return
-    if len(number) > MAX_NUMBER_LENGTH:
-        _report(
-            out,
-            "PERMIT_NUMBER_INVALID",
-            "number",
-            f"Box 1: the permit number has {len(number)} characters; partners accept at most {MAX_NUMBER_LENGTH}.",
-        )
-    odd = next((c for c in number if category(c) in _INVISIBLE or (category(c) == "Zs" and c != " ")), None)
-    if odd is not None:
-        _report(
-            out,
-            "PERMIT_NUMBER_INVALID",
-            "number",
-            f"Box 1: the permit number contains the invisible or control character U+{ord(odd):04X}; "
-            "write it with visible characters and plain spaces only.",
-        )
-    # Partners read the number as an xs:token, which drops spaces at the ends and joins runs of
-    # spaces into one: such a number would not be the same number at the other end.
-    if number != number.strip() or "  " in number:
-        _report(
-            out,
-            "PERMIT_NUMBER_INVALID",
-            "number",
-            f"Box 1: the permit number {number!r} begins or ends with a space or has two spaces in a row, "
-            "which partners' XML readers remove.",
-        )
-    # "." and ".." are the dot-segments of RFC 3986: HTTP clients resolve them away (encoded as
-    # %2E too), so such a number could never be looked up at /v1/permits/{issuer}/{number}.
-    if number in (".", ".."):
-        _report(
-            out,
-            "PERMIT_NUMBER_INVALID",
-            "number",
-            f"Box 1: the permit number {number!r} cannot be written in a URL, where it means a folder.",
-        )
+    for sentence in identifier_problems(number, "Box 1: the permit number"):
+        _report(out, "PERMIT_NUMBER_INVALID", "number", sentence)
 
 
 def _header(permit: Permit, out: list[Problem]) -> None:
     _number(out, permit.number)
+    # The replaced permit is looked up by this number and named to partners in the replacement,
+    # so it obeys box 1's rule. An empty one is no replacement (as for the outbound service).
+    if permit.replaces is not None and permit.replaces != "":
+        for sentence in identifier_problems(permit.replaces, "The number of the permit this one replaces"):
+            _report(out, "PERMIT_NUMBER_INVALID", "replaces", sentence)
     _code(out, permit.type, _DOC_TYPES, "type", "Box 1: the document type", "UNKNOWN_DOCUMENT_TYPE")
     _code(out, permit.purpose, _PURPOSES, "purpose", "Box 5a: the purpose of the transaction", "UNKNOWN_PURPOSE")
     authority = permit.authority

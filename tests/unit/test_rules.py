@@ -167,6 +167,29 @@ def test_a_number_with_several_faults_gets_each_named():
     assert codes_of(problems) == ["PERMIT_NUMBER_INVALID"] * 3
 
 
+@pytest.mark.parametrize(
+    ("replaces", "words"),
+    [
+        ("X" * (rules.MAX_NUMBER_LENGTH + 1), "has 65 characters; partners accept at most 64"),
+        ("CH25-\x00001", "U+0000"),
+        ("CH25-\u200b001", "U+200B"),
+        ("CH25-000001 ", "begins or ends with a space"),
+        ("   ", "begins or ends with a space"),
+        ("..", "cannot be written in a URL"),
+        (25001, "is not text"),
+    ],
+)
+def test_the_number_a_replacement_names_obeys_box_1s_rule(replaces, words):
+    p = the(validate(permit(number="CH25-000002", replaces=replaces)), "PERMIT_NUMBER_INVALID")
+    assert p.path == "replaces" and p.severity is Severity.ERROR
+    assert p.message.startswith("The number of the permit this one replaces") and words in p.message
+
+
+@pytest.mark.parametrize("replaces", [None, "", "KWS/CITES/2026/0012", "21 CH 012345", "X" * rules.MAX_NUMBER_LENGTH])
+def test_a_replacement_may_name_any_number_a_permit_can_have(replaces):
+    assert validate(permit(number="CH25-000002", replaces=replaces)) == []
+
+
 # --- code lists ----------------------------------------------------------------------------------
 
 
