@@ -90,10 +90,11 @@ async def write_off(request: web.Request) -> web.Response:
 @routes.post(paths.PERMIT + "/write-offs/" + paths.DECLARATION + "/reversal")
 async def reverse(request: web.Request) -> web.Response:
     issuer, number = paths.permit_key(request)
+    declaration = paths.declaration_key(request)
     body = await _body(request) if request.can_read_body else {}
     reason = body.get("reason") if isinstance(body, dict) and isinstance(body.get("reason"), str) else None
     outcome = await request.app[CUSTOMS].reverse(
-        issuer, number, request.match_info["declaration"], token=principal(request), reason=(reason or "")[:200] or None
+        issuer, number, declaration, token=principal(request), reason=(reason or "")[:200] or None
     )
     view = write_off_view(outcome, None, issuer, number)
     view["reversed"] = view.pop("written_off")

@@ -24,7 +24,7 @@ from urllib.parse import quote, urlencode
 
 from aiohttp import web
 
-from domain import codes, rules
+from domain import codes, ledger, rules
 from domain.errors import EpixError, ErrorCode
 
 # One path segment, whatever it holds once decoded (the canonical route stays "{number}").
@@ -78,3 +78,20 @@ def permit_key(request: web.Request) -> tuple[str, str]:
             problems=[p.to_dict() for p in problems],
         )
     return issuer, number
+
+
+def declaration_key(request: web.Request) -> str:
+    """The customs declaration a reversal URL names. A reference no write-off can have (the
+    write-off body refuses it: domain.ledger.declaration_problems) is NOT_FOUND with the reason,
+    before anything is looked up or written."""
+    declaration = request.match_info["declaration"]
+    problems = ledger.declaration_problems(declaration)
+    if problems:
+        example = permit_url("FR", "CH26-000001", "write-offs", segment("FR/2026 7"), "reversal")
+        raise EpixError(
+            ErrorCode.NOT_FOUND,
+            f"No write-off can have the declaration reference {declaration!r}. {problems[0]} A reference is sent "
+            f"as one percent-encoded path segment: {example}.",
+            declaration=declaration,
+        )
+    return declaration

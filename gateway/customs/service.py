@@ -47,7 +47,6 @@ from keys.xmldsig import Verifier
 
 log = get_logger("epix.customs")
 CUSTOMS_ROLES = ("customs", "operator")
-MAX_DECLARATION = 64
 
 
 def addressed_to(permit: Permit, token: Token) -> bool:
@@ -450,7 +449,10 @@ def _text(body: dict[str, Any], name: str, *, required: bool = False, limit: int
 def parse_write_off(body: Any, token: Token, party: str) -> dict[str, Any]:
     if not isinstance(body, dict):
         raise EpixError(ErrorCode.JSON_MALFORMED, "The write-off must be a JSON object (see docs/CUSTOMS.md).")
-    declaration = _text(body, "declaration", required=True, limit=MAX_DECLARATION)
+    declaration = _text(body, "declaration", required=True, limit=ledger.MAX_DECLARATION)
+    problems = ledger.declaration_problems(declaration)
+    if problems:
+        raise EpixError(ErrorCode.JSON_MALFORMED, problems[0], field="declaration")
     office = _text(body, "office", limit=64) or single_office(token.countries, party)
     if token.role != "operator" and not covers_office(token.countries, party, office):
         raise EpixError(
