@@ -16,6 +16,7 @@ of every code; docs/PERMIT-JSON.md repeats it for MA systems.
 
 from __future__ import annotations
 
+import re
 from calendar import monthrange
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -158,6 +159,8 @@ MAX_NUMBER_LENGTH = 64
 # surrogates (not UTF-8) and line or paragraph separators. Spaces other than U+0020 (no-break,
 # thin ...) look like a space but an officer typing the number types U+0020.
 _INVISIBLE = frozenset({"Cc", "Cf", "Cs", "Zl", "Zp"})
+MAX_TEXT = 512  # the exchange protocol's ex:Text
+_NOT_XML = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ud800-\udfff\ufffe\uffff]")  # XML 1.0 "Char" excludes these
 _TYPE_NAMES = MappingProxyType(
     {"E": "an export permit", "R": "a re-export certificate", "I": "an import permit", "O": "a document of type O (other)"}
 )
@@ -271,6 +274,15 @@ def add_months(day: date, months: int) -> date:
     return day.replace(year=year, month=month, day=min(day.day, monthrange(year, month)[1]))
 
 
+def _day_in(moment: datetime, tz) -> date:
+    """The calendar day of ``moment`` in time zone ``tz``; at the edge of years 1 and 9999 the
+    day may not exist, and the first or last one stands for it."""
+    try:
+        return moment.astimezone(tz).date()
+    except OverflowError:
+        return date.max if moment.year > 1 else date.min
+
+
 def _quantity_ok(value: object) -> bool:
     return isinstance(value, (Decimal, int)) and not isinstance(value, bool) and Decimal(value).is_finite()
 
@@ -313,6 +325,22 @@ def identifier_problems(value: object, what: str) -> list[str]:
     # %2E too), so such a value could never be looked up in a URL.
     if value in (".", ".."):
         out.append(f"{what} {value!r} cannot be written in a URL, where it means a folder.")
+    return out
+
+
+def text_problems(value: object, what: str, *, limit: int = MAX_TEXT) -> list[str]:
+    """Why ``value`` cannot travel as free text (a reason, a port, an officer's name: the exchange
+    protocol's ex:Text), one sentence per fault; empty when it can. Controls other than tab and
+    line breaks, lone surrogates and U+FFFE/U+FFFF cannot be written in XML at all: such text
+    would fail when the signed document is built, after the request was accepted."""
+    if not isinstance(value, str):
+        return [f"{what} must be text, not {type(value).__name__}."]
+    out: list[str] = []
+    if len(value) > limit:
+        out.append(f"{what} has {len(value)} characters; at most {limit} are accepted.")
+    odd = _NOT_XML.search(value)
+    if odd is not None:
+        out.append(f"{what} contains the character U+{ord(odd.group()):04X}, which XML documents cannot carry.")
     return out
 
 
@@ -372,8 +400,11 @@ def _dates(permit: Permit, out: list[Problem], today: date | None) -> None:
             # Calendar months from the issue date, counted in the issuing MA's own time zone, so a
             # permit issued on 15 January may be valid up to and including 15 July.
             issued_day = issued.date()
-            last_day = add_months(issued_day, months)
-            end_day = end.astimezone(issued.tzinfo).date()
+            try:
+                last_day = add_months(issued_day, months)
+            except ValueError:  # after 9999-12-31, where no validity can reach
+                last_day = date.max
+            end_day = _day_in(end, issued.tzinfo)
             if end_day > last_day:
                 _report(
                     out,
@@ -383,7 +414,7 @@ def _dates(permit: Permit, out: list[Problem], today: date | None) -> None:
                     f"date (Res. Conf. 12.3); issued {issued_day.isoformat()}, it may be valid until "
                     f"{last_day.isoformat()}, not {end_day.isoformat()}.",
                 )
-    if issued is not None and start is not None and start < issued - _CLOCK_SKEW:
+    if issued is not None and start is not None and issued - start > _CLOCK_SKEW:  # no overflow in year 1
         _report(
             out,
             "VALID_FROM_BEFORE_ISSUE",
