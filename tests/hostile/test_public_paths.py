@@ -5,13 +5,11 @@ each gets a status, a code and a sentence."""
 
 from __future__ import annotations
 
-import asyncio
-import json
-
 import pytest
 
 from simulators.network import build_network
 from tests.e2e.conftest import Cluster
+from tests.hostile.http import send
 
 NEEDS_TOKEN = (401, "UNAUTHENTICATED", "Send 'Authorization: Bearer <token>' to use this API.")
 
@@ -24,16 +22,7 @@ async def gateway(tmp_path):
 
 
 async def _send(c: Cluster, target: str, *, method: str = "GET", token: bool = False) -> tuple[int, dict | bytes]:
-    port = int(c.url("CH").rsplit(":", 1)[1])
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    auth = f"Authorization: {c.headers('CH', operator=True)['Authorization']}\r\n" if token else ""
-    writer.write(f"{method} {target} HTTP/1.1\r\nHost: gw\r\n{auth}Content-Length: 0\r\nConnection: close\r\n\r\n".encode())
-    answer = await reader.read()
-    writer.close()
-    await writer.wait_closed()
-    head, _, body = answer.partition(b"\r\n\r\n")
-    status = int(head.split(b" ", 2)[1])
-    return status, json.loads(body) if b"application/json" in head else body
+    return await send(c.url("CH"), method, target, headers=c.headers("CH", operator=True) if token else None)
 
 
 @pytest.mark.parametrize(
