@@ -7,6 +7,7 @@ anything unexpected is logged with its traceback and answered as a 500 INTERNAL_
 from __future__ import annotations
 
 import json
+import re
 import uuid
 
 import structlog
@@ -29,9 +30,15 @@ def error_response(exc: EpixError) -> web.Response:
     return web.json_response(exc.to_dict(), status=exc.status, dumps=lambda o: json.dumps(o, default=str))
 
 
+# A caller's (or its proxy's) request id is kept when it looks like one: it is echoed and bound to
+# every log line, where spaces, "=" or 8 KB of text could pass for other fields or drown them.
+REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
+
+
 @web.middleware
 async def request_context(request: web.Request, handler):
-    request_id = request.headers.get("X-Request-Id") or uuid.uuid4().hex
+    given = request.headers.get("X-Request-Id", "")
+    request_id = given if REQUEST_ID.fullmatch(given) else uuid.uuid4().hex
     structlog.contextvars.clear_contextvars()
     structlog.contextvars.bind_contextvars(request_id=request_id, path=request.path, method=request.method)
     response = await handler(request)

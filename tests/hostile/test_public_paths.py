@@ -1,9 +1,13 @@
 """Paths written to slip past authentication: encoded slashes and letters, dot-segments, double
 slashes, look-alike prefixes. Sent byte for byte over a real socket (an HTTP client would
 normalise them first) to a served gateway: none reaches a protected handler without a token, and
-each gets a status, a code and a sentence."""
+each gets a status, a code and a sentence. Last, an X-Request-Id that could pass for other log
+fields is replaced, not echoed."""
 
 from __future__ import annotations
+
+import asyncio
+import re
 
 import pytest
 
@@ -99,3 +103,18 @@ async def test_exactly_the_intended_routes_are_public(gateway):
         "/exchange/v1/messages", "/exchange/v1/messages/{message_id}", "/exchange/v1/directory",
         "/exchange/v1/hub/pull", "/exchange/v1/hub/track", "/exchange/v1/hub/ack",
     }  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("given", "kept"),
+    [("0af7651916cd43dd8448eb211c80319c", True), ("req-2026.11.23:42", True),
+     ("x" * 129, False), ("a b", False), ("id code=FORGED", False), ("\udcff", False)],
+)
+async def test_a_request_id_is_echoed_only_when_it_looks_like_one(gateway, given, kept):
+    port = int(gateway.url("CH").rsplit(":", 1)[1])
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(f"GET /healthz HTTP/1.1\r\nHost: gw\r\nX-Request-Id: {given}\r\nConnection: close\r\n\r\n".encode("latin-1", "surrogateescape"))
+    head = (await reader.read()).partition(b"\r\n\r\n")[0].decode("latin-1")
+    writer.close()
+    echoed = [line.split(": ", 1)[1] for line in head.split("\r\n") if line.lower().startswith("x-request-id:")]
+    assert len(echoed) == 1 and (echoed[0] == given) is kept and re.fullmatch(r"[A-Za-z0-9._:-]{1,128}", echoed[0])
