@@ -27,7 +27,7 @@ import dataclasses
 import json
 import re
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime, timedelta, timezone
 from decimal import Decimal
 from json.encoder import encode_basestring  # the C-accelerated string escaper json.dumps uses
 from typing import Any
@@ -199,10 +199,18 @@ def _no_constants(name: str) -> Any:
 
 def permit_from_json(data: bytes, *, max_bytes: int = MAX_JSON_BYTES) -> Permit:
     """A permit from its JSON form; ``EpixError(JSON_MALFORMED)`` naming the field otherwise."""
+    return permit_from_dict(read_json(data, max_bytes=max_bytes))
+
+
+def read_json(data: bytes, *, max_bytes: int = MAX_JSON_BYTES) -> Any:
+    """Any JSON document, read as strictly as a permit: UTF-8, no NaN or Infinity, no field twice,
+    no deeper nesting than the parser can follow, numbers as exact ``Decimal`` (never a float).
+    Every other JSON body of the local API is read with it too. ``EpixError(JSON_MALFORMED)``
+    with the reason otherwise."""
     if isinstance(data, str):
         data = data.encode("utf-8", "surrogatepass")
     if not isinstance(data, (bytes, bytearray, memoryview)):
-        raise _bad("$", f"The permit must be given as bytes of JSON, not {type(data).__name__}.")
+        raise _bad("$", f"JSON must be given as bytes, not {type(data).__name__}.")
     if len(data) > max_bytes:
         raise _bad("$", f"The JSON body is {len(data)} bytes; the gateway accepts at most {max_bytes} bytes.")
     try:
@@ -210,7 +218,7 @@ def permit_from_json(data: bytes, *, max_bytes: int = MAX_JSON_BYTES) -> Permit:
     except UnicodeDecodeError as exc:
         raise _bad("$", f"The JSON body is not UTF-8 (invalid byte at offset {exc.start}).") from exc
     try:
-        document = json.loads(
+        return json.loads(
             text, parse_float=Decimal, parse_int=Decimal, parse_constant=_no_constants, object_pairs_hook=_no_repeats
         )
     except json.JSONDecodeError as exc:
@@ -221,7 +229,6 @@ def permit_from_json(data: bytes, *, max_bytes: int = MAX_JSON_BYTES) -> Permit:
         raise _bad("$", f"The body is not valid JSON: {exc}.") from exc
     except RecursionError as exc:
         raise _bad("$", "The JSON nests arrays or objects too deeply.") from exc
-    return permit_from_dict(document)
 
 
 def permit_from_dict(d: dict[str, Any]) -> Permit:
@@ -286,7 +293,7 @@ def _read_value(f: _Field, raw: Any, path: str) -> Any:
     if f.kind == "decimal":
         return _read_decimal(raw, path)
     if f.kind == "datetime":
-        return _read_datetime(raw, path)
+        return read_datetime(raw, path)
     return _read_object(f.cls, raw, path)
 
 
@@ -310,7 +317,8 @@ def _read_decimal(raw: Any, path: str) -> Decimal:
     return number
 
 
-def _read_datetime(raw: Any, path: str) -> datetime:
+def read_datetime(raw: Any, path: str) -> datetime:
+    """An ISO 8601 date and time with a UTC offset (also for query parameters such as ``before``)."""
     if not isinstance(raw, str):
         raise _bad(path, f"{path} must be a date and time as an ISO 8601 string, not {_json_type(raw)}.")
     if not _DATETIME.fullmatch(raw):
@@ -326,4 +334,8 @@ def _read_datetime(raw: Any, path: str) -> datetime:
     offset = value.utcoffset()
     if offset is None or abs(offset) >= timedelta(hours=24):  # pragma: no cover - the pattern requires an offset
         raise _bad(path, f"{path} must carry a UTC offset.")
+    try:
+        value.astimezone(timezone.utc)  # every instant is stored and compared in UTC
+    except OverflowError:
+        raise _bad(path, f"{path} is {raw!r}, which is outside years 1 to 9999 in UTC.") from None
     return value

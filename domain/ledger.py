@@ -15,11 +15,13 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 
+from domain import rules
 from domain.errors import EpixError, ErrorCode
 from domain.model import Permit
 
 ZERO = Decimal(0)
 MAX_LINES = 100  # a permit has a handful of lines; more in one request is a mistake
+MAX_DECLARATION = rules.MAX_NUMBER_LENGTH
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,6 +80,16 @@ def permitted_lines(permit: Permit) -> dict[str, tuple[Decimal, str]]:
 
 def balances_of(permitted: Mapping[str, tuple[Decimal, str]], used: Mapping[str, Decimal]) -> tuple[Balance, ...]:
     return tuple(Balance(i, unit, qty, used.get(i, ZERO)) for i, (qty, unit) in permitted.items())
+
+
+def declaration_problems(reference: object) -> list[str]:
+    """Why ``reference`` cannot be a customs declaration reference, one sentence per fault; empty
+    when it can. With the permit line it is the key of a write-off; it travels to the issuer in
+    the endorsement (an ex:Token64) and names the declaration in the reversal URL, so it obeys the
+    permit number's rule. The write-off body and the reversal path both ask this."""
+    if reference is None or reference == "":
+        return ["The declaration reference is missing."]
+    return rules.identifier_problems(reference, "The declaration reference")
 
 
 def parse_quantity(raw: object, what: str) -> Decimal:

@@ -16,6 +16,7 @@ of every code; docs/PERMIT-JSON.md repeats it for MA systems.
 
 from __future__ import annotations
 
+import re
 from calendar import monthrange
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -68,7 +69,7 @@ RULES = MappingProxyType(
             _E,
             "box 1: the number identifies the permit to partners, customs and in URLs: at most 64 characters "
             "(the exchange protocol's limit), no control or invisible characters, no space at either end or "
-            'two in a row, not "." or ".."',
+            'two in a row, not "." or ".."; the same for the number a replacement names (replaces)',
         ),
         "UNKNOWN_DOCUMENT_TYPE": Rule(_E, "EPT v2 document type code: E export, R re-export, I import, O other"),
         "UNKNOWN_PURPOSE": Rule(_E, "Res. Conf. 12.3 Annex 2 box 5a; purpose codes of the Guidelines"),
@@ -158,6 +159,8 @@ MAX_NUMBER_LENGTH = 64
 # surrogates (not UTF-8) and line or paragraph separators. Spaces other than U+0020 (no-break,
 # thin ...) look like a space but an officer typing the number types U+0020.
 _INVISIBLE = frozenset({"Cc", "Cf", "Cs", "Zl", "Zp"})
+MAX_TEXT = 512  # the exchange protocol's ex:Text
+_NOT_XML = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ud800-\udfff\ufffe\uffff]")  # XML 1.0 "Char" excludes these
 _TYPE_NAMES = MappingProxyType(
     {"E": "an export permit", "R": "a re-export certificate", "I": "an import permit", "O": "a document of type O (other)"}
 )
@@ -271,6 +274,15 @@ def add_months(day: date, months: int) -> date:
     return day.replace(year=year, month=month, day=min(day.day, monthrange(year, month)[1]))
 
 
+def _day_in(moment: datetime, tz) -> date:
+    """The calendar day of ``moment`` in time zone ``tz``; at the edge of years 1 and 9999 the
+    day may not exist, and the first or last one stands for it."""
+    try:
+        return moment.astimezone(tz).date()
+    except OverflowError:
+        return date.max if moment.year > 1 else date.min
+
+
 def _quantity_ok(value: object) -> bool:
     return isinstance(value, (Decimal, int)) and not isinstance(value, bool) and Decimal(value).is_finite()
 
@@ -286,52 +298,67 @@ def number_problems(number: object) -> list[Problem]:
     return out
 
 
+def identifier_problems(value: object, what: str) -> list[str]:
+    """Why ``value`` cannot identify something to partners and in URLs, one sentence per fault
+    (each naming ``what``); empty when it can. A permit number, the number a replacement names
+    and a customs declaration reference all travel as the exchange protocol's ex:Token64 and
+    as one URL path segment, so they obey the same rule."""
+    if not isinstance(value, str):
+        return [f"{what} {value!r} is not text."]
+    out: list[str] = []
+    if len(value) > MAX_NUMBER_LENGTH:
+        out.append(f"{what} has {len(value)} characters; partners accept at most {MAX_NUMBER_LENGTH}.")
+    odd = next((c for c in value if category(c) in _INVISIBLE or (category(c) == "Zs" and c != " ")), None)
+    if odd is not None:
+        out.append(
+            f"{what} contains the invisible or control character U+{ord(odd):04X}; "
+            "write it with visible characters and plain spaces only."
+        )
+    # Partners read the value as an xs:token, which drops spaces at the ends and joins runs of
+    # spaces into one: such a value would not be the same one at the other end.
+    if value != value.strip() or "  " in value:
+        out.append(
+            f"{what} {value!r} begins or ends with a space or has two spaces in a row, "
+            "which partners' XML readers remove."
+        )
+    # "." and ".." are the dot-segments of RFC 3986: HTTP clients resolve them away (encoded as
+    # %2E too), so such a value could never be looked up in a URL.
+    if value in (".", ".."):
+        out.append(f"{what} {value!r} cannot be written in a URL, where it means a folder.")
+    return out
+
+
+def text_problems(value: object, what: str, *, limit: int = MAX_TEXT) -> list[str]:
+    """Why ``value`` cannot travel as free text (a reason, a port, an officer's name: the exchange
+    protocol's ex:Text), one sentence per fault; empty when it can. Controls other than tab and
+    line breaks, lone surrogates and U+FFFE/U+FFFF cannot be written in XML at all: such text
+    would fail when the signed document is built, after the request was accepted."""
+    if not isinstance(value, str):
+        return [f"{what} must be text, not {type(value).__name__}."]
+    out: list[str] = []
+    if len(value) > limit:
+        out.append(f"{what} has {len(value)} characters; at most {limit} are accepted.")
+    odd = _NOT_XML.search(value)
+    if odd is not None:
+        out.append(f"{what} contains the character U+{ord(odd.group()):04X}, which XML documents cannot carry.")
+    return out
+
+
 def _number(out: list[Problem], number: object) -> None:
     if _blank(number):
         _report(out, "MISSING_REQUIRED", "number", "Box 1: the permit number is missing.")
         return
-    if not isinstance(number, str):
-        _report(out, "PERMIT_NUMBER_INVALID", "number", f"Box 1: the permit number {number!r} is not text.")
-        return
-    if len(number) > MAX_NUMBER_LENGTH:
-        _report(
-            out,
-            "PERMIT_NUMBER_INVALID",
-            "number",
-            f"Box 1: the permit number has {len(number)} characters; partners accept at most {MAX_NUMBER_LENGTH}.",
-        )
-    odd = next((c for c in number if category(c) in _INVISIBLE or (category(c) == "Zs" and c != " ")), None)
-    if odd is not None:
-        _report(
-            out,
-            "PERMIT_NUMBER_INVALID",
-            "number",
-            f"Box 1: the permit number contains the invisible or control character U+{ord(odd):04X}; "
-            "write it with visible characters and plain spaces only.",
-        )
-    # Partners read the number as an xs:token, which drops spaces at the ends and joins runs of
-    # spaces into one: such a number would not be the same number at the other end.
-    if number != number.strip() or "  " in number:
-        _report(
-            out,
-            "PERMIT_NUMBER_INVALID",
-            "number",
-            f"Box 1: the permit number {number!r} begins or ends with a space or has two spaces in a row, "
-            "which partners' XML readers remove.",
-        )
-    # "." and ".." are the dot-segments of RFC 3986: HTTP clients resolve them away (encoded as
-    # %2E too), so such a number could never be looked up at /v1/permits/{issuer}/{number}.
-    if number in (".", ".."):
-        _report(
-            out,
-            "PERMIT_NUMBER_INVALID",
-            "number",
-            f"Box 1: the permit number {number!r} cannot be written in a URL, where it means a folder.",
-        )
+    for sentence in identifier_problems(number, "Box 1: the permit number"):
+        _report(out, "PERMIT_NUMBER_INVALID", "number", sentence)
 
 
 def _header(permit: Permit, out: list[Problem]) -> None:
     _number(out, permit.number)
+    # The replaced permit is looked up by this number and named to partners in the replacement,
+    # so it obeys box 1's rule. An empty one is no replacement (as for the outbound service).
+    if permit.replaces is not None and permit.replaces != "":
+        for sentence in identifier_problems(permit.replaces, "The number of the permit this one replaces"):
+            _report(out, "PERMIT_NUMBER_INVALID", "replaces", sentence)
     _code(out, permit.type, _DOC_TYPES, "type", "Box 1: the document type", "UNKNOWN_DOCUMENT_TYPE")
     _code(out, permit.purpose, _PURPOSES, "purpose", "Box 5a: the purpose of the transaction", "UNKNOWN_PURPOSE")
     authority = permit.authority
@@ -373,8 +400,11 @@ def _dates(permit: Permit, out: list[Problem], today: date | None) -> None:
             # Calendar months from the issue date, counted in the issuing MA's own time zone, so a
             # permit issued on 15 January may be valid up to and including 15 July.
             issued_day = issued.date()
-            last_day = add_months(issued_day, months)
-            end_day = end.astimezone(issued.tzinfo).date()
+            try:
+                last_day = add_months(issued_day, months)
+            except ValueError:  # after 9999-12-31, where no validity can reach
+                last_day = date.max
+            end_day = _day_in(end, issued.tzinfo)
             if end_day > last_day:
                 _report(
                     out,
@@ -384,7 +414,7 @@ def _dates(permit: Permit, out: list[Problem], today: date | None) -> None:
                     f"date (Res. Conf. 12.3); issued {issued_day.isoformat()}, it may be valid until "
                     f"{last_day.isoformat()}, not {end_day.isoformat()}.",
                 )
-    if issued is not None and start is not None and start < issued - _CLOCK_SKEW:
+    if issued is not None and start is not None and issued - start > _CLOCK_SKEW:  # no overflow in year 1
         _report(
             out,
             "VALID_FROM_BEFORE_ISSUE",

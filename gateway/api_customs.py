@@ -13,14 +13,14 @@ POST /epix/v2                                               EPIX Connect-compati
 
 from __future__ import annotations
 
-import json
-
 from aiohttp import web
 
+from adapters.permit_json import read_json
+from domain import rules
 from domain.errors import EpixError, ErrorCode
 from gateway import appkeys, paths
 from gateway.customs import CUSTOMS
-from gateway.customs.config import covers_country
+from gateway.customs.config import covers_country, covers_office
 from gateway.customs.service import balance_view, dumps, require_customs, verification_json, write_off_view
 from gateway.middleware import principal
 
@@ -34,7 +34,25 @@ def _json(data, status: int = 200) -> web.Response:
 
 
 def _wants_xml(request: web.Request) -> bool:
-    return request.query.get("format") == "xml" or request.headers.get("Accept", "").split(",")[0].strip() in (XML, "text/xml")
+    given = request.query.get("format")
+    if given not in (None, "json", "xml"):
+        raise EpixError(ErrorCode.JSON_MALFORMED, f"Query parameter format={paths.shown(given)} must be json or xml.")
+    return given == "xml" or request.headers.get("Accept", "").split(",")[0].strip() in (XML, "text/xml")
+
+
+def _office(request: web.Request) -> str | None:
+    """The office the verification is recorded for, which the token must be able to act as (as
+    for a write-off): the audit history says which border post checked a permit."""
+    office = request.query.get("office")
+    if office is None:
+        return None
+    problems = rules.identifier_problems(office, "The office")
+    if problems:
+        raise EpixError(ErrorCode.JSON_MALFORMED, problems[0], field="office")
+    token, party = principal(request), request.app[appkeys.CONFIG].party
+    if token.role != "operator" and not covers_office(token.countries, party, office):
+        raise EpixError(ErrorCode.FORBIDDEN, f"Token {token.name!r} may not verify as office {office} of {party}.", office=office)
+    return office
 
 
 @routes.get(paths.VERIFICATION)
@@ -46,9 +64,7 @@ async def verify(request: web.Request) -> web.Response:
     # The signed verdict is evidence customs archive: it re-reads the record and its signature.
     xml = _wants_xml(request)
     issuer, number = paths.permit_key(request)
-    result = await service.verify(
-        issuer, number, token=principal(request), stamp=stamp, office=request.query.get("office"), thorough=xml
-    )
+    result = await service.verify(issuer, number, token=principal(request), stamp=stamp, office=_office(request), thorough=xml)
     if xml:
         return web.Response(body=service.signed_verdict(result), content_type=XML, charset="utf-8")
     return web.Response(text=verification_json(result), content_type="application/json")
@@ -71,30 +87,31 @@ async def history(request: web.Request) -> web.Response:
     )
 
 
-async def _body(request: web.Request):
+async def _body(request: web.Request, what: str):
     if request.content_type != "application/json":
-        raise EpixError(ErrorCode.UNSUPPORTED_MEDIA_TYPE, "Send the write-off as application/json.")
-    try:
-        return json.loads(await request.read() or b"{}")
-    except (ValueError, UnicodeDecodeError):
-        raise EpixError(ErrorCode.JSON_MALFORMED, "The write-off body is not valid JSON.") from None
+        raise EpixError(ErrorCode.UNSUPPORTED_MEDIA_TYPE, f"Send the {what} as application/json.")
+    return read_json(await request.read() or b"{}")
 
 
 @routes.post(paths.PERMIT + "/write-offs")
 async def write_off(request: web.Request) -> web.Response:
     issuer, number = paths.permit_key(request)
-    outcome, risk, _ = await request.app[CUSTOMS].write_off(issuer, number, await _body(request), token=principal(request))
+    outcome, risk, _ = await request.app[CUSTOMS].write_off(issuer, number, await _body(request, "write-off"), token=principal(request))
     return _json(write_off_view(outcome, risk, issuer, number), status=200 if outcome.replayed else 201)
 
 
 @routes.post(paths.PERMIT + "/write-offs/" + paths.DECLARATION + "/reversal")
 async def reverse(request: web.Request) -> web.Response:
     issuer, number = paths.permit_key(request)
-    body = await _body(request) if request.can_read_body else {}
-    reason = body.get("reason") if isinstance(body, dict) and isinstance(body.get("reason"), str) else None
-    outcome = await request.app[CUSTOMS].reverse(
-        issuer, number, request.match_info["declaration"], token=principal(request), reason=(reason or "")[:200] or None
-    )
+    declaration = paths.declaration_key(request)
+    body = await _body(request, "reversal") if request.can_read_body else {}
+    if not isinstance(body, dict) or not isinstance(body.get("reason") or "", str):
+        raise EpixError(ErrorCode.JSON_MALFORMED, 'The reversal body is optional JSON like {"reason": "entered twice"}.')
+    reason = (body.get("reason") or "").strip()[:200] or None
+    problems = rules.text_problems(reason, "The reason") if reason else []  # it travels in the signed endorsement
+    if problems:
+        raise EpixError(ErrorCode.JSON_MALFORMED, problems[0], field="reason")
+    outcome = await request.app[CUSTOMS].reverse(issuer, number, declaration, token=principal(request), reason=reason)
     view = write_off_view(outcome, None, issuer, number)
     view["reversed"] = view.pop("written_off")
     view["already_reversed"] = view.pop("already_recorded")

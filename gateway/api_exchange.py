@@ -6,7 +6,7 @@ from aiohttp import web
 
 from domain.errors import EpixError, ErrorCode
 from domain.messages import Direction
-from gateway import appkeys
+from gateway import appkeys, paths
 from gateway.hub import ACK_PATH, PULL_PATH, TRACK_PATH, HubDesk
 
 routes = web.RouteTableDef()
@@ -31,7 +31,7 @@ async def receive(request: web.Request) -> web.Response:
 @routes.get("/exchange/v1/messages/{message_id}")
 async def tracking(request: web.Request) -> web.Response:
     """The signed receipt of a message we received: lets a sender recover a lost answer."""
-    message = await request.app[appkeys.STORE].get_message(request.match_info["message_id"])
+    message = await request.app[appkeys.STORE].get_message(paths.message_key(request))
     if message is None or message.direction is not Direction.INBOUND or message.receipt is None:
         raise EpixError(ErrorCode.NOT_FOUND, "No message with that id was received here.")
     return web.Response(body=message.receipt, content_type=XML)

@@ -4,27 +4,34 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from datetime import datetime, timezone
+from decimal import Decimal
 
 from aiohttp import web
 
 from adapters.cites_read import read_permit
-from adapters.permit_json import permit_from_json
+from adapters.exchange_xml import is_party_id
+from adapters.permit_json import permit_from_json, read_datetime, read_json
 from adapters.schema import permit_schema
 from adapters.xmlparse import XmlLimits, parse_xml
+from domain import rules
 from domain.errors import EpixError, ErrorCode
 from domain.messages import Direction, MessageStatus
 from gateway import appkeys, paths
 from gateway.logs import get_logger
 from gateway.middleware import principal, require_role
 from gateway.outbound import Accepted
-from gateway.store.base import MessageEvent, MessageFilter, MessageRecord, PermitRecord
+from gateway.store.base import MAX_PAGE, MessageEvent, MessageFilter, MessageRecord, PermitRecord
 from gateway.store.retention import RETENTION_ACTOR
 
 log = get_logger("epix.api")
 routes = web.RouteTableDef()
 JSON_TYPES = ("application/json",)
 XML_TYPES = ("application/xml", "text/xml")
+# The Idempotency-Key draft's value is a structured-field string: printable ASCII. Anything else
+# (a control character, bytes that are not UTF-8) could not be stored as the key it was meant as.
+IDEMPOTENCY_KEY = re.compile(r"[\x20-\x7e]{1,200}")
 
 
 def _json(data, status: int = 200) -> web.Response:
@@ -142,8 +149,12 @@ async def submit_permit(request: web.Request) -> web.Response:
     body = await _read_body(request)
     permit = _permit_from_body(request, body, config.max_body_bytes)
     key = request.headers.get("Idempotency-Key")
-    if key is not None and not (1 <= len(key) <= 200):
-        raise EpixError(ErrorCode.JSON_MALFORMED, "The Idempotency-Key header must be 1 to 200 characters.")
+    if key is not None and not IDEMPOTENCY_KEY.fullmatch(key):
+        raise EpixError(
+            ErrorCode.JSON_MALFORMED,
+            "The Idempotency-Key header must be 1 to 200 printable ASCII characters (letters, digits, punctuation, "
+            "spaces), e.g. a UUID.",
+        )
     accepted = await request.app[appkeys.OUTBOUND].submit(
         permit, principal=token, idempotency_key=key, request_hash=hashlib.sha256(body).hexdigest()
     )
@@ -158,13 +169,13 @@ async def cancel_permit(request: web.Request) -> web.Response:
     reason = "Cancelled by the issuing Management Authority."
     body = await request.read()
     if body:
-        try:
-            data = json.loads(body)
-        except (ValueError, UnicodeDecodeError):
-            raise EpixError(ErrorCode.JSON_MALFORMED, "The cancellation body must be JSON like {\"reason\": \"...\"}.") from None
+        data = read_json(body)
         if not isinstance(data, dict) or not isinstance(data.get("reason", reason), str):
             raise EpixError(ErrorCode.JSON_MALFORMED, "The cancellation body must be JSON like {\"reason\": \"...\"}.")
         reason = (data.get("reason") or reason).strip()[:500] or reason
+        problems = rules.text_problems(reason, "The cancellation reason")  # it travels in the signed notice
+        if problems:
+            raise EpixError(ErrorCode.JSON_MALFORMED, problems[0], field="reason")
     accepted = await request.app[appkeys.OUTBOUND].cancel(issuer, number, reason=reason, principal=token)
     request.app[appkeys.METRICS].submitted.labels("cancel").inc()
     return _json(_accepted_view(accepted), status=202)
@@ -236,7 +247,7 @@ def _message_scope(request: web.Request) -> None:
 async def get_message(request: web.Request) -> web.Response:
     _message_scope(request)
     store = request.app[appkeys.STORE]
-    message_id = request.match_info["message_id"]
+    message_id = paths.message_key(request)
     message = await store.get_message(message_id)
     if message is None:
         raise _not_held(request, message_id)
@@ -277,15 +288,55 @@ def _enum_param(request: web.Request, name: str, enum):
         ) from None
 
 
+FILTERS = ("status", "direction", "sender", "receiver", "issuer", "number")  # kept in the next link
+
+
+def _count(query, name: str, *, default: int, maximum: int) -> int:
+    """A query parameter that counts something, 1 to ``maximum``: ASCII digits only (int() also
+    takes "1_000", " 5" and other scripts' digits), and out of range refused rather than clamped,
+    so that a client never takes a page of another size for the one it asked for."""
+    raw = query.get(name)
+    if raw is None:
+        return default
+    if not (raw.isascii() and raw.isdigit() and len(raw) <= 7 and 1 <= int(raw) <= maximum):
+        raise EpixError(ErrorCode.JSON_MALFORMED, f"Query parameter {name}={paths.shown(raw)} must be a whole number from 1 to {maximum}.")
+    return int(raw)
+
+
+def _check_filters(filters: dict[str, str]) -> None:
+    """A filter no message can match is a mistake to report (and a NUL would reach PostgreSQL)."""
+    for name in ("sender", "receiver"):
+        if name in filters and not is_party_id(filters[name]):
+            raise EpixError(
+                ErrorCode.JSON_MALFORMED,
+                f"Query parameter {name}={paths.shown(filters[name])} is not a party: 2 to 64 letters, digits, '.', '_' "
+                "or '-', e.g. CH or HUB-AF.",
+            )
+    if "issuer" in filters and filters["issuer"] not in paths.ISSUERS:
+        raise EpixError(
+            ErrorCode.JSON_MALFORMED,
+            f"Query parameter issuer={paths.shown(filters['issuer'])} is not an issuer: the ISO 3166-1 alpha-2 code of "
+            "the issuing country, e.g. CH.",
+        )
+    if "number" in filters and (problems := rules.number_problems(filters["number"])):
+        raise EpixError(ErrorCode.JSON_MALFORMED, f"Query parameter number: {problems[0].message}")
+
+
 @routes.get("/v1/messages")
 async def list_messages(request: web.Request) -> web.Response:
     _message_scope(request)
     q = request.query
-    try:
-        limit = min(1000, max(1, int(q.get("limit", "100"))))
-        before = datetime.fromisoformat(q["before"]) if "before" in q else None
-    except ValueError:
-        raise EpixError(ErrorCode.JSON_MALFORMED, "limit must be a whole number and before an ISO 8601 date-time.") from None
+    limit = _count(q, "limit", default=100, maximum=MAX_PAGE)
+    before = read_datetime(q["before"], "before") if "before" in q else None
+    before_id = q.get("before_id")
+    if before_id is not None:
+        if before is None:
+            raise EpixError(ErrorCode.JSON_MALFORMED, "before_id continues a page: send it with before, as the next link does.")
+        problems = rules.text_problems(before_id, "before_id", limit=paths.MAX_MESSAGE_ID)
+        if problems:
+            raise EpixError(ErrorCode.JSON_MALFORMED, f"{problems[0]} It is the message id the next link names.")
+    filters = {name: q[name] for name in FILTERS if name in q}
+    _check_filters(filters)
     f = MessageFilter(
         status=_enum_param(request, "status", MessageStatus),
         direction=_enum_param(request, "direction", Direction),
@@ -295,11 +346,16 @@ async def list_messages(request: web.Request) -> web.Response:
         number=q.get("number"),
         limit=limit,
         before=before,
+        before_id=before_id,
     )
     messages = await request.app[appkeys.STORE].list_messages(f)
     page = {"messages": [message_view(m) for m in messages]}
     if len(messages) == limit:
-        page["next"] = f"/v1/messages?limit={limit}&before={messages[-1].created_at.isoformat()}"
+        # The page ends at the last row's (created_at, message_id): messages created in the same
+        # microsecond (a replacement's, one per receiver) are neither skipped nor shown twice.
+        last = messages[-1]
+        cursor = {"limit": limit, "before": last.created_at.isoformat(), "before_id": last.message_id}
+        page["next"] = paths.query_url("/v1/messages", {**filters, **cursor})
     return _json(page)
 
 
@@ -333,7 +389,7 @@ async def _unpark(request: web.Request, retried: list[MessageRecord]) -> int | N
 async def retry_message(request: web.Request) -> web.Response:
     token = require_role(request, "operator")
     store = request.app[appkeys.STORE]
-    message_id = request.match_info["message_id"]
+    message_id = paths.message_key(request)
     message = await store.get_message(message_id)
     if message is None:
         raise _not_held(request, message_id)
@@ -359,22 +415,25 @@ async def retry_many(request: web.Request) -> web.Response:
     replayed messages' entries once they are queued again (``unparked``)."""
     token = require_role(request, "operator")
     body = await request.read()
-    try:
-        query = json.loads(body) if body else {}
-        if not isinstance(query, dict) or set(query) - {"status", "receiver", "limit"}:
-            raise ValueError
-        status = MessageStatus(query.get("status", MessageStatus.SEND_FAILURE.value))
-        limit = int(query.get("limit", 500))
-    except (ValueError, TypeError, UnicodeDecodeError):
+    query = read_json(body) if body else {}
+    if not isinstance(query, dict) or set(query) - {"status", "receiver", "limit"}:
         raise EpixError(
             ErrorCode.JSON_MALFORMED,
             'Send {"status": "SEND_FAILURE" or "REJECTED", "receiver": "<party>", "limit": 1..1000} (all optional).',
-        ) from None
-    if status not in RETRYABLE or not 1 <= limit <= 1000:
-        raise EpixError(ErrorCode.JSON_MALFORMED, "status must be SEND_FAILURE or REJECTED, and limit 1 to 1000.")
+        )
+    status = query.get("status", MessageStatus.SEND_FAILURE.value)
+    receiver = query.get("receiver")
+    limit = query.get("limit", Decimal(500))
+    if status not in [s.value for s in RETRYABLE]:
+        raise EpixError(ErrorCode.JSON_MALFORMED, "status must be \"SEND_FAILURE\" or \"REJECTED\".")
+    if receiver is not None and not (isinstance(receiver, str) and is_party_id(receiver)):
+        raise EpixError(ErrorCode.JSON_MALFORMED, "receiver must be a party such as \"FR\" or \"HUB-AF\".")
+    # Numbers arrive as exact Decimals: true is not 1, and 2.5 is not 2.
+    if not (isinstance(limit, Decimal) and limit == limit.to_integral_value() and 1 <= limit <= MAX_PAGE):
+        raise EpixError(ErrorCode.JSON_MALFORMED, f"limit must be a whole number from 1 to {MAX_PAGE}.")
     store = request.app[appkeys.STORE]
     found = await store.list_messages(
-        MessageFilter(status=status, direction=Direction.OUTBOUND, receiver=query.get("receiver"), limit=limit)
+        MessageFilter(status=MessageStatus(status), direction=Direction.OUTBOUND, receiver=receiver, limit=int(limit))
     )
     retried = []
     for message in found:
@@ -400,10 +459,7 @@ async def inbox(request: web.Request) -> web.Response:
     party = request.app[appkeys.CONFIG].party
     if not token.covers(party) and token.role != "operator":
         raise EpixError(ErrorCode.FORBIDDEN, f"Token {token.name!r} may not read the inbox of {party}.")
-    try:
-        limit = min(500, max(1, int(request.query.get("limit", "100"))))
-    except ValueError:
-        raise EpixError(ErrorCode.JSON_MALFORMED, "limit must be a whole number.") from None
+    limit = _count(request.query, "limit", default=100, maximum=500)
     store = request.app[appkeys.STORE]
     return _json({"messages": [await inbox_item(store, m) for m in await store.inbox(party, limit=limit)]})
 
@@ -412,7 +468,7 @@ async def inbox(request: web.Request) -> web.Response:
 async def ack_inbox(request: web.Request) -> web.Response:
     token = require_role(request, "ma", "operator")
     store = request.app[appkeys.STORE]
-    message_id = request.match_info["message_id"]
+    message_id = paths.message_key(request)
     message = await store.get_message(message_id)
     if message is None or message.direction is not Direction.INBOUND:
         raise EpixError(ErrorCode.NOT_FOUND, f"No inbound message {message_id} is in the inbox.")

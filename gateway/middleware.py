@@ -7,6 +7,7 @@ anything unexpected is logged with its traceback and answered as a 500 INTERNAL_
 from __future__ import annotations
 
 import json
+import re
 import uuid
 
 import structlog
@@ -19,16 +20,25 @@ from gateway.logs import get_logger
 
 log = get_logger("epix.http")
 PRINCIPAL = web.RequestKey("principal", Token)
-PUBLIC_PREFIXES = ("/healthz", "/readyz", "/metrics", "/v1/openapi.json", "/exchange/")
+# Routes answered without a bearer token: the operator's probes, the published API description,
+# and the exchange API, whose callers are authenticated by the signature on every document.
+PUBLIC_ROUTES = frozenset({"/healthz", "/readyz", "/metrics", "/v1/openapi.json"})
+PUBLIC_PREFIX = "/exchange/"
 
 
 def error_response(exc: EpixError) -> web.Response:
     return web.json_response(exc.to_dict(), status=exc.status, dumps=lambda o: json.dumps(o, default=str))
 
 
+# A caller's (or its proxy's) request id is kept when it looks like one: it is echoed and bound to
+# every log line, where spaces, "=" or 8 KB of text could pass for other fields or drown them.
+REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
+
+
 @web.middleware
 async def request_context(request: web.Request, handler):
-    request_id = request.headers.get("X-Request-Id") or uuid.uuid4().hex
+    given = request.headers.get("X-Request-Id", "")
+    request_id = given if REQUEST_ID.fullmatch(given) else uuid.uuid4().hex
     structlog.contextvars.clear_contextvars()
     structlog.contextvars.bind_contextvars(request_id=request_id, path=request.path, method=request.method)
     response = await handler(request)
@@ -66,9 +76,33 @@ async def errors(request: web.Request, handler):
         return error_response(err)
 
 
+def is_public(resource: web.AbstractResource | None) -> bool:
+    """Whether a route of ours needs no token, by the pattern it was registered with."""
+    if resource is None:
+        return False
+    canonical = resource.canonical
+    return canonical in PUBLIC_ROUTES or canonical.startswith(PUBLIC_PREFIX)
+
+
+async def _public(request: web.Request) -> bool:
+    """Decided on the resource the router matched, never on the path's text: the router matches
+    ``path_safe`` (which keeps %2F and %25 encoded) while ``request.path`` is decoded in full, so
+    "/exchange%2F../v1/messages" reads as an exchange path and matches nothing of the exchange
+    API. What matched no route (404) needs a token like any other path; a public path asked with
+    the wrong method (405) does not, so that a partner hears what it did wrong."""
+    match = request.match_info
+    if match.http_exception is None:
+        return is_public(match.route.resource)
+    if isinstance(match.http_exception, web.HTTPMethodNotAllowed):
+        for resource in request.app.router.resources():
+            if is_public(resource) and (await resource.resolve(request))[1]:
+                return True
+    return False
+
+
 @web.middleware
 async def authenticate(request: web.Request, handler):
-    if request.path.startswith(PUBLIC_PREFIXES):
+    if await _public(request):
         return await handler(request)
     header = request.headers.get("Authorization", "")
     scheme, _, presented = header.partition(" ")

@@ -19,11 +19,12 @@ the number itself, decoded exactly once ("%252F" is the text "%2F"). Two gaps re
 
 from __future__ import annotations
 
-from urllib.parse import quote
+from collections.abc import Mapping
+from urllib.parse import quote, urlencode
 
 from aiohttp import web
 
-from domain import codes, rules
+from domain import codes, ledger, rules
 from domain.errors import EpixError, ErrorCode
 
 # One path segment, whatever it holds once decoded (the canonical route stays "{number}").
@@ -33,12 +34,17 @@ DECLARATION = "{declaration:[^/]+}"
 PERMIT = f"/v1/permits/{ISSUER}/{NUMBER}"
 VERIFICATION = f"/v1/verifications/{ISSUER}/{NUMBER}"
 
-_ISSUERS = codes.COUNTRIES | codes.USER_ASSIGNED_COUNTRIES  # what rules.validate lets a permit's issuer be
+ISSUERS = codes.COUNTRIES | codes.USER_ASSIGNED_COUNTRIES  # what rules.validate lets a permit's issuer be
 
 
 def segment(value: str) -> str:
     """``value`` percent-encoded as one path segment: everything but letters, digits and ``-._~``."""
     return quote(value, safe="")
+
+
+def shown(value: str) -> str:
+    """``value`` quoted for an error message, cut short when it is far longer than anything real."""
+    return repr(value if len(value) <= 80 else value[:64] + "…")
 
 
 def permit_url(issuer: str, number: str, *tail: str) -> str:
@@ -50,11 +56,18 @@ def verification_url(issuer: str, number: str) -> str:
     return "/".join(("/v1/verifications", segment(issuer), segment(number)))
 
 
+def query_url(path: str, params: Mapping[str, object]) -> str:
+    """``path?name=value&...`` with every value percent-encoded, ready to follow as it is: left
+    as it is, the "+" of a UTC offset ("+00:00") is read back as a space, and a "&" or "#" in a
+    permit number would end its parameter."""
+    return f"{path}?{urlencode(params, quote_via=quote)}" if params else path
+
+
 def permit_key(request: web.Request) -> tuple[str, str]:
     """(issuer, number) of the permit the URL names. A value no permit can have is refused here, as
     NOT_FOUND with the reason, before it reaches the store (PostgreSQL refuses a NUL outright)."""
     issuer, number = request.match_info["issuer"], request.match_info["number"]
-    if issuer not in _ISSUERS:
+    if issuer not in ISSUERS:
         raise EpixError(
             ErrorCode.NOT_FOUND,
             f"No permit is issued by {issuer!r}: the issuer is the ISO 3166-1 alpha-2 code of the issuing country, e.g. CH.",
@@ -70,3 +83,34 @@ def permit_key(request: web.Request) -> tuple[str, str]:
             problems=[p.to_dict() for p in problems],
         )
     return issuer, number
+
+
+def declaration_key(request: web.Request) -> str:
+    """The customs declaration a reversal URL names. A reference no write-off can have (the
+    write-off body refuses it: domain.ledger.declaration_problems) is NOT_FOUND with the reason,
+    before anything is looked up or written."""
+    declaration = request.match_info["declaration"]
+    problems = ledger.declaration_problems(declaration)
+    if problems:
+        example = permit_url("FR", "CH26-000001", "write-offs", segment("FR/2026 7"), "reversal")
+        raise EpixError(
+            ErrorCode.NOT_FOUND,
+            f"No write-off can have the declaration reference {shown(declaration)}. {problems[0]} A reference is sent "
+            f"as one percent-encoded path segment: {example}.",
+            declaration=declaration,
+        )
+    return declaration
+
+
+MAX_MESSAGE_ID = 64  # ours are UUIDs; a partner's arrive as the envelope's ex:Token64
+
+
+def message_key(request: web.Request) -> str:
+    """The message id a URL names. One that no message can have (longer than an envelope carries,
+    or holding a character XML cannot, such as the NUL PostgreSQL refuses outright) is NOT_FOUND
+    with the reason, before it reaches the store."""
+    message_id = request.match_info["message_id"]
+    problems = rules.text_problems(message_id, "A message id", limit=MAX_MESSAGE_ID)
+    if problems:
+        raise EpixError(ErrorCode.NOT_FOUND, f"No message can have the id {shown(message_id)}. {problems[0]}")
+    return message_id

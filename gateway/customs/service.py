@@ -26,8 +26,8 @@ from adapters.exchange_xml import (
     build_endorsement,
     build_verdict,
 )
-from adapters.permit_json import permit_from_json
-from domain import ledger
+from adapters.permit_json import permit_from_json, read_datetime
+from domain import ledger, rules
 from domain.errors import EpixError, ErrorCode
 from domain.messages import Action, Direction, MessageStatus
 from domain.model import EndorsedLine, Endorsement, Permit
@@ -47,7 +47,6 @@ from keys.xmldsig import Verifier
 
 log = get_logger("epix.customs")
 CUSTOMS_ROLES = ("customs", "operator")
-MAX_DECLARATION = 64
 
 
 def addressed_to(permit: Permit, token: Token) -> bool:
@@ -436,22 +435,32 @@ def require_customs(token: Token) -> None:
         raise EpixError(ErrorCode.FORBIDDEN, f"Token {token.name!r} has role {token.role!r}; this needs customs or operator.")
 
 
-def _text(body: dict[str, Any], name: str, *, required: bool = False, limit: int = 512) -> str | None:
+def _text(body: dict[str, Any], name: str, *, required: bool = False, limit: int = rules.MAX_TEXT, path: str = "") -> str | None:
+    field = path + name
     value = body.get(name)
     if value is None or (isinstance(value, str) and not value.strip()):
         if required:
-            raise EpixError(ErrorCode.JSON_MALFORMED, f"The write-off needs {name!r}.", field=name)
+            raise EpixError(ErrorCode.JSON_MALFORMED, f"The write-off needs {field!r}.", field=field)
         return None
     if not isinstance(value, str) or len(value) > limit:
-        raise EpixError(ErrorCode.JSON_MALFORMED, f"{name!r} must be text of at most {limit} characters.", field=name)
+        raise EpixError(ErrorCode.JSON_MALFORMED, f"{field!r} must be text of at most {limit} characters.", field=field)
+    problems = rules.text_problems(value, repr(field))  # it travels in the signed endorsement
+    if problems:
+        raise EpixError(ErrorCode.JSON_MALFORMED, problems[0], field=field)
     return value.strip()
 
 
 def parse_write_off(body: Any, token: Token, party: str) -> dict[str, Any]:
     if not isinstance(body, dict):
         raise EpixError(ErrorCode.JSON_MALFORMED, "The write-off must be a JSON object (see docs/CUSTOMS.md).")
-    declaration = _text(body, "declaration", required=True, limit=MAX_DECLARATION)
-    office = _text(body, "office", limit=64) or single_office(token.countries, party)
+    declaration = _text(body, "declaration", required=True, limit=ledger.MAX_DECLARATION)
+    problems = ledger.declaration_problems(declaration)
+    if problems:
+        raise EpixError(ErrorCode.JSON_MALFORMED, problems[0], field="declaration")
+    office = _text(body, "office", limit=64)
+    if office is not None and (problems := rules.identifier_problems(office, "The office")):
+        raise EpixError(ErrorCode.JSON_MALFORMED, problems[0], field="office")  # an ex:Token64 in the endorsement
+    office = office or single_office(token.countries, party)
     if token.role != "operator" and not covers_office(token.countries, party, office):
         raise EpixError(
             ErrorCode.FORBIDDEN,
@@ -459,12 +468,7 @@ def parse_write_off(body: Any, token: Token, party: str) -> dict[str, Any]:
             office=office,
         )
     raw_date = body.get("date")
-    try:
-        date = datetime.fromisoformat(raw_date) if isinstance(raw_date, str) else datetime.now(timezone.utc)
-    except ValueError:
-        raise EpixError(ErrorCode.JSON_MALFORMED, f"date {raw_date!r} is not an ISO 8601 date-time.") from None
-    if date.tzinfo is None:
-        raise EpixError(ErrorCode.JSON_MALFORMED, "date needs a time zone offset (e.g. +01:00 or Z).")
+    date = datetime.now(timezone.utc) if raw_date is None else read_datetime(raw_date, "date")
     raw_lines = body.get("lines")
     if not isinstance(raw_lines, list):
         raise EpixError(ErrorCode.JSON_MALFORMED, "lines must be a list like [{\"item\": \"A\", \"quantity\": \"10\"}].")
@@ -483,8 +487,8 @@ def parse_write_off(body: Any, token: Token, party: str) -> dict[str, Any]:
     if not isinstance(species, list) or not all(isinstance(s, str) for s in species):
         raise EpixError(ErrorCode.JSON_MALFORMED, "declared.species must be a list of scientific names.")
     declared = Declared(
-        lines=tuple(lines), exporter_country=d.get("exporter_country"), importer_country=d.get("importer_country"),
-        species=tuple(species),
+        lines=tuple(lines), exporter_country=_text(d, "exporter_country", limit=64, path="declared."),
+        importer_country=_text(d, "importer_country", limit=64, path="declared."), species=tuple(species),
     )  # fmt: skip
     return {
         "declaration": declaration, "office": office, "date": date, "port": _text(body, "port"),

@@ -12,6 +12,7 @@ from decimal import Decimal
 from adapters.exchange_xml import exchange_schema
 from adapters.ns import EXCHANGE
 from domain.messages import Action, MessageStatus
+from gateway.store.base import MessageFilter
 from gateway.store.sqlite import SqliteStore
 from tests.e2e.conftest import FINAL, customs_permit
 
@@ -194,6 +195,50 @@ async def test_customs_tokens_outside_their_scope_are_refused(customs):
     ):
         status, err = await customs.write_off("FR", "CH", permit.number, bad)
         assert status in (400, 409) and err["code"] == code, (bad, err)
+
+
+@pytest.mark.parametrize(
+    ("reference", "words"),
+    [
+        ("%00", "U+0000"),
+        ("FR-DEC-9%0A", "U+000A"),
+        ("%E2%80%8BFR-DEC-9", "U+200B"),
+        ("D" * 65, "has 65 characters"),
+        ("FR-DEC-9%20", "begins or ends with a space"),
+        ("FR%20%20DEC-9", "two spaces in a row"),
+        ("%2E%2E", "cannot be written in a URL"),
+    ],
+)
+async def test_a_reversal_naming_a_reference_no_write_off_can_have_is_refused_and_changes_nothing(customs, reference, words):
+    from yarl import URL
+
+    permit = _permit("CH26-100045")
+    await customs.deliver(permit)
+    status, w = await customs.write_off("FR", "CH", permit.number, _declaration("FR-DEC-9", {"A": "1"}))
+    assert status == 201, w
+    before = await customs.call("FR", "GET", f"/v1/permits/CH/{permit.number}/quantities", token="fr-customs")
+    messages = [m.message_id for m in await customs.store("FR").list_messages(MessageFilter())]  # no new endorsement
+    # Sent as written (a client would resolve "%2E%2E" away before sending).
+    url = URL(f"{customs.url('FR')}/v1/permits/CH/{permit.number}/write-offs/{reference}/reversal", encoded=True)
+    async with customs.http.post(url, json={"reason": "test"}, headers={"Authorization": "Bearer tok-fr-customs"}) as resp:
+        status, err = resp.status, await resp.json()
+    assert status == 404 and err["code"] == "NOT_FOUND", err
+    assert err["message"].startswith("No write-off can have the declaration reference") and words in err["message"]
+    assert await customs.call("FR", "GET", f"/v1/permits/CH/{permit.number}/quantities", token="fr-customs") == before
+    assert [m.message_id for m in await customs.store("FR").list_messages(MessageFilter())] == messages
+
+
+@pytest.mark.parametrize(
+    ("reference", "words"),
+    [("FR-DEC\u0000", "U+0000"), ("FR\u0001DEC", "U+0001"), ("FR  DEC", "two spaces in a row"), ("..", "in a URL"), ("D" * 65, "at most 64")],
+)
+async def test_a_write_off_with_a_reference_no_reversal_could_name_is_refused(customs, reference, words):
+    permit = _permit("CH26-100046")
+    await customs.deliver(permit)
+    reference = reference.encode().decode("unicode_escape")
+    status, err = await customs.write_off("FR", "CH", permit.number, _declaration(reference, {"A": "1"}))
+    assert status == 400 and err["code"] == "JSON_MALFORMED" and words in err["message"], err
+    assert await customs.store("FR").list_write_offs("CH", permit.number) == []
 
 
 async def test_concurrent_write_offs_over_http_never_overdraw(customs):

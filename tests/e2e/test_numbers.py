@@ -153,6 +153,21 @@ async def test_a_number_partners_or_urls_cannot_carry_is_refused_and_nothing_is_
 
 
 @pytest.mark.parametrize(
+    ("replaces", "words"),
+    [("CH26-000001\x00", "U+0000"), ("X" * 65, "at most 64"), ("CH26-000001 ", "ends with a space"), ("..", "in a URL")],
+)
+async def test_a_replacement_naming_a_number_no_permit_can_have_is_refused_and_nothing_is_stored(numbers, replaces, words):
+    c = numbers
+    permit = make_permit(random.Random(2), issuer="CH", importer_country="FR", number="CH26-000002", replaces=replaces)
+    status, err = await c.submit(permit)
+    assert status == 422 and err["code"] == "PERMIT_INVALID", err
+    [problem] = err["context"]["problems"]
+    assert problem["code"] == "PERMIT_NUMBER_INVALID" and problem["path"] == "replaces" and words in problem["message"]
+    assert await c.store("CH").get_permit_versions("CH", permit.number) == []
+    assert await c.store("CH").list_messages(MessageFilter()) == []
+
+
+@pytest.mark.parametrize(
     ("method", "path", "customs", "words"),
     [
         ("GET", "/v1/permits/CH/CH26%00001", False, "U+0000"),

@@ -10,7 +10,7 @@ from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 from yarl import URL
 
-from domain import rules
+from domain import ledger, rules
 from domain.errors import EpixError, ErrorCode
 from gateway import paths
 
@@ -101,3 +101,21 @@ async def test_what_no_permit_can_be_is_not_found_with_the_reason(url, words):
     with pytest.raises(EpixError) as caught:
         paths.permit_key(request)
     assert caught.value.code is ErrorCode.NOT_FOUND and words in caught.value.detail
+
+
+@pytest.mark.parametrize(
+    ("segment", "words"),
+    [("%00", "U+0000"), ("D%20", "begins or ends with a space"), ("D" * 65, "at most 64"), ("A%20%20B", "two spaces")],
+)
+async def test_a_declaration_no_write_off_can_have_is_not_found_with_the_reason(segment, words):
+    _, info, request = await _resolve(f"/v1/permits/FR/CH26-1/write-offs/{segment}/reversal")
+    with pytest.raises(EpixError) as caught:
+        paths.declaration_key(request)
+    assert caught.value.code is ErrorCode.NOT_FOUND and words in caught.value.detail
+
+
+async def test_a_declaration_the_write_off_body_accepts_comes_back_from_its_url():
+    for reference in ("25FR00012345", "FR/2026 Nº 7", "50%", "{A}"):
+        assert ledger.declaration_problems(reference) == []
+        _, _, request = await _resolve(paths.permit_url("FR", "CH26-1", "write-offs", paths.segment(reference), "reversal"))
+        assert paths.declaration_key(request) == reference

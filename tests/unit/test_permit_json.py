@@ -16,7 +16,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from adapters.permit_json import MAX_JSON_BYTES, permit_from_dict, permit_from_json, permit_to_dict, permit_to_json
+from adapters.permit_json import MAX_JSON_BYTES, permit_from_dict, permit_from_json, permit_to_dict, permit_to_json, read_json
 from domain import model
 from domain.errors import EpixError, ErrorCode
 from domain.model import EndorsedLine, Endorsement, Permit
@@ -203,6 +203,8 @@ def test_text_may_be_given_as_str():
         (lambda d: d.__setitem__("signed_by", "\ud800"), "signed_by", "surrogate"),
         (lambda d: d["items"][0].__setitem__("quantity", "\u0661\u0662"), "items[0].quantity", "not one"),
         (lambda d: d.__setitem__("issue_date", "\u0662026-03-01T10:00:00Z"), "issue_date", "UTC offset"),
+        (lambda d: d.__setitem__("valid_until", "9999-12-31T23:00:00-02:00"), "valid_until", "outside years 1 to 9999 in UTC"),
+        (lambda d: d.__setitem__("issue_date", "0001-01-01T01:00:00+02:00"), "issue_date", "outside years 1 to 9999 in UTC"),
     ],
 )
 def test_bad_fields_are_refused_naming_the_field(mutate, path, words):
@@ -234,6 +236,19 @@ def test_bad_bodies_are_refused_with_a_sentence(data, words):
     err = refused(data)
     assert words in err.detail
     assert err.context["path"] in {"$", "number"}
+
+
+def test_any_json_body_is_read_as_strictly_as_a_permit():
+    assert read_json(b'{"limit": 2.50, "n": 7}') == {"limit": Decimal("2.50"), "n": Decimal(7)}  # exact, never a float
+    for data, words in (
+        (b"[" * 100_000 + b"]" * 100_000, "too deeply"),
+        (b'{"a": Infinity}', "not valid JSON"),
+        (b'{"a": 1, "a": 2}', "repeats the field"),
+        (b"\xff{}", "not UTF-8"),
+    ):
+        with pytest.raises(EpixError) as caught:
+            read_json(data)
+        assert caught.value.code is ErrorCode.JSON_MALFORMED and words in caught.value.detail
 
 
 def test_oversize_bodies_are_refused_before_parsing():

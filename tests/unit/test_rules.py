@@ -167,6 +167,55 @@ def test_a_number_with_several_faults_gets_each_named():
     assert codes_of(problems) == ["PERMIT_NUMBER_INVALID"] * 3
 
 
+@pytest.mark.parametrize(
+    ("replaces", "words"),
+    [
+        ("X" * (rules.MAX_NUMBER_LENGTH + 1), "has 65 characters; partners accept at most 64"),
+        ("CH25-\x00001", "U+0000"),
+        ("CH25-\u200b001", "U+200B"),
+        ("CH25-000001 ", "begins or ends with a space"),
+        ("   ", "begins or ends with a space"),
+        ("..", "cannot be written in a URL"),
+        (25001, "is not text"),
+    ],
+)
+def test_the_number_a_replacement_names_obeys_box_1s_rule(replaces, words):
+    p = the(validate(permit(number="CH25-000002", replaces=replaces)), "PERMIT_NUMBER_INVALID")
+    assert p.path == "replaces" and p.severity is Severity.ERROR
+    assert p.message.startswith("The number of the permit this one replaces") and words in p.message
+
+
+@pytest.mark.parametrize(
+    ("text", "words"),
+    [("in error\x00", "U+0000"), ("a\x0bb", "U+000B"), ("\ud800", "U+D800"), ("x\uffff", "U+FFFF"), ("x" * 513, "513 characters"), (5, "must be text")],
+)
+def test_free_text_xml_cannot_carry_is_named(text, words):
+    [sentence] = rules.text_problems(text, "The reason")
+    assert sentence.startswith("The reason") and words in sentence and sentence.endswith(".")
+
+
+def test_free_text_may_hold_line_breaks_tabs_and_any_script():
+    assert rules.text_problems("Entered twice.\r\n\tJ. Müller — 税関 😀", "The reason") == []
+
+
+@pytest.mark.parametrize(
+    ("issued", "until"),
+    [
+        (datetime(9999, 7, 1, tzinfo=timezone.utc), datetime(9999, 12, 31, 23, 59, tzinfo=timezone.utc)),  # 6 months on: year 10000
+        (datetime(9999, 12, 31, 10, tzinfo=timezone(timedelta(hours=5))), datetime(9999, 12, 31, 23, 59, tzinfo=timezone.utc)),
+        (datetime(1, 1, 1, tzinfo=timezone.utc), datetime(1, 3, 1, tzinfo=timezone.utc)),  # a day before: year 0
+    ],
+)
+def test_dates_at_the_ends_of_the_calendar_are_judged_not_crashed_on(issued, until):
+    problems = validate(permit(issue_date=issued, valid_from=issued, valid_until=until), today=date(2026, 1, 1))
+    assert {p.code for p in problems} <= {"PERMIT_EXPIRED", "PERMIT_NOT_YET_VALID"}
+
+
+@pytest.mark.parametrize("replaces", [None, "", "KWS/CITES/2026/0012", "21 CH 012345", "X" * rules.MAX_NUMBER_LENGTH])
+def test_a_replacement_may_name_any_number_a_permit_can_have(replaces):
+    assert validate(permit(number="CH25-000002", replaces=replaces)) == []
+
+
 # --- code lists ----------------------------------------------------------------------------------
 
 
