@@ -24,7 +24,7 @@ from gateway.metrics import Metrics
 from gateway.queue.base import DeliveryQueue
 from gateway.queue.embedded import EmbeddedQueue
 from gateway.security import Security
-from gateway.store.base import MessageRecord, Store, header_of
+from gateway.store.base import Claim, MessageRecord, Store, header_of
 
 log = get_logger("epix.delivery")
 EXCHANGE_PATH = "/exchange/v1/messages"
@@ -61,6 +61,30 @@ class DeliveryWorker:
 
     def wake(self) -> None:
         self.queue.notify()
+
+    def claim_at_accept(self, wanted: int) -> Claim | None:
+        """For a batch about to be accepted: the messages the sender takes at once (a free slot
+        each), stored claimed in the accepting transaction; None when none are (see Claim)."""
+        taken = self.queue.reserve(wanted)
+        if taken == 0:
+            return None
+        lease_until = datetime.now(timezone.utc) + timedelta(seconds=self.config.delivery.lease_s)
+        return Claim(taken, self.actor, lease_until)
+
+    def accepted(self, built: list[MessageRecord], stored: list[MessageRecord], claim: Claim | None) -> None:
+        """After the accepting transaction: send what it stored claimed, wake the queue for the
+        rest. What it returned instead of ``built`` (an idempotent repeat) is someone else's."""
+        taken = 0 if claim is None else claim.count
+        ours = {m.message_id for m in built[:taken]}
+        mine = [m for m in stored if m.message_id in ours]
+        if claim is not None:
+            self.queue.hand_over(mine, taken)
+        if len(mine) < len(stored):
+            self.queue.notify()
+
+    def not_accepted(self, claim: Claim | None) -> None:
+        if claim is not None:
+            self.queue.hand_over([], claim.count)
 
     async def run(self) -> None:
         log.info("delivery.started", party=self.config.party, queue=type(self.queue).__name__)

@@ -10,7 +10,7 @@ import hashlib
 import uuid
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 from lxml import etree
 
@@ -24,6 +24,9 @@ from domain.model import Permit
 from gateway.config import GatewayConfig, Token
 from gateway.security import Security
 from gateway.store.base import MessageRecord, PermitRecord, Store
+
+if TYPE_CHECKING:
+    from gateway.delivery import DeliveryWorker
 
 DOCUMENT_TYPE = "CITESEPermit"
 _CONVERSATION_NS = uuid.UUID("6f1c9d2e-5b7a-4c1e-9a43-0c4b8f2d7e11")
@@ -56,11 +59,21 @@ class Accepted:
 
 
 class OutboundService:
-    def __init__(self, config: GatewayConfig, store: Store, security: Security, wake: Callable[[], None]) -> None:
+    def __init__(
+        self,
+        config: GatewayConfig,
+        store: Store,
+        security: Security,
+        wake: Callable[[], None],
+        *,
+        sender: "DeliveryWorker | None" = None,
+    ) -> None:
         self.config = config
         self.store = store
         self.security = security
         self.wake = wake
+        # The sender takes what it has room for as the permit is stored (store.base.Claim).
+        self.sender = sender
 
     def _check_scope(self, principal: Token, country: str) -> None:
         if principal.role not in ("ma", "operator") or not principal.covers(country):
@@ -113,7 +126,7 @@ class OutboundService:
         # Signed from the element itself: the signer would otherwise parse the bytes back.
         element = permit_to_element(permit)
         unsigned = etree.tostring(element, xml_declaration=True, encoding="UTF-8")  # = permit_to_xml(permit)
-        signed = self.security.sign(element)
+        signed = self.security.sign(element, serialised=unsigned)
         now = datetime.now(timezone.utc)
         record = PermitRecord(
             issuer=issuer,
@@ -132,15 +145,25 @@ class OutboundService:
         messages = [
             self._message(issuer, permit.number, 1, route.receiver, action, route.via, signed, now) for route in routes
         ]
-        stored = await self.store.accept_outbound(
-            record,
-            messages,
-            actor=f"ma:{principal.name}",
-            idempotency_key=idempotency_key,
-            principal=principal.name if idempotency_key else None,
-            request_hash=request_hash,
-        )
-        self.wake()
+        claim = self.sender.claim_at_accept(len(messages)) if self.sender is not None else None
+        try:
+            stored = await self.store.accept_outbound(
+                record,
+                messages,
+                actor=f"ma:{principal.name}",
+                idempotency_key=idempotency_key,
+                principal=principal.name if idempotency_key else None,
+                request_hash=request_hash,
+                claim=claim,
+            )
+        except BaseException:
+            if self.sender is not None:
+                self.sender.not_accepted(claim)
+            raise
+        if self.sender is not None:
+            self.sender.accepted(messages, stored, claim)
+        else:
+            self.wake()
         replayed = bool(stored) and {m.message_id for m in stored} != {m.message_id for m in messages}
         warnings = [p for p in problems if p.severity is rules.Severity.WARNING]
         return Accepted(issuer, permit.number, 1, stored, warnings, replayed=replayed)

@@ -40,8 +40,8 @@ class Security:
     def from_parts(cls, *, party: str, signer: Signer, trust: TrustStore, certificate_pem: bytes) -> "Security":
         return cls(party=party, signer=signer, trust=trust, verifier=Verifier(trust), certificate_pem=certificate_pem)
 
-    def sign(self, data, *, canonical: bytes | None = None) -> bytes:
-        return self.signer.sign(data, canonical=canonical)
+    def sign(self, data, *, canonical: bytes | None = None, serialised: bytes | None = None) -> bytes:
+        return self.signer.sign(data, canonical=canonical, serialised=serialised)
 
     def verify(self, data: bytes, party: str, *, parsed=None) -> Verified:
         """Verify ``data`` as signed by ``party``; on an untrusted signer, say whether it is another partner.

@@ -170,13 +170,17 @@ class Signer:
         n = self._coordinate_bytes
         return r.to_bytes(n, "big") + s.to_bytes(n, "big")
 
-    def sign(self, document: bytes | etree._Element, *, canonical: bytes | None = None) -> bytes:
+    def sign(
+        self, document: bytes | etree._Element, *, canonical: bytes | None = None, serialised: bytes | None = None
+    ) -> bytes:
         """The document with an enveloped signature as the root's last child, as UTF-8 bytes.
 
         Bytes go through the hardened parser first. An element must be a document root; it is
         not modified. ``canonical``: the exclusive C14N of ``document`` (bytes), when the caller
         wrote the document so that it knows it (the exchange templates); it spares the parse and
-        the canonicalisation, and must be exact, or the signature will not verify.
+        the canonicalisation, and must be exact, or the signature will not verify. ``serialised``:
+        the element's document as ``etree.tostring(root, xml_declaration=True, encoding="UTF-8")``
+        writes it, when the caller needed those bytes too; it spares serialising twice.
         """
         if canonical is not None and isinstance(document, (bytes, bytearray, memoryview)):
             return self._sign_canonical(bytes(document), canonical)
@@ -187,7 +191,7 @@ class Signer:
             if document.getparent() is not None:
                 raise ValueError("Signer.sign signs whole documents: pass the root element")
             tree = document.getroottree()
-            data = etree.tostring(tree, xml_declaration=True, encoding="UTF-8")
+            data = serialised if serialised is not None else etree.tostring(tree, xml_declaration=True, encoding="UTF-8")
         else:
             raise TypeError("Signer.sign takes bytes or an lxml root element")
         root = tree.getroot()

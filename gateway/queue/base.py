@@ -34,6 +34,16 @@ class DeliveryQueue(ABC):
         """Messages were queued in the store (accepted, cancelled, released, retried by an
         operator): look for them now instead of at the next poll."""
 
+    def reserve(self, wanted: int) -> int:
+        """Take up to ``wanted`` free delivery slots for messages about to be stored already
+        claimed by this process (``store.base.Claim``); how many were taken. A queue fed otherwise
+        (RabbitMQ's outbox relay) takes none, and the messages wait in SEND_ENQUEUED as usual."""
+        return 0
+
+    def hand_over(self, messages: Sequence[MessageRecord], reserved: int) -> None:
+        """Deliver ``messages`` (stored SENDING under this process's lease) in slots ``reserve``
+        took; slots left unused (an idempotent repeat stored nothing new) are freed."""
+
     async def unpark(self, messages: Sequence[MessageRecord]) -> int:
         """An operator retried ``messages`` (SEND_ENQUEUED again in the store, from which they are
         sent once more): drop what the queue still holds of them as parked; how many entries went.

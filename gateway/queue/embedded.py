@@ -1,7 +1,8 @@
 """The embedded queue: the store's own messages table, polled with leases.
 
 A message waiting to be sent carries the time it becomes due; ``claim_due`` moves due messages to
-SENDING with a lease in one transaction. A sender that dies leaves a lease that runs out, and the
+SENDING with a lease in one transaction. A permit accepted while a slot is free skips that step:
+its message is stored already claimed by this sender (``reserve`` / ``hand_over``) and sent at once. A sender that dies leaves a lease that runs out, and the
 message is claimed again with the same id. On a graceful stop, what this process still holds is
 handed back at once instead of waiting for the lease.
 """
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Sequence
 from datetime import datetime, timezone
 
 import structlog
@@ -36,28 +38,60 @@ class EmbeddedQueue(DeliveryQueue):
         # takes that many messages, instead of one claim per finished delivery.
         self._refill = max(1, min(delivery.batch, delivery.concurrency // 4))
         self._backlog = False  # the last claim was full: more messages are probably due
+        self._reserved = 0  # slots promised to messages being stored already claimed
+        self._deliver: Deliver | None = None  # set while run() feeds the sender
 
     def notify(self) -> None:
         self._wake.set()
 
     async def run(self, deliver: Deliver) -> None:
         log.info("queue.embedded.started")
+        self._deliver = deliver
         try:
             while True:
                 claimed = await self.run_once(deliver)
                 if claimed == 0:
                     await self._sleep()
         finally:
+            self._deliver = None
             for task in list(self._inflight):
                 task.cancel()
             if self._inflight:
                 await asyncio.gather(*self._inflight, return_exceptions=True)
             await self._release_unfinished()
 
+    def _free(self) -> int:
+        return self.delivery.concurrency - len(self._inflight) - self._reserved
+
+    def reserve(self, wanted: int) -> int:
+        if self._deliver is None:
+            return 0
+        taken = max(0, min(wanted, self._free()))
+        self._reserved += taken
+        return taken
+
+    def hand_over(self, messages: Sequence[MessageRecord], reserved: int) -> None:
+        self._reserved -= reserved
+        if self._deliver is None:  # stopping: their leases run out and a restart sends them
+            return
+        for message in messages[:reserved]:
+            self._start(self._deliver, message)
+        if len(messages) < reserved or not self._inflight:
+            self.notify()  # slots freed: what waits in the store may take them
+
+    def _start(self, deliver: Deliver, message: MessageRecord) -> None:
+        self._held.add(message.message_id)
+        task = asyncio.create_task(self._deliver_guarded(deliver, message))
+        self._inflight.add(task)
+        task.add_done_callback(self._inflight.discard)
+
     async def run_once(self, deliver: Deliver) -> int:
-        free = self.delivery.concurrency - len(self._inflight)
+        free = self._free()
         if free <= 0 or (self._backlog and free < self._refill):
-            await asyncio.wait(self._inflight, return_when=asyncio.FIRST_COMPLETED)
+            if self._inflight:
+                await asyncio.wait(self._inflight, return_when=asyncio.FIRST_COMPLETED)
+            else:  # every slot is reserved for messages being handed over: they will notify
+                await self._sleep()
             return 1
         limit = min(free, self.delivery.batch)
         claim = asyncio.ensure_future(
@@ -77,10 +111,7 @@ class EmbeddedQueue(DeliveryQueue):
             raise
         self._backlog = len(batch) == limit
         for message in batch:
-            self._held.add(message.message_id)
-            task = asyncio.create_task(self._deliver_guarded(deliver, message))
-            self._inflight.add(task)
-            task.add_done_callback(self._inflight.discard)
+            self._start(deliver, message)
         return len(batch)
 
     async def _sleep(self) -> None:

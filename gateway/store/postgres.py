@@ -37,8 +37,10 @@ from .base import (
     Store,
     Unpublished,
     ack_inbox_via,
+    Claim,
     as_stored,
     as_utc,
+    claimed_at_once,
     check_inbound,
     check_outbound,
     check_page,
@@ -73,7 +75,8 @@ _ARRAY_TYPES = (
     "timestamptz", "timestamptz", "text", "text", "text", "bytea", "text", "timestamptz",
     "timestamptz", "bytea", "timestamptz",
 )  # fmt: skip  -- q.message_values order: MESSAGE_COLUMNS, then due_at
-_NOW, _ACTOR = 13 + len(_ARRAY_TYPES), 14 + len(_ARRAY_TYPES)
+_NOW, _ACTOR, _SENDER = 13 + len(_ARRAY_TYPES), 14 + len(_ARRAY_TYPES), 15 + len(_ARRAY_TYPES)
+_STATUS = 11  # the column of q.message_values that says whether a message is stored claimed
 
 _ACCEPT = f"""
     WITH p AS (
@@ -81,12 +84,16 @@ _ACCEPT = f"""
         ON CONFLICT DO NOTHING RETURNING 1
     ), m AS (
         INSERT INTO messages ({q.MESSAGE_COLUMNS}, due_at, last_seq)
-        SELECT u.*, 1 FROM unnest({", ".join(f"${13 + i}::{t}[]" for i, t in enumerate(_ARRAY_TYPES))}) AS u
+        SELECT u.*, CASE WHEN u.c{_STATUS} = 'SENDING' THEN 2 ELSE 1 END
+        FROM unnest({", ".join(f"${13 + i}::{t}[]" for i, t in enumerate(_ARRAY_TYPES))})
+             AS u({", ".join(f"c{i + 1}" for i in range(len(_ARRAY_TYPES)))})
         WHERE EXISTS (SELECT 1 FROM p)
-        RETURNING message_id
+        RETURNING message_id, status
     ), e AS (
         INSERT INTO message_events ({q.EVENT_COLUMNS})
         SELECT message_id, 1, ${_NOW}::timestamptz, 'SEND_ENQUEUED', ${_ACTOR}::text, 'accepted', NULL FROM m
+        UNION ALL
+        SELECT message_id, 2, ${_NOW}::timestamptz, 'SENDING', ${_SENDER}::text, NULL, NULL FROM m WHERE status = 'SENDING'
     )
     SELECT EXISTS (SELECT 1 FROM p)
 """
@@ -219,15 +226,13 @@ class PostgresStore(PostgresLedger, PostgresRetention, Store):
         idempotency_key: str | None = None,
         principal: str | None = None,
         request_hash: str | None = None,
+        claim: Claim | None = None,
     ) -> list[MessageRecord]:
         check_outbound(permit, messages)
         now = self._clock()
-        held = [
-            as_stored(m, due=m.next_attempt_at or now)
-            for m in messages
-        ]
+        held = claimed_at_once([as_stored(m, due=m.next_attempt_at or now) for m in messages], claim)
         columns = list(zip(*(q.message_values(m, _enc) for m in held))) or [()] * len(_ARRAY_TYPES)
-        args = (*q.permit_values(permit, _enc), *columns, as_utc(now), actor)
+        args = (*q.permit_values(permit, _enc), *columns, as_utc(now), actor, claim.actor if claim else None)
         async with self.pool.acquire() as conn:
             if idempotency_key is None and not permit.replaces:
                 # A single statement is its own transaction: no BEGIN/COMMIT round trips.

@@ -247,10 +247,11 @@ INSERT_PERMIT = f"""
     INSERT INTO permits ({PERMIT_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)
     ON CONFLICT DO NOTHING
 """
+# A message stored already claimed (base.Claim) has two events, SEND_ENQUEUED and SENDING.
 INSERT_MESSAGE = f"""
     INSERT INTO messages ({MESSAGE_COLUMNS}, due_at, last_seq)
     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20,
-            $21, $22, $23, 1)
+            $21, $22, $23, CASE WHEN $11 = 'SENDING' THEN 2 ELSE 1 END)
 """
 INSERT_EVENT = f"INSERT INTO message_events ({EVENT_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7)"
 INSERT_IDEMPOTENCY = """

@@ -57,8 +57,10 @@ from .base import (
     Store,
     Unpublished,
     ack_inbox_via,
+    Claim,
     as_stored,
     as_utc,
+    claimed_at_once,
     check_inbound,
     check_outbound,
     check_page,
@@ -396,15 +398,13 @@ class SqliteStore(SqliteLedger, SqliteRetention, Store):
         idempotency_key: str | None = None,
         principal: str | None = None,
         request_hash: str | None = None,
+        claim: Claim | None = None,
     ) -> list[MessageRecord]:
         check_outbound(permit, messages)
         now = self._clock()
-        held = [
-            as_stored(m, due=m.next_attempt_at or now)
-            for m in messages
-        ]
+        held = claimed_at_once([as_stored(m, due=m.next_attempt_at or now) for m in messages], claim)
         key = None if idempotency_key is None else (principal or "", idempotency_key, request_hash or "")
-        return await self._write(_accept, permit, held, actor, key, _enc(now))
+        return await self._write(_accept, permit, held, actor, key, _enc(now), claim.actor if claim else None)
 
     async def accept_cancellation(
         self, issuer: str, number: str, messages: Sequence[MessageRecord], *, actor: str
@@ -604,6 +604,7 @@ def _accept(
     actor: str,
     key: tuple[str, str, str] | None,
     now: str,
+    sender: str | None = None,
 ) -> list[MessageRecord]:
     if key is not None:
         row = conn.execute(_sql(q.SELECT_IDEMPOTENCY), key[:2]).fetchone()
@@ -622,7 +623,7 @@ def _accept(
         ).fetchall()
         held = [q.message_from_row(r, _dec) for r in rows]
     else:
-        _insert_outbound(conn, messages, actor, now)
+        _insert_outbound(conn, messages, actor, now, sender)
         if permit.replaces:
             conn.execute(
                 _sql(q.MARK_REPLACED), (permit.issuer, permit.replaces, permit.number, Direction.OUTBOUND.value)
@@ -634,12 +635,17 @@ def _accept(
     return held
 
 
-def _insert_outbound(conn: sqlite3.Connection, messages: Sequence[MessageRecord], actor: str, now: str) -> None:
+def _insert_outbound(
+    conn: sqlite3.Connection, messages: Sequence[MessageRecord], actor: str, now: str, sender: str | None = None
+) -> None:
     conn.executemany(_sql(q.INSERT_MESSAGE), [q.message_values(m, _enc) for m in messages])
-    conn.executemany(
-        _sql(q.INSERT_EVENT),
-        [(m.message_id, 1, now, MessageStatus.SEND_ENQUEUED.value, actor, "accepted", None) for m in messages],
-    )
+    events = [(m.message_id, 1, now, MessageStatus.SEND_ENQUEUED.value, actor, "accepted", None) for m in messages]
+    events += [
+        (m.message_id, 2, now, MessageStatus.SENDING.value, sender, None, None)
+        for m in messages
+        if m.status is MessageStatus.SENDING
+    ]
+    conn.executemany(_sql(q.INSERT_EVENT), events)
 
 
 def _accept_cancellation(

@@ -88,9 +88,10 @@ class Harness:
                 register(self.config.queue.prefix, self.queue.queue_names())
             await self.queue.close()
 
-    async def accept(self, n: int = 1, *, plan: list[str] | None = None) -> list[str]:
+    async def accept(self, n: int = 1, *, plan: list[str] | None = None, hand_over: bool = False) -> list[str]:
         """Accept ``n`` messages for FR as OutboundService does; ``plan`` scripts the partner's
-        answers to each (set before the sender can see them)."""
+        answers to each (set before the sender can see them); ``hand_over``: the sender takes what
+        it has room for in the accepting transaction, as OutboundService lets it."""
         ids = []
         for _ in range(n):
             number = f"CH26-{uuid.uuid4().hex[:8]}"
@@ -110,9 +111,12 @@ class Harness:
                 lease_until=None, last_error_code=None, last_error_detail=None, via=None, receipt=None,
                 payload_digest=None, created_at=now, updated_at=now, payload=b"<p/>",
             )  # fmt: skip
-            await self.store.accept_outbound(permit, [message], actor="test")
+            claim = self.worker.claim_at_accept(1) if hand_over else None
+            stored = await self.store.accept_outbound(permit, [message], actor="test", claim=claim)
+            if hand_over:
+                self.worker.accepted([message], stored, claim)
             ids.append(message.message_id)
-        if self.queue is not None:
+        if self.queue is not None and not hand_over:
             self.queue.notify()
         return ids
 
@@ -221,4 +225,43 @@ async def test_a_graceful_stop_hands_back_what_is_in_flight_and_a_restart_sends_
     # can make this quick.
     [held] = await harness.wait([message_id], {MessageStatus.ACKNOWLEDGED}, timeout=15)
     assert held.message_id == message_id
+    assert len(harness.worker.sent[message_id]) == 1
+
+
+async def test_messages_the_sender_takes_as_they_are_accepted_are_sent_once(harness):
+    await harness.start()
+    ids = await harness.accept(40, hand_over=True)
+
+    held = await harness.wait(ids, {MessageStatus.ACKNOWLEDGED})
+
+    assert {i: len(harness.worker.sent[i]) for i in ids} == {i: 1 for i in ids}
+    assert all(m.attempts == 1 for m in held)
+    histories = [[e.status for e in await harness.store.message_events(i)] for i in ids]
+    assert all(h == [MessageStatus.SEND_ENQUEUED, MessageStatus.SENDING, MessageStatus.ACKNOWLEDGED] for h in histories)
+
+
+async def test_only_free_slots_are_taken_at_accept_and_the_rest_waits_for_the_queue(harness):
+    if harness.kind != "embedded":
+        pytest.skip("RabbitMQ is fed by the outbox relay: nothing is taken at accept (reserve gives 0)")
+    await harness.start()
+    await asyncio.sleep(0.05)  # the queue's loop runs and can take hand-overs
+    hung = await harness.accept(8, plan=["hang"], hand_over=True)  # concurrency is 8: all slots busy
+    assert [m.status for m in [await harness.store.get_message(i) for i in hung]] == [MessageStatus.SENDING] * 8
+    [waiting] = await harness.accept(1, hand_over=True)
+
+    assert (await harness.store.get_message(waiting)).status is MessageStatus.SEND_ENQUEUED
+    assert harness.worker.claim_at_accept(1) is None
+
+
+async def test_a_graceful_stop_hands_back_a_message_taken_at_accept(harness):
+    await harness.start()
+    await asyncio.sleep(0.05)
+    [message_id] = await harness.accept(plan=["hang"], hand_over=True)
+    await asyncio.wait_for(harness.worker.hanging.wait(), 10)
+
+    await harness.stop()
+    harness.worker = ScriptedWorker(harness.config, harness.store)
+    await harness.start()
+
+    [held] = await harness.wait([message_id], {MessageStatus.ACKNOWLEDGED}, timeout=15)
     assert len(harness.worker.sent[message_id]) == 1

@@ -18,7 +18,7 @@ import pytest
 from domain.errors import EpixError, ErrorCode
 from domain.messages import Action, Direction, MessageStatus
 from gateway.store import MessageFilter, MessageRecord, PermitRecord, Store
-from gateway.store.base import LEASE_EXPIRED_DETAIL
+from gateway.store.base import LEASE_EXPIRED_DETAIL, Claim
 from gateway.store.postgres import PostgresStore
 from gateway.store.schema import MIGRATIONS
 from gateway.store.sqlite import SqliteStore
@@ -269,6 +269,34 @@ async def test_an_expired_lease_gives_the_message_to_another_sender(store):
     # The crashed sender comes back late: its outcome still lands (the message is SENDING),
     # which is why receivers dedupe on message id.
     assert held.status is MessageStatus.SENDING
+
+
+async def test_messages_claimed_as_they_are_accepted_are_the_senders_until_their_lease_runs_out(store):
+    lease_until = T0 + timedelta(seconds=30)
+    mine, queued = await accept(store, permit(), "FR", "DE", claim=Claim(1, "sender-1", lease_until))
+
+    assert (mine.status, mine.lease_until, mine.next_attempt_at) == (MessageStatus.SENDING, lease_until, None)
+    assert queued.status is MessageStatus.SEND_ENQUEUED
+    assert await store.get_message(mine.message_id) == mine
+    events = await store.message_events(mine.message_id)
+    assert [(e.seq, e.status, e.actor, e.detail) for e in events] == [
+        (1, MessageStatus.SEND_ENQUEUED, "ma-system", "accepted"),
+        (2, MessageStatus.SENDING, "sender-1", None),
+    ]
+    # Only the one left queued is due now; the claimed one comes back only if its sender dies.
+    assert [m.message_id for m in await store.claim_due(limit=5, lease_s=60, now=T0, actor="sender-2")] == [queued.message_id]
+    (again,) = await store.claim_due(limit=5, lease_s=30, now=T0 + timedelta(seconds=31), actor="sender-2")
+    assert again.message_id == mine.message_id
+    assert [e.detail for e in (await store.message_events(mine.message_id))[2:]] == [LEASE_EXPIRED_DETAIL, None]
+    done = await store.transition(mine.message_id, MessageStatus.ACKNOWLEDGED, actor="sender-1", receipt=b"r")
+    assert done.status is MessageStatus.ACKNOWLEDGED
+
+
+async def test_a_repeated_accept_hands_nothing_claimed_back(store):
+    first = await accept(store, permit(), "FR")
+    again = await accept(store, permit(), "FR", claim=Claim(1, "sender-1", T0 + timedelta(seconds=30)))
+
+    assert again == first and again[0].status is MessageStatus.SEND_ENQUEUED
 
 
 async def _claim_until_empty(store: Store, name: str, claimed: list[str]) -> None:

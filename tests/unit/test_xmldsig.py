@@ -543,3 +543,16 @@ def test_a_comment_inside_signed_text_is_not_read_as_splitting_it(tmp_path):
     verified = Verifier([identity.certificate]).verify(signed, "CH")
     assert verified.signed_root.find("b").text == "123"
     assert verified.signed_bytes == b"<a><b>123</b><c>4</c></a>"
+
+
+def test_signing_an_element_with_its_serialisation_given_signs_the_same_bytes(tmp_path):
+    from keys.pki import make_test_ca
+    from keys.store import KeyStore
+    from lxml import etree
+
+    store = KeyStore(tmp_path)
+    store.init_party("CH", "rsa2048", ca=make_test_ca("Test CA"))
+    signer = Signer(store.load_signing_identity("CH"))
+    root = etree.fromstring(b'<p:a xmlns:p="urn:x"><p:b>1 &amp; 2</p:b></p:a>')
+    serialised = etree.tostring(root, xml_declaration=True, encoding="UTF-8")
+    assert signer.sign(root, serialised=serialised) == signer.sign(root)
