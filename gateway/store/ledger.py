@@ -2,7 +2,8 @@
 
 Kept apart from ``base.py`` so that the exchange store reads on its own; ``Store`` inherits
 ``CustomsLedger`` and each backend inherits its implementation (``ledger_sqlite``,
-``ledger_postgres``). The tables come with migration 2 (``LEDGER_DDL``).
+``ledger_postgres``). The tables come with migration 4 (``LEDGER_DDL``); migration 7
+(``AUDIT_TRIGGERS``) has the database refuse any change to them that the code never makes.
 
 Quantities are exact decimals, stored as text (SQLite has no decimal type, and a float would
 round a write-off): the arithmetic is ``domain.ledger``'s, done while the permit's balance rows
@@ -219,7 +220,7 @@ class CustomsLedger(ABC):
     async def feed_mark_sent(self, message_id: str, *, at: datetime, detail: str) -> None: ...
 
 
-# --- schema: migration 2 -----------------------------------------------------------------------
+# --- schema: migration 4 -----------------------------------------------------------------------
 
 LEDGER_DDL = (
     """
@@ -456,6 +457,138 @@ def feed_pending_sql(message_columns: str) -> str:
 def permits_between_sql(permit_columns: str) -> str:
     return f"SELECT {permit_columns} FROM permits WHERE created_at >= $1 AND created_at < $2 ORDER BY created_at, issuer, number"
 
+
+# --- schema: migration 7, the audit and the ledger kept as they were written ---------------------
+
+# The verification audit, the write-offs and the balances are evidence (of what customs was told,
+# and of the quantities that crossed a border): the database refuses whatever the code never does,
+# whoever asks. The code only ever
+#
+# * appends verifications; retention deletes those older than its run's cutoff (the flag and
+#   cutoff of migration 6's ``retention_runs``, as for the event history);
+# * appends write-offs, and reverses one by setting ``reversed_at`` once (REVERSE_DECLARATION);
+# * inserts a permit line's balance once (ON CONFLICT DO NOTHING) and moves its ``used``.
+#
+# Everything else is refused: an UPDATE of an audit row, a DELETE outside a retention run, a
+# write-off changed or deleted or un-reversed, a balance deleted or moved to another line, unit
+# or permitted quantity, and on PostgreSQL a TRUNCATE. SQLite's INSERT OR REPLACE deletes the row
+# it replaces without firing delete triggers, so an insert over a held key is refused as well
+# (for a balance it is ignored: the ledger's own INSERT ... ON CONFLICT DO NOTHING meets it).
+# ``used`` itself stays writable: it is the sum of the write-offs not reversed, kept beside them
+# so a write-off need not add them all up, and can be worked out again from them.
+
+_WRITE_OFF_KEPT = [c.strip() for c in WRITE_OFF_COLUMNS.split(",") if c.strip() != "reversed_at"]
+_BALANCE_KEPT = ["issuer", "number", "item_id", "unit", "permitted"]
+_AUDIT_KEEPS = "verifications is append-only: an audit row is never changed"
+_AUDIT_RETENTION = "verifications is append-only: only a retention run deletes audit rows older than its cutoff"
+_WRITE_OFF_KEEPS = "write_offs is append-only: a write-off is never deleted or changed, only reversed once"
+_BALANCE_KEEPS = "permit_balances is append-only: a balance line is never deleted, nor its permit, line, unit or permitted quantity changed"
+_AUDIT_MAY_DELETE = "SELECT 1 FROM retention_runs r WHERE r.purging = 1 AND OLD.at < r.verification_cutoff"
+
+
+def _same(columns: list[str], *, sqlite: bool) -> str:
+    if sqlite:
+        return " AND ".join(f"NEW.{c} IS OLD.{c}" for c in columns)
+    return f"({', '.join('NEW.' + c for c in columns)}) IS NOT DISTINCT FROM ({', '.join('OLD.' + c for c in columns)})"
+
+
+def _abort(message: str) -> str:
+    return f"BEGIN SELECT RAISE(ABORT, '{message}'); END"
+
+
+AUDIT_TRIGGERS = {
+    "sqlite": (
+        f"CREATE TRIGGER verifications_no_update BEFORE UPDATE ON verifications {_abort(_AUDIT_KEEPS)}",
+        f"""
+        CREATE TRIGGER verifications_no_delete BEFORE DELETE ON verifications
+        WHEN NOT EXISTS ({_AUDIT_MAY_DELETE}) {_abort(_AUDIT_RETENTION)}
+        """,
+        f"""
+        CREATE TRIGGER verifications_no_replace BEFORE INSERT ON verifications
+        WHEN EXISTS (SELECT 1 FROM verifications WHERE id = NEW.id) {_abort(_AUDIT_KEEPS)}
+        """,
+        f"CREATE TRIGGER write_offs_no_delete BEFORE DELETE ON write_offs {_abort(_WRITE_OFF_KEEPS)}",
+        f"""
+        CREATE TRIGGER write_offs_reversal_only BEFORE UPDATE ON write_offs
+        WHEN NOT (OLD.reversed_at IS NULL AND NEW.reversed_at IS NOT NULL AND {_same(_WRITE_OFF_KEPT, sqlite=True)})
+        {_abort(_WRITE_OFF_KEEPS)}
+        """,
+        f"""
+        CREATE TRIGGER write_offs_no_replace BEFORE INSERT ON write_offs
+        WHEN EXISTS (SELECT 1 FROM write_offs WHERE declaration = NEW.declaration AND issuer = NEW.issuer
+                     AND number = NEW.number AND item_id = NEW.item_id)
+        {_abort(_WRITE_OFF_KEEPS)}
+        """,
+        f"CREATE TRIGGER permit_balances_no_delete BEFORE DELETE ON permit_balances {_abort(_BALANCE_KEEPS)}",
+        f"""
+        CREATE TRIGGER permit_balances_used_only BEFORE UPDATE ON permit_balances
+        WHEN NOT ({_same(_BALANCE_KEPT, sqlite=True)}) {_abort(_BALANCE_KEEPS)}
+        """,
+        """
+        CREATE TRIGGER permit_balances_no_replace BEFORE INSERT ON permit_balances
+        WHEN EXISTS (SELECT 1 FROM permit_balances WHERE issuer = NEW.issuer AND number = NEW.number AND item_id = NEW.item_id)
+        BEGIN SELECT RAISE(IGNORE); END
+        """,
+    ),
+    "postgresql": (
+        # One refusal for every table and case, its reason given by the trigger.
+        """
+        CREATE FUNCTION epix_refuse_change() RETURNS trigger LANGUAGE plpgsql AS $$
+        BEGIN RAISE EXCEPTION '%', TG_ARGV[0]; END $$
+        """,
+        f"""
+        CREATE FUNCTION verifications_retention_only() RETURNS trigger LANGUAGE plpgsql AS $$
+        BEGIN
+            IF EXISTS ({_AUDIT_MAY_DELETE}) THEN RETURN OLD; END IF;
+            RAISE EXCEPTION '{_AUDIT_RETENTION}';
+        END $$
+        """,
+        f"""
+        CREATE FUNCTION write_offs_reversal_only() RETURNS trigger LANGUAGE plpgsql AS $$
+        BEGIN
+            IF OLD.reversed_at IS NULL AND NEW.reversed_at IS NOT NULL AND {_same(_WRITE_OFF_KEPT, sqlite=False)} THEN
+                RETURN NEW;
+            END IF;
+            RAISE EXCEPTION '{_WRITE_OFF_KEEPS}';
+        END $$
+        """,
+        f"""
+        CREATE FUNCTION permit_balances_used_only() RETURNS trigger LANGUAGE plpgsql AS $$
+        BEGIN
+            IF {_same(_BALANCE_KEPT, sqlite=False)} THEN RETURN NEW; END IF;
+            RAISE EXCEPTION '{_BALANCE_KEEPS}';
+        END $$
+        """,
+        f"""
+        CREATE TRIGGER verifications_no_update BEFORE UPDATE ON verifications
+        FOR EACH ROW EXECUTE FUNCTION epix_refuse_change('{_AUDIT_KEEPS}')
+        """,
+        """
+        CREATE TRIGGER verifications_no_delete BEFORE DELETE ON verifications
+        FOR EACH ROW EXECUTE FUNCTION verifications_retention_only()
+        """,
+        f"""
+        CREATE TRIGGER verifications_no_truncate BEFORE TRUNCATE ON verifications
+        FOR EACH STATEMENT EXECUTE FUNCTION epix_refuse_change('{_AUDIT_RETENTION}')
+        """,
+        """
+        CREATE TRIGGER write_offs_reversal_only BEFORE UPDATE ON write_offs
+        FOR EACH ROW EXECUTE FUNCTION write_offs_reversal_only()
+        """,
+        f"""
+        CREATE TRIGGER write_offs_no_delete BEFORE DELETE OR TRUNCATE ON write_offs
+        FOR EACH STATEMENT EXECUTE FUNCTION epix_refuse_change('{_WRITE_OFF_KEEPS}')
+        """,
+        """
+        CREATE TRIGGER permit_balances_used_only BEFORE UPDATE ON permit_balances
+        FOR EACH ROW EXECUTE FUNCTION permit_balances_used_only()
+        """,
+        f"""
+        CREATE TRIGGER permit_balances_no_delete BEFORE DELETE OR TRUNCATE ON permit_balances
+        FOR EACH STATEMENT EXECUTE FUNCTION epix_refuse_change('{_BALANCE_KEEPS}')
+        """,
+    ),
+}
 
 # --- rows ----------------------------------------------------------------------------------------
 

@@ -111,6 +111,7 @@ def _batch(
     elif category is Category.IDEMPOTENCY_KEYS:
         counts = PurgeCounts(idempotency_keys=conn.execute(_sql(rq.DELETE_IDEMPOTENCY_DUE), (cutoff, limit)).rowcount)
     else:
+        conn.execute(_sql(rq.START_PURGING), (run_id,))  # the audit's DELETE trigger looks for it (migration 7)
         counts = PurgeCounts(verifications=conn.execute(_sql(rq.DELETE_VERIFICATIONS_DUE), (cutoff, limit)).rowcount)
     conn.execute(_sql(rq.END_BATCH), rq.batch_values(run_id, counts))
     return counts
