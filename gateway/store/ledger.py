@@ -213,11 +213,32 @@ class CustomsLedger(ABC):
         """Every permit version stored in [start, end), oldest first (the annual report)."""
 
     @abstractmethod
-    async def feed_pending(self, since: datetime, *, limit: int) -> list["MessageRecord"]:
-        """Inbound issue/replace messages created after ``since`` not yet handed to customs, oldest first."""
+    async def feed_pending(self, *, limit: int, not_before: datetime | None = None) -> list["MessageRecord"]:
+        """Inbound issue/replace messages not yet handed to customs, oldest first, however old
+        (``not_before``: none received before it)."""
 
     @abstractmethod
-    async def feed_mark_sent(self, message_id: str, *, at: datetime, detail: str) -> None: ...
+    async def feed_mark_sent(
+        self, message_id: str, *, at: datetime, detail: str, holder: str | None = None, until: datetime | None = None
+    ) -> bool:
+        """Record that customs has the message (marking it twice is harmless). With ``holder``,
+        the same transaction keeps that holder's feed turn until ``until``; False when the turn has
+        gone to another holder meanwhile (the caller stops handing over)."""
+
+    @abstractmethod
+    async def feed_backlog(self, *, before: datetime, not_before: datetime | None = None) -> tuple[int, datetime | None]:
+        """How many messages wait for the feed that were received before ``before`` (and not before
+        ``not_before``), and when the oldest of them was received."""
+
+    @abstractmethod
+    async def feed_take_turn(self, holder: str, *, now: datetime, until: datetime) -> bool:
+        """Take the feed's turn for ``holder`` until ``until``, or keep it: True unless another
+        holder's turn runs past ``now``. One turn at a time, for every gateway process on the
+        store, so that each permit is handed over by one of them (and in order)."""
+
+    @abstractmethod
+    async def feed_end_turn(self, holder: str) -> None:
+        """Give the turn up (if ``holder`` has it), so that another process may take it at once."""
 
 
 # --- schema: migration 4 -----------------------------------------------------------------------
@@ -443,14 +464,26 @@ SELECT_VERIFICATION_FACTS = f"""
     LEFT JOIN permit_balances b ON b.issuer = l.issuer AND b.number = l.number
 """
 FEED_MARK = "INSERT INTO customs_feed (message_id, sent_at, detail) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING"
+FEED_DEQUEUE = "DELETE FROM customs_feed_queue WHERE message_id = $1"
+FEED_TURN = "'pre-arrival'"  # the one row of customs_feed_turn
+FEED_KEEP_TURN = f"UPDATE customs_feed_turn SET held_until = $2 WHERE feed = {FEED_TURN} AND holder = $1"
+FEED_TAKE_TURN = f"""
+    UPDATE customs_feed_turn SET holder = $1, held_until = $3
+    WHERE feed = {FEED_TURN} AND (holder IS NULL OR holder = $1 OR held_until < $2)
+"""
+FEED_END_TURN = f"UPDATE customs_feed_turn SET holder = NULL, held_until = NULL WHERE feed = {FEED_TURN} AND holder = $1"
+FEED_BACKLOG = "SELECT COUNT(*), MIN(created_at) FROM customs_feed_queue WHERE created_at < $1"
+FEED_BACKLOG_SINCE = FEED_BACKLOG + " AND created_at >= $2"
 
 
-def feed_pending_sql(message_columns: str) -> str:
+def feed_pending_sql(message_columns: str, *, bounded: bool) -> str:
+    """The queue in order ($1 the limit; ``bounded``: $2 the oldest time fed). Two statements, not
+    one with an optional bound, so that each walks customs_feed_queue_order from where it starts."""
+    since = "WHERE p.created_at >= $2 " if bounded else ""
     return f"""
-        SELECT {", ".join("m." + c.strip() for c in message_columns.split(","))} FROM messages m
-        WHERE m.direction = 'inbound' AND m.action IN ('issue', 'replace') AND m.created_at > $1
-          AND NOT EXISTS (SELECT 1 FROM customs_feed f WHERE f.message_id = m.message_id)
-        ORDER BY m.created_at, m.message_id LIMIT $2
+        SELECT {", ".join("m." + c.strip() for c in message_columns.split(","))}
+        FROM customs_feed_queue p JOIN messages m ON m.message_id = p.message_id
+        {since}ORDER BY p.created_at, p.message_id LIMIT $1
     """
 
 
@@ -589,6 +622,65 @@ AUDIT_TRIGGERS = {
         """,
     ),
 }
+
+# --- schema: migration 8, the pre-arrival feed's queue and turn ----------------------------------
+
+# What customs has yet to be handed, kept by the database as the messages arrive (a trigger, in
+# the transaction that stores the message), so that the feed starts from the oldest permit not
+# handed over however long it was down, without walking everything handed over before it. A row
+# goes when its message is marked sent (customs_feed) or purged with it. Existing messages not
+# marked sent are queued by the migration: also those an earlier feed, which started at most
+# feed_backfill_s back, never reached.
+FEED_DDL = (
+    """
+    CREATE TABLE customs_feed_queue (
+        message_id TEXT PRIMARY KEY,
+        created_at {ts} NOT NULL  -- the message's: the feed's order
+    )
+    """,
+    "CREATE INDEX customs_feed_queue_order ON customs_feed_queue (created_at, message_id)",
+    """
+    INSERT INTO customs_feed_queue (message_id, created_at)
+    SELECT m.message_id, m.created_at FROM messages m
+    WHERE m.direction = 'inbound' AND m.action IN ('issue', 'replace')
+      AND NOT EXISTS (SELECT 1 FROM customs_feed f WHERE f.message_id = m.message_id)
+    """,
+    # Whose turn it is to hand over, for every gateway process on this database: one at a time,
+    # so that customs gets each permit once and in order. A turn is kept by handing over (each
+    # mark extends it) and lapses at ``held_until`` when its process went away without ending it.
+    """
+    CREATE TABLE customs_feed_turn (
+        feed   TEXT PRIMARY KEY,
+        holder TEXT,
+        held_until {ts}
+    )
+    """,
+    f"INSERT INTO customs_feed_turn (feed) VALUES ({FEED_TURN})",
+)
+_FEED_CANDIDATE = "NEW.direction = 'inbound' AND NEW.action IN ('issue', 'replace')"
+FEED_TRIGGERS = {
+    "sqlite": (
+        f"""
+        CREATE TRIGGER customs_feed_enqueue AFTER INSERT ON messages WHEN {_FEED_CANDIDATE}
+        BEGIN INSERT OR IGNORE INTO customs_feed_queue (message_id, created_at) VALUES (NEW.message_id, NEW.created_at); END
+        """,
+    ),
+    "postgresql": (
+        """
+        CREATE FUNCTION customs_feed_enqueue() RETURNS trigger LANGUAGE plpgsql AS $$
+        BEGIN
+            INSERT INTO customs_feed_queue (message_id, created_at) VALUES (NEW.message_id, NEW.created_at)
+            ON CONFLICT DO NOTHING;
+            RETURN NULL;
+        END $$
+        """,
+        f"""
+        CREATE TRIGGER customs_feed_enqueue AFTER INSERT ON messages
+        FOR EACH ROW WHEN ({_FEED_CANDIDATE}) EXECUTE FUNCTION customs_feed_enqueue()
+        """,
+    ),
+}
+
 
 # --- rows ----------------------------------------------------------------------------------------
 

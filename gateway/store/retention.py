@@ -6,7 +6,7 @@ Each category goes only when the operator's policy gives it a cutoff:
   with its digest, its receipt (a partner re-sending the id gets the very same receipt, and the
   sender can still fetch a lost one) and its history, which records the removal as an event.
 * **messages** — final messages, with their history, their hub delivery report and their
-  customs-feed mark.
+  customs-feed mark (or their place in the feed's queue).
 * **idempotency keys** and customs **verification** audit rows.
 
 "Final" is the domain's (ACKNOWLEDGED, REJECTED, DELIVERED) and, for a message sent through a hub,

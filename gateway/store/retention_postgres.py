@@ -93,6 +93,7 @@ class PostgresRetention(Retention):
             events = _affected(await conn.execute("DELETE FROM message_events WHERE message_id = ANY($1::text[])", ids))
             await conn.execute("DELETE FROM delivery_reports WHERE message_id = ANY($1::text[])", ids)
             await conn.execute("DELETE FROM customs_feed WHERE message_id = ANY($1::text[])", ids)
+            await conn.execute("DELETE FROM customs_feed_queue WHERE message_id = ANY($1::text[])", ids)
             messages = _affected(await conn.execute("DELETE FROM messages WHERE message_id = ANY($1::text[])", ids))
             return PurgeCounts(messages=messages, events=events)
         if category is Category.PAYLOADS:

@@ -127,5 +127,6 @@ def _delete_messages(conn: sqlite3.Connection, run_id: int, cutoff: str, limit: 
     events = conn.execute(f"DELETE FROM message_events WHERE message_id IN {_IDS}", doomed).rowcount
     conn.execute(f"DELETE FROM delivery_reports WHERE message_id IN {_IDS}", doomed)
     conn.execute(f"DELETE FROM customs_feed WHERE message_id IN {_IDS}", doomed)
+    conn.execute(f"DELETE FROM customs_feed_queue WHERE message_id IN {_IDS}", doomed)
     messages = conn.execute(f"DELETE FROM messages WHERE message_id IN {_IDS}", doomed).rowcount
     return PurgeCounts(messages=messages, events=events)

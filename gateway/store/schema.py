@@ -18,7 +18,7 @@ from typing import Any
 from domain.messages import Action, Direction, MessageStatus
 
 from .base import MessageEvent, MessageRecord, PermitRecord, sources_of
-from .ledger import AUDIT_TRIGGERS, CHECKS_DDL, CHECKS_TRIGGERS, LEDGER_DDL
+from .ledger import AUDIT_TRIGGERS, CHECKS_DDL, CHECKS_TRIGGERS, FEED_DDL, FEED_TRIGGERS, LEDGER_DDL
 from .retention import RETENTION_DDL, RETENTION_TRIGGERS
 
 
@@ -205,6 +205,12 @@ for _dialect, _triggers in RETENTION_TRIGGERS.items():
 MIGRATIONS += (Migration(7, "customs: verification audit append-only but for retention, write-offs and balances guarded", ()),)
 for _dialect, _triggers in AUDIT_TRIGGERS.items():
     _DIALECT_EXTRAS[_dialect][7] = _triggers
+
+# Customs: the pre-arrival feed's queue, kept by trigger as messages arrive, and its one turn for
+# all gateway processes on the store (ledger.py).
+MIGRATIONS += (Migration(8, "customs: pre-arrival feed queue and turn", FEED_DDL),)
+for _dialect, _triggers in FEED_TRIGGERS.items():
+    _DIALECT_EXTRAS[_dialect][8] = _triggers
 
 MIGRATIONS_TABLE = """
     CREATE TABLE IF NOT EXISTS schema_migrations (

@@ -282,11 +282,12 @@ async def test_feed_bookkeeping(store):
         updated_at=T0, payload=b"<p/>",
     )  # fmt: skip
     await store.store_inbound(None, inbound, actor="partner:CH")
-    assert [m.message_id for m in await store.feed_pending(T0 - timedelta(seconds=1), limit=10)] == ["m-1"]
-    assert await store.feed_pending(T0, limit=10) == []
-    await store.feed_mark_sent("m-1", at=T0, detail="webhook 200")
-    await store.feed_mark_sent("m-1", at=T0, detail="again")  # at-least-once: marking twice is harmless
-    assert await store.feed_pending(T0 - timedelta(seconds=1), limit=10) == []
+    assert [m.message_id for m in await store.feed_pending(limit=10)] == ["m-1"]
+    assert [m.message_id for m in await store.feed_pending(limit=10, not_before=T0)] == ["m-1"]
+    assert await store.feed_pending(limit=10, not_before=T0 + timedelta(microseconds=1)) == []
+    assert await store.feed_mark_sent("m-1", at=T0, detail="webhook 200")
+    assert await store.feed_mark_sent("m-1", at=T0, detail="again")  # at-least-once: marking twice is harmless
+    assert await store.feed_pending(limit=10) == []
 
 
 # --- permit checks: what verification reads instead of the permit ---------------------------------
