@@ -359,13 +359,13 @@ class Store(CustomsLedger, Retention, ABC):
         used with another request hash raises IDEMPOTENCY_CONFLICT."""
 
     @abstractmethod
-    @abstractmethod
     async def accept_cancellation(
         self, issuer: str, number: str, messages: Sequence[MessageRecord], *, actor: str
     ) -> list[MessageRecord]:
         """Mark the outbound permit CANCELLED and enqueue the cancellation messages, in one
         transaction; CONFLICT when it is not VALID (cancelled or replaced meanwhile)."""
 
+    @abstractmethod
     async def idempotency_lookup(self, principal: str, key: str) -> tuple[str, list[str]] | None:
         """(request_hash, message_ids) recorded for this principal's key, if any."""
 
