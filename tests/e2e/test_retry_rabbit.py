@@ -117,7 +117,7 @@ async def test_bulk_retry_sends_each_parked_message_once_with_its_id_and_empties
     assert await broker.tapped() == Counter(ids)  # on the route once each, no more
 
     status, body = await cluster.post_json("CH", "/v1/messages/retry", {}, operator=True)
-    assert status == 202 and body == {"retried": [], "count": 0, "unparked": 0}
+    assert status == 202 and body == {"retried": [], "count": 0, "unparked": 0, "payload_removed": []}
     assert await broker.tapped() == Counter()
 
 
