@@ -295,7 +295,7 @@ def _retention(raw: Any, source: str, *, replay_window_s: float, customs: "Custo
                 source,
                 f"retention.message_days = {message_days} is not longer than customs.feed_backfill_s "
                 f"({customs.feed_backfill_s:g} s): a permit the pre-arrival feed has yet to send could be purged "
-                "first. Raise message_days or lower feed_backfill_s.",
+                "before the feed warns that it is late. Raise message_days or lower feed_backfill_s.",
             )
     return policy
 

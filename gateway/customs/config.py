@@ -5,6 +5,8 @@
     feed_url = "http://127.0.0.1:9000/pre-arrival"   # webhook for the pre-arrival feed, or
     feed_amqp_url = "amqp://guest:guest@127.0.0.1:5672/"  # with feed_queue = "customs.pre-arrival"
     feed_poll_s = 0.25
+    feed_backfill_s = 86400        # unsent permits older than this are still fed, with a warning
+    # feed_since = 2026-11-01T00:00:00Z   # optional: permits received before this are never fed
     verify_signature_every_time = false  # true: re-verify the permit's XML-DSig on every request
 
 A customs token's ``countries`` says where it acts: ``"FR"`` for the whole country's customs,
@@ -15,6 +17,7 @@ from __future__ import annotations
 
 import tomllib
 from dataclasses import dataclass, field
+from datetime import datetime
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -30,7 +33,10 @@ class CustomsConfig:
     feed_amqp_url: str | None = None
     feed_queue: str = "customs.pre-arrival"
     feed_poll_s: float = 0.25
-    feed_backfill_s: float = 86400.0  # at start, permits received this long ago are still fed if unsent
+    # The feed hands over every permit not handed over yet, however old. One still waiting after
+    # this long (a feed down or off for longer) is handed over all the same, with a warning.
+    feed_backfill_s: float = 86400.0
+    feed_since: datetime | None = None  # the operator's bound: permits received before it are never fed
     verify_signature_every_time: bool = False
     audit_batch: int = 256  # verifications appended to the audit history in one transaction at most
 
@@ -47,7 +53,7 @@ def parse_customs(raw: dict[str, Any] | None, *, source: str = "config", base_di
 
     known = {
         "risk", "risk_file", "feed_url", "feed_amqp_url", "feed_queue", "feed_poll_s", "feed_backfill_s",
-        "verify_signature_every_time", "audit_batch",
+        "feed_since", "verify_signature_every_time", "audit_batch",
     }  # fmt: skip
     unknown = set(raw) - known
     if unknown:
@@ -70,6 +76,20 @@ def parse_customs(raw: dict[str, Any] | None, *, source: str = "config", base_di
     amqp = raw.get("feed_amqp_url")
     if amqp is not None and not str(amqp).startswith(("amqp://", "amqps://")):
         raise bad(f"feed_amqp_url must be an amqp(s) URL, not {amqp!r}.")
+    since = raw.get("feed_since")
+    if isinstance(since, str):
+        try:
+            since = datetime.fromisoformat(since)
+        except ValueError:
+            raise bad(f"feed_since {since!r} is not an ISO 8601 date and time.") from None
+    if since is not None and (not isinstance(since, datetime) or since.utcoffset() is None):
+        raise bad(f"feed_since must be a date and time with its offset (e.g. 2026-11-01T00:00:00Z), not {since!r}.")
+    try:
+        backfill = float(raw.get("feed_backfill_s", 86400.0))
+    except (TypeError, ValueError):
+        raise bad(f"feed_backfill_s {raw.get('feed_backfill_s')!r} is not a number of seconds.") from None
+    if not backfill > 0:
+        raise bad(f"feed_backfill_s must be positive, not {backfill:g}.")
     try:
         return CustomsConfig(
             risk=parse_rules(risk_raw, source=risk_source),
@@ -77,7 +97,8 @@ def parse_customs(raw: dict[str, Any] | None, *, source: str = "config", base_di
             feed_amqp_url=amqp,
             feed_queue=str(raw.get("feed_queue", "customs.pre-arrival")),
             feed_poll_s=float(raw.get("feed_poll_s", 0.25)),
-            feed_backfill_s=float(raw.get("feed_backfill_s", 86400.0)),
+            feed_backfill_s=backfill,
+            feed_since=since,
             verify_signature_every_time=bool(raw.get("verify_signature_every_time", False)),
             audit_batch=int(raw.get("audit_batch", 256)),
         )

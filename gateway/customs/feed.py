@@ -5,9 +5,16 @@ At least once: a permit is marked sent only after the webhook answered 2xx or th
 confirmed the publish (routed to the queue: mandatory, a returned message is a failure), so a
 crash in between sends it again (customs dedupes on message_id). A failure stops the pass; the
 next one, a little later, starts again from the first permit not marked sent, so nothing is
-skipped and the order of arrival is kept. The worker looks a little behind its last position on
-every pass, so a message committed late by a concurrent transaction is not skipped; what was
-sent is never sent again, on this run or after a restart, because the feed table remembers it.
+skipped and the order of arrival is kept. What is pending is the store's feed queue (filled by
+the database as messages arrive, emptied as they are marked sent), so a feed that was down for
+a week, or a gateway stopped for one, starts from the oldest permit not handed over: nothing is
+left behind for being old (``feed_since``, when an operator sets it, is the only bound). One
+waiting longer than ``feed_backfill_s`` is a warning, with how many there are.
+
+Several gateway processes on one store take turns (the store's feed turn): one hands over at a
+time, keeping its turn by handing over (every mark extends it), giving it up on a failure or
+when it stops, and losing it if it goes quiet for TURN; so customs gets each permit from one of
+them, in order.
 
 The AMQP message (docs/CUSTOMS.md, "Pre-arrival feed"): the JSON item as body, persistent, to
 the default exchange with the queue's name as routing key; the inbound message id as AMQP
@@ -17,7 +24,11 @@ the default exchange with the queue's name as routing key; the inbound message i
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import os
+import socket
+import uuid
 from datetime import datetime, timedelta, timezone
 from typing import TYPE_CHECKING, Any
 
@@ -32,8 +43,8 @@ if TYPE_CHECKING:
     from gateway.customs.service import CustomsService
 
 log = get_logger("epix.customs.feed")
-LOOK_BACK = timedelta(seconds=10)
 BATCH = 50
+TURN = timedelta(seconds=60)  # kept by each mark; longer than any one hand-over (connect + publish + confirm)
 EVENT = "permit.pre-arrival"
 TIMEOUT_S = 10.0  # a webhook answer, a broker connection or a publisher confirm
 QUORUM = {"x-queue-type": "quorum"}
@@ -51,28 +62,49 @@ class FeedWorker:
         self.party = service.config.party
         self._amqp = None
         self._channel = None
+        # Who holds the feed's turn in the store, named for an operator reading the table.
+        self.holder = f"{self.party}@{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self._late_reported = False
 
     async def run(self) -> None:
-        since = datetime.now(timezone.utc) - timedelta(seconds=self.config.feed_backfill_s)
+        store = self.service.store
         try:
+            await self._report_not_fed()
             while True:
                 try:
-                    since = await self.run_once(since)
+                    await self.run_once()
                 except asyncio.CancelledError:
                     raise
                 except Exception as exc:  # noqa: BLE001 -- a feed outage must not stop the gateway
                     if not isinstance(exc, _HandOverFailed):
                         log.warning("feed.failed", error=f"{type(exc).__name__}: {exc}")
                     await self._close_amqp()
+                    # Another process may get through where this one does not; it starts from
+                    # the same oldest permit.
+                    with contextlib.suppress(Exception):
+                        await store.feed_end_turn(self.holder)
                     await asyncio.sleep(min(5.0, self.config.feed_poll_s * 8))
                 await asyncio.sleep(self.config.feed_poll_s)
         finally:
             await self._close_amqp()
+            with contextlib.suppress(Exception):
+                await store.feed_end_turn(self.holder)
 
-    async def run_once(self, since: datetime) -> datetime:
-        """Hand over what is pending, oldest first; the position to look from next time."""
-        pending = await self.service.store.feed_pending(since, limit=BATCH)
-        newest = since
+    async def run_once(self) -> int:
+        """Hand over what is pending, oldest first, if it is this process's turn; how many."""
+        store = self.service.store
+        since = self.config.feed_since
+        # Looking costs a read; the turn, a write: taken only when there is something to hand over.
+        if not await store.feed_pending(limit=1, not_before=since):
+            self._late_reported = False
+            return 0
+        now = datetime.now(timezone.utc)
+        if not await store.feed_take_turn(self.holder, now=now, until=now + TURN):
+            return 0  # another process is handing over; it takes these too
+        pending = await store.feed_pending(limit=BATCH, not_before=since)  # again: what it left
+        if pending:
+            await self._report_late(pending[0], now)
+        handed = 0
         for message in pending:
             with structlog.contextvars.bound_contextvars(message_id=message.message_id):
                 try:
@@ -80,10 +112,45 @@ class FeedWorker:
                 except Exception as exc:
                     log.warning("feed.failed", error=f"{type(exc).__name__}: {exc}")
                     raise _HandOverFailed from exc
-                await self.service.store.feed_mark_sent(message.message_id, at=datetime.now(timezone.utc), detail=detail)
+                at = datetime.now(timezone.utc)
+                ours = await store.feed_mark_sent(message.message_id, at=at, detail=detail, holder=self.holder, until=at + TURN)
                 log.info("feed.sent", to=detail)
-            newest = max(newest, message.created_at)
-        return max(since, newest - LOOK_BACK) if pending else since
+            handed += 1
+            if not ours:  # quiet for longer than TURN (a stalled process): another one has taken over
+                log.warning("feed.turn_lost", holder=self.holder, handed=handed)
+                break
+        return handed
+
+    async def _report_late(self, oldest: MessageRecord, now: datetime) -> None:
+        """Warn, once until the feed has caught up again, that permits are waiting longer than
+        feed_backfill_s: they are handed over all the same, oldest first."""
+        backfill = timedelta(seconds=self.config.feed_backfill_s)
+        if self._late_reported or oldest.created_at >= now - backfill:
+            return
+        count, first = await self.service.store.feed_backlog(before=now - backfill, not_before=self.config.feed_since)
+        log.warning(
+            "feed.late", permits=count, oldest_received_at=first.isoformat() if first else None,
+            oldest_message_id=oldest.message_id, backfill_s=self.config.feed_backfill_s,
+            reason="received longer than customs.feed_backfill_s ago and not handed to customs yet (a feed or "
+            "gateway outage); handing them over now, oldest first",
+        )  # fmt: skip
+        self._late_reported = True
+
+    async def _report_not_fed(self) -> None:
+        """An operator's feed_since leaves permits unfed: say how many, once, at start."""
+        if self.config.feed_since is None:
+            return
+        try:
+            count, first = await self.service.store.feed_backlog(before=self.config.feed_since)
+        except Exception as exc:  # noqa: BLE001 -- only a report; the feed itself reports its errors
+            log.warning("feed.failed", error=f"{type(exc).__name__}: {exc}")
+            return
+        if count:
+            log.warning(
+                "feed.not_fed", permits=count, oldest_received_at=first.isoformat() if first else None,
+                feed_since=self.config.feed_since.isoformat(),
+                reason="received before customs.feed_since: never handed to customs while it is set",
+            )  # fmt: skip
 
     async def item(self, message: MessageRecord) -> dict[str, Any]:
         from gateway.customs.service import balance_view, permit_summary

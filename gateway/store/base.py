@@ -390,6 +390,7 @@ class Store(CustomsLedger, Retention, ABC):
         """Mark the outbound permit CANCELLED and enqueue the cancellation messages, in one
         transaction; CONFLICT when it is not VALID (cancelled or replaced meanwhile)."""
 
+    @abstractmethod
     async def idempotency_lookup(self, principal: str, key: str) -> tuple[str, list[str]] | None:
         """(request_hash, message_ids) recorded for this principal's key, if any."""
 

@@ -2,7 +2,8 @@
 
 Kept apart from ``base.py`` so that the exchange store reads on its own; ``Store`` inherits
 ``CustomsLedger`` and each backend inherits its implementation (``ledger_sqlite``,
-``ledger_postgres``). The tables come with migration 2 (``LEDGER_DDL``).
+``ledger_postgres``). The tables come with migration 4 (``LEDGER_DDL``); migration 7
+(``AUDIT_TRIGGERS``) has the database refuse any change to them that the code never makes.
 
 Quantities are exact decimals, stored as text (SQLite has no decimal type, and a float would
 round a write-off): the arithmetic is ``domain.ledger``'s, done while the permit's balance rows
@@ -212,14 +213,35 @@ class CustomsLedger(ABC):
         """Every permit version stored in [start, end), oldest first (the annual report)."""
 
     @abstractmethod
-    async def feed_pending(self, since: datetime, *, limit: int) -> list["MessageRecord"]:
-        """Inbound issue/replace messages created after ``since`` not yet handed to customs, oldest first."""
+    async def feed_pending(self, *, limit: int, not_before: datetime | None = None) -> list["MessageRecord"]:
+        """Inbound issue/replace messages not yet handed to customs, oldest first, however old
+        (``not_before``: none received before it)."""
 
     @abstractmethod
-    async def feed_mark_sent(self, message_id: str, *, at: datetime, detail: str) -> None: ...
+    async def feed_mark_sent(
+        self, message_id: str, *, at: datetime, detail: str, holder: str | None = None, until: datetime | None = None
+    ) -> bool:
+        """Record that customs has the message (marking it twice is harmless). With ``holder``,
+        the same transaction keeps that holder's feed turn until ``until``; False when the turn has
+        gone to another holder meanwhile (the caller stops handing over)."""
+
+    @abstractmethod
+    async def feed_backlog(self, *, before: datetime, not_before: datetime | None = None) -> tuple[int, datetime | None]:
+        """How many messages wait for the feed that were received before ``before`` (and not before
+        ``not_before``), and when the oldest of them was received."""
+
+    @abstractmethod
+    async def feed_take_turn(self, holder: str, *, now: datetime, until: datetime) -> bool:
+        """Take the feed's turn for ``holder`` until ``until``, or keep it: True unless another
+        holder's turn runs past ``now``. One turn at a time, for every gateway process on the
+        store, so that each permit is handed over by one of them (and in order)."""
+
+    @abstractmethod
+    async def feed_end_turn(self, holder: str) -> None:
+        """Give the turn up (if ``holder`` has it), so that another process may take it at once."""
 
 
-# --- schema: migration 2 -----------------------------------------------------------------------
+# --- schema: migration 4 -----------------------------------------------------------------------
 
 LEDGER_DDL = (
     """
@@ -442,19 +464,222 @@ SELECT_VERIFICATION_FACTS = f"""
     LEFT JOIN permit_balances b ON b.issuer = l.issuer AND b.number = l.number
 """
 FEED_MARK = "INSERT INTO customs_feed (message_id, sent_at, detail) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING"
+FEED_DEQUEUE = "DELETE FROM customs_feed_queue WHERE message_id = $1"
+FEED_TURN = "'pre-arrival'"  # the one row of customs_feed_turn
+FEED_KEEP_TURN = f"UPDATE customs_feed_turn SET held_until = $2 WHERE feed = {FEED_TURN} AND holder = $1"
+FEED_TAKE_TURN = f"""
+    UPDATE customs_feed_turn SET holder = $1, held_until = $3
+    WHERE feed = {FEED_TURN} AND (holder IS NULL OR holder = $1 OR held_until < $2)
+"""
+FEED_END_TURN = f"UPDATE customs_feed_turn SET holder = NULL, held_until = NULL WHERE feed = {FEED_TURN} AND holder = $1"
+FEED_BACKLOG = "SELECT COUNT(*), MIN(created_at) FROM customs_feed_queue WHERE created_at < $1"
+FEED_BACKLOG_SINCE = FEED_BACKLOG + " AND created_at >= $2"
 
 
-def feed_pending_sql(message_columns: str) -> str:
+def feed_pending_sql(message_columns: str, *, bounded: bool) -> str:
+    """The queue in order ($1 the limit; ``bounded``: $2 the oldest time fed). Two statements, not
+    one with an optional bound, so that each walks customs_feed_queue_order from where it starts."""
+    since = "WHERE p.created_at >= $2 " if bounded else ""
     return f"""
-        SELECT {", ".join("m." + c.strip() for c in message_columns.split(","))} FROM messages m
-        WHERE m.direction = 'inbound' AND m.action IN ('issue', 'replace') AND m.created_at > $1
-          AND NOT EXISTS (SELECT 1 FROM customs_feed f WHERE f.message_id = m.message_id)
-        ORDER BY m.created_at, m.message_id LIMIT $2
+        SELECT {", ".join("m." + c.strip() for c in message_columns.split(","))}
+        FROM customs_feed_queue p JOIN messages m ON m.message_id = p.message_id
+        {since}ORDER BY p.created_at, p.message_id LIMIT $1
     """
 
 
 def permits_between_sql(permit_columns: str) -> str:
     return f"SELECT {permit_columns} FROM permits WHERE created_at >= $1 AND created_at < $2 ORDER BY created_at, issuer, number"
+
+
+# --- schema: migration 7, the audit and the ledger kept as they were written ---------------------
+
+# The verification audit, the write-offs and the balances are evidence (of what customs was told,
+# and of the quantities that crossed a border): the database refuses whatever the code never does,
+# whoever asks. The code only ever
+#
+# * appends verifications; retention deletes those older than its run's cutoff (the flag and
+#   cutoff of migration 6's ``retention_runs``, as for the event history);
+# * appends write-offs, and reverses one by setting ``reversed_at`` once (REVERSE_DECLARATION);
+# * inserts a permit line's balance once (ON CONFLICT DO NOTHING) and moves its ``used``.
+#
+# Everything else is refused: an UPDATE of an audit row, a DELETE outside a retention run, a
+# write-off changed or deleted or un-reversed, a balance deleted or moved to another line, unit
+# or permitted quantity, and on PostgreSQL a TRUNCATE. SQLite's INSERT OR REPLACE deletes the row
+# it replaces without firing delete triggers, so an insert over a held key is refused as well
+# (for a balance it is ignored: the ledger's own INSERT ... ON CONFLICT DO NOTHING meets it).
+# ``used`` itself stays writable: it is the sum of the write-offs not reversed, kept beside them
+# so a write-off need not add them all up, and can be worked out again from them.
+
+_WRITE_OFF_KEPT = [c.strip() for c in WRITE_OFF_COLUMNS.split(",") if c.strip() != "reversed_at"]
+_BALANCE_KEPT = ["issuer", "number", "item_id", "unit", "permitted"]
+_AUDIT_KEEPS = "verifications is append-only: an audit row is never changed"
+_AUDIT_RETENTION = "verifications is append-only: only a retention run deletes audit rows older than its cutoff"
+_WRITE_OFF_KEEPS = "write_offs is append-only: a write-off is never deleted or changed, only reversed once"
+_BALANCE_KEEPS = "permit_balances is append-only: a balance line is never deleted, nor its permit, line, unit or permitted quantity changed"
+_AUDIT_MAY_DELETE = "SELECT 1 FROM retention_runs r WHERE r.purging = 1 AND OLD.at < r.verification_cutoff"
+
+
+def _same(columns: list[str], *, sqlite: bool) -> str:
+    if sqlite:
+        return " AND ".join(f"NEW.{c} IS OLD.{c}" for c in columns)
+    return f"({', '.join('NEW.' + c for c in columns)}) IS NOT DISTINCT FROM ({', '.join('OLD.' + c for c in columns)})"
+
+
+def _abort(message: str) -> str:
+    return f"BEGIN SELECT RAISE(ABORT, '{message}'); END"
+
+
+AUDIT_TRIGGERS = {
+    "sqlite": (
+        f"CREATE TRIGGER verifications_no_update BEFORE UPDATE ON verifications {_abort(_AUDIT_KEEPS)}",
+        f"""
+        CREATE TRIGGER verifications_no_delete BEFORE DELETE ON verifications
+        WHEN NOT EXISTS ({_AUDIT_MAY_DELETE}) {_abort(_AUDIT_RETENTION)}
+        """,
+        f"""
+        CREATE TRIGGER verifications_no_replace BEFORE INSERT ON verifications
+        WHEN EXISTS (SELECT 1 FROM verifications WHERE id = NEW.id) {_abort(_AUDIT_KEEPS)}
+        """,
+        f"CREATE TRIGGER write_offs_no_delete BEFORE DELETE ON write_offs {_abort(_WRITE_OFF_KEEPS)}",
+        f"""
+        CREATE TRIGGER write_offs_reversal_only BEFORE UPDATE ON write_offs
+        WHEN NOT (OLD.reversed_at IS NULL AND NEW.reversed_at IS NOT NULL AND {_same(_WRITE_OFF_KEPT, sqlite=True)})
+        {_abort(_WRITE_OFF_KEEPS)}
+        """,
+        f"""
+        CREATE TRIGGER write_offs_no_replace BEFORE INSERT ON write_offs
+        WHEN EXISTS (SELECT 1 FROM write_offs WHERE declaration = NEW.declaration AND issuer = NEW.issuer
+                     AND number = NEW.number AND item_id = NEW.item_id)
+        {_abort(_WRITE_OFF_KEEPS)}
+        """,
+        f"CREATE TRIGGER permit_balances_no_delete BEFORE DELETE ON permit_balances {_abort(_BALANCE_KEEPS)}",
+        f"""
+        CREATE TRIGGER permit_balances_used_only BEFORE UPDATE ON permit_balances
+        WHEN NOT ({_same(_BALANCE_KEPT, sqlite=True)}) {_abort(_BALANCE_KEEPS)}
+        """,
+        """
+        CREATE TRIGGER permit_balances_no_replace BEFORE INSERT ON permit_balances
+        WHEN EXISTS (SELECT 1 FROM permit_balances WHERE issuer = NEW.issuer AND number = NEW.number AND item_id = NEW.item_id)
+        BEGIN SELECT RAISE(IGNORE); END
+        """,
+    ),
+    "postgresql": (
+        # One refusal for every table and case, its reason given by the trigger.
+        """
+        CREATE FUNCTION epix_refuse_change() RETURNS trigger LANGUAGE plpgsql AS $$
+        BEGIN RAISE EXCEPTION '%', TG_ARGV[0]; END $$
+        """,
+        f"""
+        CREATE FUNCTION verifications_retention_only() RETURNS trigger LANGUAGE plpgsql AS $$
+        BEGIN
+            IF EXISTS ({_AUDIT_MAY_DELETE}) THEN RETURN OLD; END IF;
+            RAISE EXCEPTION '{_AUDIT_RETENTION}';
+        END $$
+        """,
+        f"""
+        CREATE FUNCTION write_offs_reversal_only() RETURNS trigger LANGUAGE plpgsql AS $$
+        BEGIN
+            IF OLD.reversed_at IS NULL AND NEW.reversed_at IS NOT NULL AND {_same(_WRITE_OFF_KEPT, sqlite=False)} THEN
+                RETURN NEW;
+            END IF;
+            RAISE EXCEPTION '{_WRITE_OFF_KEEPS}';
+        END $$
+        """,
+        f"""
+        CREATE FUNCTION permit_balances_used_only() RETURNS trigger LANGUAGE plpgsql AS $$
+        BEGIN
+            IF {_same(_BALANCE_KEPT, sqlite=False)} THEN RETURN NEW; END IF;
+            RAISE EXCEPTION '{_BALANCE_KEEPS}';
+        END $$
+        """,
+        f"""
+        CREATE TRIGGER verifications_no_update BEFORE UPDATE ON verifications
+        FOR EACH ROW EXECUTE FUNCTION epix_refuse_change('{_AUDIT_KEEPS}')
+        """,
+        """
+        CREATE TRIGGER verifications_no_delete BEFORE DELETE ON verifications
+        FOR EACH ROW EXECUTE FUNCTION verifications_retention_only()
+        """,
+        f"""
+        CREATE TRIGGER verifications_no_truncate BEFORE TRUNCATE ON verifications
+        FOR EACH STATEMENT EXECUTE FUNCTION epix_refuse_change('{_AUDIT_RETENTION}')
+        """,
+        """
+        CREATE TRIGGER write_offs_reversal_only BEFORE UPDATE ON write_offs
+        FOR EACH ROW EXECUTE FUNCTION write_offs_reversal_only()
+        """,
+        f"""
+        CREATE TRIGGER write_offs_no_delete BEFORE DELETE OR TRUNCATE ON write_offs
+        FOR EACH STATEMENT EXECUTE FUNCTION epix_refuse_change('{_WRITE_OFF_KEEPS}')
+        """,
+        """
+        CREATE TRIGGER permit_balances_used_only BEFORE UPDATE ON permit_balances
+        FOR EACH ROW EXECUTE FUNCTION permit_balances_used_only()
+        """,
+        f"""
+        CREATE TRIGGER permit_balances_no_delete BEFORE DELETE OR TRUNCATE ON permit_balances
+        FOR EACH STATEMENT EXECUTE FUNCTION epix_refuse_change('{_BALANCE_KEEPS}')
+        """,
+    ),
+}
+
+# --- schema: migration 8, the pre-arrival feed's queue and turn ----------------------------------
+
+# What customs has yet to be handed, kept by the database as the messages arrive (a trigger, in
+# the transaction that stores the message), so that the feed starts from the oldest permit not
+# handed over however long it was down, without walking everything handed over before it. A row
+# goes when its message is marked sent (customs_feed) or purged with it. Existing messages not
+# marked sent are queued by the migration: also those an earlier feed, which started at most
+# feed_backfill_s back, never reached.
+FEED_DDL = (
+    """
+    CREATE TABLE customs_feed_queue (
+        message_id TEXT PRIMARY KEY,
+        created_at {ts} NOT NULL  -- the message's: the feed's order
+    )
+    """,
+    "CREATE INDEX customs_feed_queue_order ON customs_feed_queue (created_at, message_id)",
+    """
+    INSERT INTO customs_feed_queue (message_id, created_at)
+    SELECT m.message_id, m.created_at FROM messages m
+    WHERE m.direction = 'inbound' AND m.action IN ('issue', 'replace')
+      AND NOT EXISTS (SELECT 1 FROM customs_feed f WHERE f.message_id = m.message_id)
+    """,
+    # Whose turn it is to hand over, for every gateway process on this database: one at a time,
+    # so that customs gets each permit once and in order. A turn is kept by handing over (each
+    # mark extends it) and lapses at ``held_until`` when its process went away without ending it.
+    """
+    CREATE TABLE customs_feed_turn (
+        feed   TEXT PRIMARY KEY,
+        holder TEXT,
+        held_until {ts}
+    )
+    """,
+    f"INSERT INTO customs_feed_turn (feed) VALUES ({FEED_TURN})",
+)
+_FEED_CANDIDATE = "NEW.direction = 'inbound' AND NEW.action IN ('issue', 'replace')"
+FEED_TRIGGERS = {
+    "sqlite": (
+        f"""
+        CREATE TRIGGER customs_feed_enqueue AFTER INSERT ON messages WHEN {_FEED_CANDIDATE}
+        BEGIN INSERT OR IGNORE INTO customs_feed_queue (message_id, created_at) VALUES (NEW.message_id, NEW.created_at); END
+        """,
+    ),
+    "postgresql": (
+        """
+        CREATE FUNCTION customs_feed_enqueue() RETURNS trigger LANGUAGE plpgsql AS $$
+        BEGIN
+            INSERT INTO customs_feed_queue (message_id, created_at) VALUES (NEW.message_id, NEW.created_at)
+            ON CONFLICT DO NOTHING;
+            RETURN NULL;
+        END $$
+        """,
+        f"""
+        CREATE TRIGGER customs_feed_enqueue AFTER INSERT ON messages
+        FOR EACH ROW WHEN ({_FEED_CANDIDATE}) EXECUTE FUNCTION customs_feed_enqueue()
+        """,
+    ),
+}
 
 
 # --- rows ----------------------------------------------------------------------------------------

@@ -166,12 +166,41 @@ class PostgresLedger(CustomsLedger):
         rows = await self.pool.fetch(lq.permits_between_sql(q.PERMIT_COLUMNS), as_utc(start), as_utc(end))
         return [q.permit_from_row(r, _dec) for r in rows]
 
-    async def feed_pending(self, since: datetime, *, limit: int) -> list[MessageRecord]:
-        rows = await self.pool.fetch(lq.feed_pending_sql(q.MESSAGE_COLUMNS), as_utc(since), limit)
+    async def feed_pending(self, *, limit: int, not_before: datetime | None = None) -> list[MessageRecord]:
+        if not_before is None:
+            rows = await self.pool.fetch(_FEED_PENDING, limit)
+        else:
+            rows = await self.pool.fetch(_FEED_PENDING_SINCE, limit, as_utc(not_before))
         return [q.message_from_row(r, _dec) for r in rows]
 
-    async def feed_mark_sent(self, message_id: str, *, at: datetime, detail: str) -> None:
-        await self.pool.execute(lq.FEED_MARK, message_id, as_utc(at), detail)
+    async def feed_mark_sent(
+        self, message_id: str, *, at: datetime, detail: str, holder: str | None = None, until: datetime | None = None
+    ) -> bool:
+        async with self.pool.acquire() as conn, conn.transaction():
+            await conn.execute(lq.FEED_MARK, message_id, as_utc(at), detail)
+            await conn.execute(lq.FEED_DEQUEUE, message_id)
+            if holder is None:
+                return True
+            return await conn.execute(lq.FEED_KEEP_TURN, holder, as_utc(until or at)) != "UPDATE 0"
+
+    async def feed_backlog(self, *, before: datetime, not_before: datetime | None = None) -> tuple[int, datetime | None]:
+        if not_before is None:
+            row = await self.pool.fetchrow(lq.FEED_BACKLOG, as_utc(before))
+        else:
+            row = await self.pool.fetchrow(lq.FEED_BACKLOG_SINCE, as_utc(before), as_utc(not_before))
+        return row[0], row[1]
+
+    async def feed_take_turn(self, holder: str, *, now: datetime, until: datetime) -> bool:
+        # Two processes taking it at once: the second waits for the first's row lock, then finds
+        # the turn taken (READ COMMITTED evaluates the WHERE again on the row as committed).
+        return await self.pool.execute(lq.FEED_TAKE_TURN, holder, as_utc(now), as_utc(until)) != "UPDATE 0"
+
+    async def feed_end_turn(self, holder: str) -> None:
+        await self.pool.execute(lq.FEED_END_TURN, holder)
+
+
+_FEED_PENDING = lq.feed_pending_sql(q.MESSAGE_COLUMNS, bounded=False)
+_FEED_PENDING_SINCE = lq.feed_pending_sql(q.MESSAGE_COLUMNS, bounded=True)
 
 
 def _queued(message: MessageRecord | None) -> MessageRecord | None:

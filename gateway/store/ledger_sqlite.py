@@ -105,12 +105,31 @@ class SqliteLedger(CustomsLedger):
         rows = await self._read(s._fetchall, _sql(lq.permits_between_sql(q.PERMIT_COLUMNS)), (s._enc(start), s._enc(end)))
         return [q.permit_from_row(r, s._dec) for r in rows]
 
-    async def feed_pending(self, since: datetime, *, limit: int) -> list[MessageRecord]:
-        rows = await self._read(s._fetchall, _sql(lq.feed_pending_sql(q.MESSAGE_COLUMNS)), (s._enc(since), limit))
+    async def feed_pending(self, *, limit: int, not_before: datetime | None = None) -> list[MessageRecord]:
+        if not_before is None:
+            rows = await self._read(s._fetchall, _FEED_PENDING, (limit,))
+        else:
+            rows = await self._read(s._fetchall, _FEED_PENDING_SINCE, (limit, s._enc(not_before)))
         return [q.message_from_row(r, s._dec) for r in rows]
 
-    async def feed_mark_sent(self, message_id: str, *, at: datetime, detail: str) -> None:
-        await self._write(s._rowcount, _sql(lq.FEED_MARK), (message_id, s._enc(at), detail))
+    async def feed_mark_sent(
+        self, message_id: str, *, at: datetime, detail: str, holder: str | None = None, until: datetime | None = None
+    ) -> bool:
+        return await self._write(_feed_mark, message_id, s._enc(at), detail, holder, s._enc(until or at))
+
+    async def feed_backlog(self, *, before: datetime, not_before: datetime | None = None) -> tuple[int, datetime | None]:
+        if not_before is None:
+            row = await self._read(s._fetchone, _sql(lq.FEED_BACKLOG), (s._enc(before),))
+        else:
+            row = await self._read(s._fetchone, _sql(lq.FEED_BACKLOG_SINCE), (s._enc(before), s._enc(not_before)))
+        return row[0], s._dec(row[1])
+
+    async def feed_take_turn(self, holder: str, *, now: datetime, until: datetime) -> bool:
+        # BEGIN IMMEDIATE: one process at a time reads and takes the turn, however many share the file.
+        return bool(await self._write(s._rowcount, _sql(lq.FEED_TAKE_TURN), (holder, s._enc(now), s._enc(until))))
+
+    async def feed_end_turn(self, holder: str) -> None:
+        await self._write(s._rowcount, _sql(lq.FEED_END_TURN), (holder,))
 
 
 def _queued(message: MessageRecord | None) -> MessageRecord | None:
@@ -136,6 +155,16 @@ _INSERT_VERIFICATIONS = f"""
     INSERT INTO verifications ({lq.VERIFICATION_COLUMNS})
     SELECT {", ".join(f"value {'->' if i == 4 else '->>'} {i}" for i in range(9))} FROM json_each(?1)
 """
+
+
+_FEED_PENDING = _sql(lq.feed_pending_sql(q.MESSAGE_COLUMNS, bounded=False))
+_FEED_PENDING_SINCE = _sql(lq.feed_pending_sql(q.MESSAGE_COLUMNS, bounded=True))
+
+
+def _feed_mark(conn: sqlite3.Connection, message_id: str, at: str, detail: str, holder: str | None, until: str) -> bool:
+    conn.execute(_sql(lq.FEED_MARK), (message_id, at, detail))
+    conn.execute(_sql(lq.FEED_DEQUEUE), (message_id,))
+    return holder is None or bool(conn.execute(_sql(lq.FEED_KEEP_TURN), (holder, until)).rowcount)
 
 
 def _save_checks(conn: sqlite3.Connection, rows: list[tuple]) -> int:

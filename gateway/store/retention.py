@@ -6,7 +6,7 @@ Each category goes only when the operator's policy gives it a cutoff:
   with its digest, its receipt (a partner re-sending the id gets the very same receipt, and the
   sender can still fetch a lost one) and its history, which records the removal as an event.
 * **messages** — final messages, with their history, their hub delivery report and their
-  customs-feed mark.
+  customs-feed mark (or their place in the feed's queue).
 * **idempotency keys** and customs **verification** audit rows.
 
 "Final" is the domain's (ACKNOWLEDGED, REJECTED, DELIVERED) and, for a message sent through a hub,
@@ -20,7 +20,9 @@ let through only while a retention run's row says ``purging`` and only for event
 message last changed before the message cutoff recorded in that row. A purge transaction sets the
 flag and clears it again before it commits, so no other transaction ever sees it set: outside the
 retention job (a code path, a hand-typed statement) the history still cannot be removed, and every
-removal is accounted for by a run in ``retention_runs`` with its cutoffs and counts.
+removal is accounted for by a run in ``retention_runs`` with its cutoffs and counts. The customs
+verification audit is kept the same way (migration 7): no UPDATE, and a DELETE only while a run is
+purging and only of rows older than that run's verification cutoff.
 """
 
 from __future__ import annotations

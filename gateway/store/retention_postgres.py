@@ -93,6 +93,7 @@ class PostgresRetention(Retention):
             events = _affected(await conn.execute("DELETE FROM message_events WHERE message_id = ANY($1::text[])", ids))
             await conn.execute("DELETE FROM delivery_reports WHERE message_id = ANY($1::text[])", ids)
             await conn.execute("DELETE FROM customs_feed WHERE message_id = ANY($1::text[])", ids)
+            await conn.execute("DELETE FROM customs_feed_queue WHERE message_id = ANY($1::text[])", ids)
             messages = _affected(await conn.execute("DELETE FROM messages WHERE message_id = ANY($1::text[])", ids))
             return PurgeCounts(messages=messages, events=events)
         if category is Category.PAYLOADS:
@@ -101,6 +102,7 @@ class PostgresRetention(Retention):
             return PurgeCounts(payloads=_affected(await conn.execute(_DROP_PAYLOADS, cutoff, limit, now, detail)))
         if category is Category.IDEMPOTENCY_KEYS:
             return PurgeCounts(idempotency_keys=_affected(await conn.execute(rq.DELETE_IDEMPOTENCY_DUE, cutoff, limit)))
+        await conn.execute(rq.START_PURGING, run_id)  # the audit's DELETE trigger looks for it (migration 7)
         return PurgeCounts(verifications=_affected(await conn.execute(rq.DELETE_VERIFICATIONS_DUE, cutoff, limit)))
 
     async def _count_due(self, cutoffs: Cutoffs) -> PurgeCounts:

@@ -111,6 +111,7 @@ def _batch(
     elif category is Category.IDEMPOTENCY_KEYS:
         counts = PurgeCounts(idempotency_keys=conn.execute(_sql(rq.DELETE_IDEMPOTENCY_DUE), (cutoff, limit)).rowcount)
     else:
+        conn.execute(_sql(rq.START_PURGING), (run_id,))  # the audit's DELETE trigger looks for it (migration 7)
         counts = PurgeCounts(verifications=conn.execute(_sql(rq.DELETE_VERIFICATIONS_DUE), (cutoff, limit)).rowcount)
     conn.execute(_sql(rq.END_BATCH), rq.batch_values(run_id, counts))
     return counts
@@ -126,5 +127,6 @@ def _delete_messages(conn: sqlite3.Connection, run_id: int, cutoff: str, limit: 
     events = conn.execute(f"DELETE FROM message_events WHERE message_id IN {_IDS}", doomed).rowcount
     conn.execute(f"DELETE FROM delivery_reports WHERE message_id IN {_IDS}", doomed)
     conn.execute(f"DELETE FROM customs_feed WHERE message_id IN {_IDS}", doomed)
+    conn.execute(f"DELETE FROM customs_feed_queue WHERE message_id IN {_IDS}", doomed)
     messages = conn.execute(f"DELETE FROM messages WHERE message_id IN {_IDS}", doomed).rowcount
     return PurgeCounts(messages=messages, events=events)

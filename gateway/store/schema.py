@@ -1,8 +1,8 @@
 """The one logical schema, its versioned migrations, and the SQL both backends share.
 
 DDL is written once with two type holes, ``{blob}`` and ``{ts}``; the few things that cannot be
-written the same way in SQLite and PostgreSQL (the trigger that keeps the event history
-append-only) are listed per dialect in ``_DIALECT_EXTRAS``. Shared statements are written with
+written the same way in SQLite and PostgreSQL (the triggers that keep the event history, the
+customs audit and the ledger as they were written) are listed per dialect in ``_DIALECT_EXTRAS``. Shared statements are written with
 PostgreSQL's ``$n`` placeholders; SQLite reads the same text with ``?n`` (``for_sqlite``).
 """
 
@@ -18,7 +18,7 @@ from typing import Any
 from domain.messages import Action, Direction, MessageStatus
 
 from .base import MessageEvent, MessageRecord, PermitRecord, sources_of
-from .ledger import CHECKS_DDL, CHECKS_TRIGGERS, LEDGER_DDL
+from .ledger import AUDIT_TRIGGERS, CHECKS_DDL, CHECKS_TRIGGERS, FEED_DDL, FEED_TRIGGERS, LEDGER_DDL
 from .retention import RETENTION_DDL, RETENTION_TRIGGERS
 
 
@@ -199,6 +199,18 @@ for _dialect, _triggers in CHECKS_TRIGGERS.items():
 MIGRATIONS += (Migration(6, "retention: run log, purge indexes, history deletable only by a retention run", RETENTION_DDL),)
 for _dialect, _triggers in RETENTION_TRIGGERS.items():
     _DIALECT_EXTRAS[_dialect][6] = _triggers
+
+# Customs: the verification audit append-only but for a retention run (the mechanism of
+# migration 6), write-offs only ever reversed, balances only ever moved (ledger.py).
+MIGRATIONS += (Migration(7, "customs: verification audit append-only but for retention, write-offs and balances guarded", ()),)
+for _dialect, _triggers in AUDIT_TRIGGERS.items():
+    _DIALECT_EXTRAS[_dialect][7] = _triggers
+
+# Customs: the pre-arrival feed's queue, kept by trigger as messages arrive, and its one turn for
+# all gateway processes on the store (ledger.py).
+MIGRATIONS += (Migration(8, "customs: pre-arrival feed queue and turn", FEED_DDL),)
+for _dialect, _triggers in FEED_TRIGGERS.items():
+    _DIALECT_EXTRAS[_dialect][8] = _triggers
 
 MIGRATIONS_TABLE = """
     CREATE TABLE IF NOT EXISTS schema_migrations (

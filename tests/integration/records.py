@@ -3,11 +3,17 @@
 from __future__ import annotations
 
 import hashlib
+import sqlite3
 import uuid
+from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
+
+import asyncpg
+import pytest
 
 from domain.messages import Action, Direction, MessageStatus
 from gateway.store import MessageRecord, PermitRecord, Store
+from gateway.store.sqlite import SqliteStore
 
 T0 = datetime(2026, 11, 23, 14, 0, 0, tzinfo=UTC)
 
@@ -70,3 +76,30 @@ def message(
 async def accept(store: Store, p: PermitRecord, *receivers: str, **kw) -> list[MessageRecord]:
     msgs = [message(p, receiver=r, next_attempt_at=kw.pop("due", None)) for r in receivers or ("FR",)]
     return await store.accept_outbound(p, msgs, actor="ma-system", **kw)
+
+
+# --- the database's own refusals ---------------------------------------------------------------
+
+
+async def refused(store: Store, statement: str, *, match: str = "append-only", first: Sequence[str] = ()) -> None:
+    """``statement`` is refused by the database itself (a trigger's message matching ``match``), run
+    as anyone with access to it would: on a connection of its own, after ``first`` in the same
+    transaction, which is rolled back."""
+    if isinstance(store, SqliteStore):
+        conn = sqlite3.connect(store.path, isolation_level=None)
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            for s in first:
+                conn.execute(s)
+            with pytest.raises(sqlite3.IntegrityError, match=match):
+                conn.execute(statement)
+            conn.execute("ROLLBACK")
+        finally:
+            conn.close()
+        return
+    async with store.pool.acquire() as conn:
+        with pytest.raises(asyncpg.RaiseError, match=match):
+            async with conn.transaction():
+                for s in first:
+                    await conn.execute(s)
+                await conn.execute(statement)

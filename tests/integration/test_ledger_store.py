@@ -6,6 +6,7 @@ the verification audit and the pre-arrival feed's bookkeeping."""
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 import uuid
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -19,6 +20,7 @@ from gateway.store import MessageRecord, Store
 from gateway.store.ledger import PermitCheck, VerificationRecord, WriteOffRequest
 from gateway.store.postgres import PostgresStore
 from gateway.store.sqlite import SqliteStore
+from tests.integration.records import refused
 from tests.pg import PG_DSN, PgSchema
 
 T0 = datetime(2026, 11, 23, 14, 0, 0, tzinfo=UTC)
@@ -147,6 +149,50 @@ async def test_reversal_gives_the_quantity_back_once(store):
     assert e.value.code is ErrorCode.NOT_FOUND
 
 
+async def test_write_offs_and_balances_change_only_as_the_ledger_changes_them(store):
+    await store.write_off(_request("D1", {"A": "30"}), None, actor="c")
+    await store.write_off(_request("D2", {"A": "5", "B": "2"}), None, actor="c")
+    await store.reverse_write_off("CH", "CH26-000001", "D2", PERMITTED, None, actor="c", at=T0 + timedelta(hours=1))
+    before = await store.list_write_offs("CH", "CH26-000001")
+    later = "'2027-01-01T00:00:00.000000+00:00'"
+    d1 = "declaration = 'D1' AND item_id = 'A'"
+
+    for statement in (
+        f"UPDATE write_offs SET quantity = '3' WHERE {d1}",
+        f"UPDATE write_offs SET reversed_at = {later}, quantity = '3' WHERE {d1}",  # a reversal that also rewrites
+        "UPDATE write_offs SET reversed_at = NULL WHERE declaration = 'D2'",  # taking a reversal back
+        f"UPDATE write_offs SET reversed_at = {later} WHERE declaration = 'D2'",  # dating it again
+        f"DELETE FROM write_offs WHERE {d1}",
+        "DELETE FROM permit_balances WHERE item_id = 'A'",
+        "UPDATE permit_balances SET permitted = '1000' WHERE item_id = 'A'",
+        "UPDATE permit_balances SET unit = 'KGM', used = '0' WHERE item_id = 'A'",
+        "UPDATE permit_balances SET item_id = 'Z' WHERE item_id = 'A'",
+    ):
+        await refused(store, statement)
+    copy = "SELECT declaration, issuer, number, item_id, '1', unit, declared_at, office, port, transport_document, officer, exporter, origin, message_id, reversed_at, created_at, actor FROM write_offs"
+    if isinstance(store, SqliteStore):
+        # INSERT OR REPLACE deletes the row it replaces without firing a delete trigger.
+        await refused(store, f"INSERT OR REPLACE INTO write_offs {copy} WHERE {d1}")
+        conn = sqlite3.connect(store.path, isolation_level=None)
+        try:
+            conn.execute(f"INSERT OR REPLACE INTO permit_balances VALUES ('CH', 'CH26-000001', 'A', 'NAR', '1000', '0', {later})")
+            permitted = conn.execute("SELECT permitted, used FROM permit_balances WHERE item_id = 'A'").fetchone()
+        finally:
+            conn.close()
+        assert permitted == ("100", "30")  # ignored, as the ledger's own ON CONFLICT DO NOTHING is
+    else:
+        await refused(store, "TRUNCATE write_offs")
+        await refused(store, "TRUNCATE permit_balances")
+
+    assert await store.list_write_offs("CH", "CH26-000001") == before
+    assert await store.used_quantities("CH", "CH26-000001") == {"A": Decimal("30"), "B": Decimal("0")}
+    # What the ledger itself does still goes through: a write-off, a reversal, an endorsement's record.
+    out = await store.write_off(_request("D3", {"A": "70"}), None, actor="c")
+    assert _remaining(out) == {"A": Decimal("0"), "B": Decimal("12.5")}
+    out = await store.reverse_write_off("CH", "CH26-000001", "D1", PERMITTED, None, actor="c", at=T0 + timedelta(hours=2))
+    assert _remaining(out)["A"] == Decimal("30")
+
+
 async def test_concurrent_write_offs_never_take_more_than_permitted(store):
     # 60 declarations of 7 each race for line A's 100: exactly 14 fit (98), the rest are refused.
     async def one(i: int):
@@ -236,11 +282,12 @@ async def test_feed_bookkeeping(store):
         updated_at=T0, payload=b"<p/>",
     )  # fmt: skip
     await store.store_inbound(None, inbound, actor="partner:CH")
-    assert [m.message_id for m in await store.feed_pending(T0 - timedelta(seconds=1), limit=10)] == ["m-1"]
-    assert await store.feed_pending(T0, limit=10) == []
-    await store.feed_mark_sent("m-1", at=T0, detail="webhook 200")
-    await store.feed_mark_sent("m-1", at=T0, detail="again")  # at-least-once: marking twice is harmless
-    assert await store.feed_pending(T0 - timedelta(seconds=1), limit=10) == []
+    assert [m.message_id for m in await store.feed_pending(limit=10)] == ["m-1"]
+    assert [m.message_id for m in await store.feed_pending(limit=10, not_before=T0)] == ["m-1"]
+    assert await store.feed_pending(limit=10, not_before=T0 + timedelta(microseconds=1)) == []
+    assert await store.feed_mark_sent("m-1", at=T0, detail="webhook 200")
+    assert await store.feed_mark_sent("m-1", at=T0, detail="again")  # at-least-once: marking twice is harmless
+    assert await store.feed_pending(limit=10) == []
 
 
 # --- permit checks: what verification reads instead of the permit ---------------------------------

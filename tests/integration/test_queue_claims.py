@@ -8,7 +8,7 @@ import asyncio
 from domain.messages import MessageStatus
 from gateway.queue.embedded import EmbeddedQueue
 from gateway.store.sqlite import SqliteStore
-from tests.integration.test_queue import Harness, gateway_config
+from tests.integration.queues import Harness, gateway_config
 
 
 class CountingStore(SqliteStore):

@@ -13,7 +13,7 @@ import pytest
 from domain.messages import MessageStatus
 from gateway.queue import open_queue
 from gateway.store.sqlite import SqliteStore
-from tests.integration.test_queue import RETRY, Harness, gateway_config
+from tests.integration.queues import RETRY, Harness, gateway_config
 from tests.rabbit import AMQP_URL, TcpProxy, delete_everything, require_rabbit, unique_prefix
 
 

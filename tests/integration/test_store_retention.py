@@ -15,11 +15,12 @@ from domain.errors import EpixError, ErrorCode
 from domain.messages import Direction, MessageStatus
 from gateway.store import Store
 from gateway.store.base import DeliveryReportRecord
+from gateway.store import ledger as lq
 from gateway.store.ledger import VerificationRecord
 from gateway.store.postgres import PostgresStore
 from gateway.store.retention import RETENTION_ACTOR, Cutoffs, PurgeCounts
 from gateway.store.schema import FINAL_DELIVERY_STATUSES
-from tests.integration.records import T0, accept, message, permit
+from tests.integration.records import T0, accept, message, permit, refused
 from tests.pg import PG_DSN, PgSchema
 
 DAY = 86400.0
@@ -231,6 +232,34 @@ async def test_idempotency_keys_and_verifications_go_by_their_own_cutoffs(store,
     assert [v.id for v in await store.list_verifications("CH", "P-1")] == ["v-new"]
     # The permits the keys were for, and their messages, are not this category's.
     assert len(await store.messages_for_permit("CH", "P-OLD")) == 1
+
+
+async def test_the_verification_audit_is_append_only_but_for_a_retention_run(backend, clock):
+    store = await backend()
+    await store.record_verifications([_verification("v-old")])
+    clock.advance(40 * DAY)
+    await store.record_verifications([_verification("v-new", at=clock())])
+    await store.purge(Cutoffs(idempotency_keys=clock()), actor="test")  # a run exists, and is over
+    between = "'2026-12-01T00:00:00.000000+00:00'"  # after v-old, before v-new
+    purging = [f"UPDATE retention_runs SET purging = 1, verification_cutoff = {between}"]  # by hand, as only a run should
+
+    await refused(store, "UPDATE verifications SET verdict = 'VALID', principal = 'forger' WHERE id = 'v-old'")
+    await refused(store, "UPDATE verifications SET verdict = 'VALID' WHERE id = 'v-old'", first=purging)
+    await refused(store, "DELETE FROM verifications WHERE id = 'v-old'")  # old, but no run is purging
+    await refused(store, "DELETE FROM verifications", first=purging)  # v-new is younger than the run's cutoff
+    values = "VALUES ('v-old', 'CH', 'P-1', 'VALID', '[]', 'forger', NULL, 0, '2026-11-23T14:00:00.000000+00:00')"
+    if backend.kind == "sqlite":
+        await refused(store, f"INSERT OR REPLACE INTO verifications ({lq.VERIFICATION_COLUMNS}) {values}")
+    else:
+        await refused(store, f"INSERT INTO verifications ({lq.VERIFICATION_COLUMNS}) {values} ON CONFLICT (id) DO UPDATE SET principal = 'forger'")
+        await refused(store, "TRUNCATE verifications")
+    assert [(v.id, v.principal) for v in await store.list_verifications("CH", "P-1")] == [("v-new", "customs-fr"), ("v-old", "customs-fr")]
+
+    run = await store.purge(Cutoffs(verifications=clock() - timedelta(days=30)), actor="test")
+
+    assert run.counts == PurgeCounts(verifications=1)
+    assert [v.id for v in await store.list_verifications("CH", "P-1")] == ["v-new"]
+    await refused(store, "DELETE FROM verifications")  # the run is over: its flag went with its last batch
 
 
 async def test_a_run_goes_in_small_batches_and_is_recorded(store, clock):

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import hashlib
+import tomllib
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -185,3 +187,21 @@ def test_message_retention_must_outlive_twice_the_replay_window_and_the_customs_
         parse_config({**_with_retention({"message_days": 1}), "customs": {"feed_url": "http://127.0.0.1:9/feed"}})
     with_feed = {**_with_retention({"message_days": 2}), "customs": {"feed_url": "http://127.0.0.1:9/feed"}}
     assert parse_config(with_feed).retention.message_days == 2
+
+
+def test_the_customs_feed_bound_is_an_instant_with_its_offset_and_the_backfill_a_positive_time():
+    from gateway.customs.config import parse_customs
+
+    raw = tomllib.loads('feed_url = "http://127.0.0.1:9/feed"\nfeed_since = 2026-11-01T00:00:00Z\n')
+    assert parse_customs(raw).feed_since == datetime(2026, 11, 1, tzinfo=UTC)
+    assert parse_customs({"feed_since": "2026-11-01T01:00:00+01:00"}).feed_since == datetime(2026, 11, 1, tzinfo=UTC)
+    assert parse_customs({}).feed_since is None
+    for bad, words in (
+        ({"feed_since": datetime(2026, 11, 1)}, "with its offset"),  # TOML's local date-time: whose midnight?
+        ({"feed_since": "last week"}, "not an ISO 8601"),
+        ({"feed_since": 1730419200}, "with its offset"),
+        ({"feed_backfill_s": 0}, "must be positive"),
+        ({"feed_backfill_s": "a day"}, "not a number"),
+    ):
+        with pytest.raises(EpixError, match=words):
+            parse_customs(bad)
