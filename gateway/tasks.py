@@ -18,3 +18,17 @@ async def stop(tasks: Iterable[asyncio.Task]) -> None:
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
+
+
+async def nap(event: asyncio.Event, timeout: float) -> bool:
+    """Wait until ``event`` is set or ``timeout`` seconds pass; True when it was set.
+
+    Not ``asyncio.wait_for``: on Python 3.11 it returns normally when the event is set in the same
+    instant the waiting task is cancelled, and the cancellation is lost, so a background loop
+    asked to stop went on (and its stop waited for ever)."""
+    try:
+        async with asyncio.timeout(timeout):
+            await event.wait()
+    except TimeoutError:
+        return False
+    return True

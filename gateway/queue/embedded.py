@@ -17,6 +17,7 @@ from datetime import datetime, timezone
 import structlog
 
 from domain.messages import MessageStatus
+from gateway import tasks
 from gateway.config import DeliveryConfig
 from gateway.logs import get_logger
 from gateway.store.base import MessageRecord, Store
@@ -120,8 +121,7 @@ class EmbeddedQueue(DeliveryQueue):
         if due is not None:
             timeout = max(0.0, min(timeout, (due - datetime.now(timezone.utc)).total_seconds()))
         self._wake.clear()
-        with contextlib.suppress(asyncio.TimeoutError):
-            await asyncio.wait_for(self._wake.wait(), timeout)
+        await tasks.nap(self._wake, timeout)
 
     async def _deliver_guarded(self, deliver: Deliver, message: MessageRecord) -> None:
         structlog.contextvars.bind_contextvars(

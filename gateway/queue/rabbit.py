@@ -40,6 +40,7 @@ from pamqp.commands import Basic
 
 from domain.errors import EpixError, ErrorCode
 from domain.messages import Direction, MessageStatus
+from gateway import tasks
 from gateway.config import GatewayConfig
 from gateway.logs import get_logger
 from gateway.store.base import LEASE_EXPIRED_DETAIL, MessageFilter, MessageRecord, Store
@@ -239,8 +240,7 @@ class RabbitQueue(DeliveryQueue):
             backoff = 0.05
             if confirmed >= RELAY_BATCH:
                 continue
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), self.config.delivery.poll_s)
+            await tasks.nap(self._wake, self.config.delivery.poll_s)
 
     async def _sweep(self) -> None:
         """The safety net: release what a crash left SENDING longer than the lease."""

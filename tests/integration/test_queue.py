@@ -126,9 +126,21 @@ async def test_messages_the_sender_takes_as_they_are_accepted_are_sent_once(harn
     assert all(h == [MessageStatus.SEND_ENQUEUED, MessageStatus.SENDING, MessageStatus.ACKNOWLEDGED] for h in histories)
 
 
-async def test_only_free_slots_are_taken_at_accept_and_the_rest_waits_for_the_queue(harness):
-    if harness.kind != "embedded":
-        pytest.skip("RabbitMQ is fed by the outbox relay: nothing is taken at accept (reserve gives 0)")
+@pytest.fixture
+async def embedded(tmp_path):
+    """The embedded queue alone: only it takes messages at accept (RabbitMQ's relay feeds the broker)."""
+    store = SqliteStore(tmp_path / "store.db")
+    await store.open()
+    h = Harness(gateway_config(tmp_path), store)
+    try:
+        yield h
+    finally:
+        await h.stop()
+        await store.close()
+
+
+async def test_only_free_slots_are_taken_at_accept_and_the_rest_waits_for_the_queue(embedded):
+    harness = embedded
     await harness.start()
     await asyncio.sleep(0.05)  # the queue's loop runs and can take hand-overs
     hung = await harness.accept(8, plan=["hang"], hand_over=True)  # concurrency is 8: all slots busy
