@@ -21,9 +21,10 @@ same file: it is tried at once, and only when another process holds the lock is 
 checkpoint runs inside the COMMIT that crosses its threshold, copying megabytes into the
 database file and fsyncing it while every write behind it waits (commits of tens of
 milliseconds, every fraction of a second under load). A checkpointer connection on its own
-thread does it instead, passively (beside the writer and the readers), shortly after commits. Reads use a few other connections (``readers``),
-each on its own thread, which WAL lets run beside the writer; point reads on the hot paths (a
-verification, a duplicate check) run on the event loop's own connection (``_read_now``).
+thread does it instead, passively (beside the writer and the readers), shortly after commits.
+Reads use a few other connections (``readers``), each on its own thread, which WAL lets run
+beside the writer; point reads on the hot paths (a verification, a duplicate check) run on the
+event loop's own connection (``_read_now``).
 """
 
 from __future__ import annotations
