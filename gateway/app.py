@@ -73,7 +73,9 @@ def _resources(preloaded: Security | None):
         app[appkeys.OUTBOUND] = OutboundService(
             config, store, security, worker.wake, sender=worker if config.start_delivery else None
         )
-        app[appkeys.INBOUND] = InboundService(config, store, security, wake=worker.wake)
+        app[appkeys.INBOUND] = InboundService(
+            config, store, security, wake=worker.wake, sender=worker if config.start_delivery else None
+        )
         background = []
         if config.start_delivery:
             background = tasks.start(

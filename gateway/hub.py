@@ -68,6 +68,7 @@ from gateway.store.base import (
 )
 
 if TYPE_CHECKING:
+    from gateway.delivery import DeliveryWorker
     from gateway.inbound import InboundService
 
 log = get_logger("epix.hub")
@@ -139,10 +140,14 @@ def relayed_envelope(message: MessageRecord, *, hub: str, security: Security) ->
 
 
 class Relay:
-    def __init__(self, config: GatewayConfig, store: Store, security: Security) -> None:
+    def __init__(
+        self, config: GatewayConfig, store: Store, security: Security, *, sender: "DeliveryWorker | None" = None
+    ) -> None:
         self.config = config
         self.store = store
         self.security = security
+        # The hub's sender takes what it has room for as the envelope is stored (store.base.Claim).
+        self.sender = sender
 
     async def accept(self, env: Envelope) -> bytes:
         """Store ``env`` for forwarding and return the hub's signed receipt (PendingDelivery).
@@ -187,9 +192,17 @@ class Relay:
             next_attempt_at=None if pull else now,  # None: held for pull, never due for the pusher
         )
         mode = f"held for {h.receiver} to pull" if pull else f"to push to {h.receiver}"
-        is_new, stored = await self.store.accept_relay(
-            message, actor=f"partner:{h.sender}", detail=f"relayed for {h.sender}, {mode}"
-        )
+        claim = self.sender.claim_at_accept(1) if self.sender is not None and not pull else None
+        try:
+            is_new, stored = await self.store.accept_relay(
+                message, actor=f"partner:{h.sender}", detail=f"relayed for {h.sender}, {mode}", claim=claim
+            )
+        except BaseException:
+            if self.sender is not None:
+                self.sender.not_accepted(claim)
+            raise
+        if self.sender is not None:
+            self.sender.accepted([message], [stored] if is_new else [], claim)
         if not is_new and (stored.sender != h.sender or stored.payload_digest != env.digest):
             raise EpixError(ErrorCode.CONFLICT, f"Message id {h.message_id} is already held with different content.")
         log.info("hub.accepted", message_id=h.message_id, sender=h.sender, receiver=h.receiver, pull=pull, new=is_new)

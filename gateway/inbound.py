@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 from datetime import datetime, timezone
 
 from lxml import etree
@@ -41,6 +42,9 @@ from gateway.logs import get_logger
 from gateway.security import Security
 from gateway.store.base import MessageRecord, PermitRecord, Store, message_from_header
 
+if TYPE_CHECKING:
+    from gateway.delivery import DeliveryWorker
+
 log = get_logger("epix.inbound")
 _FROM = etree.XPath("/ex:Envelope/ex:Header/ex:From/text()", namespaces={"ex": EXCHANGE})
 _MID = etree.XPath("/ex:Envelope/ex:Header/ex:MessageId/text()", namespaces={"ex": EXCHANGE})
@@ -56,14 +60,22 @@ class Answer:
 
 
 class InboundService:
-    def __init__(self, config: GatewayConfig, store: Store, security: Security, wake: Callable[[], None] | None = None) -> None:
+    def __init__(
+        self,
+        config: GatewayConfig,
+        store: Store,
+        security: Security,
+        wake: Callable[[], None] | None = None,
+        *,
+        sender: "DeliveryWorker | None" = None,
+    ) -> None:
         self.config = config
         self.store = store
         self.security = security
         # A hub hands what it relays to its own delivery worker: wake it rather than wait for its poll.
         self.wake = wake or (lambda: None)
         self.limits = XmlLimits(max_bytes=config.max_body_bytes)
-        self.relay = Relay(config, store, security) if config.role == "hub" else None
+        self.relay = Relay(config, store, security, sender=sender) if config.role == "hub" else None
 
     async def receive(self, body: bytes) -> Answer:
         claimed_sender: str | None = None
@@ -111,7 +123,8 @@ class InboundService:
         h = env.header
         if h.receiver != self.config.party and self.relay is not None and env.relayed_by is None:
             receipt = await self.relay.accept(env)
-            self.wake()
+            if self.relay.sender is None:
+                self.wake()
             return Answer(200, receipt, h.message_id)
         if h.receiver != self.config.party:
             raise EpixError(

@@ -133,6 +133,11 @@ def claimed_at_once(stored: Sequence[MessageRecord], claim: Claim | None) -> lis
     ]
 
 
+def pushed(message: MessageRecord, claim: Claim | None) -> Claim | None:
+    """``claim`` for a message a sender will push; none for one held for a party to pull."""
+    return claim if message.next_attempt_at is not None else None
+
+
 def as_stored(message: MessageRecord, *, due: datetime | None) -> MessageRecord:
     """A message as it is first written: times in UTC, no lease, and ``due`` as the time a sender
     may take it (None: never — received messages, and those held for a party to pull)."""
@@ -473,10 +478,13 @@ class Store(CustomsLedger, Retention, ABC):
     # --- hub: relaying, pull, delivery reports -------------------------------------------------
 
     @abstractmethod
-    async def accept_relay(self, message: MessageRecord, *, actor: str, detail: str) -> tuple[bool, MessageRecord]:
+    async def accept_relay(
+        self, message: MessageRecord, *, actor: str, detail: str, claim: Claim | None = None
+    ) -> tuple[bool, MessageRecord]:
         """A hub stores an envelope it relays: one outbound message under the sender's own message
         id, with its first event. ``next_attempt_at=None`` holds it for pull (never due). (False,
-        the one held) when that message id is already held."""
+        the one held) when that message id is already held. ``claim``: the hub's sender takes it
+        at once (see ``Claim``; never one held for pull)."""
 
     @abstractmethod
     async def held_for_pull(self, receiver: str, *, limit: int = 100) -> list[MessageRecord]:

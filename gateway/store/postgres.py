@@ -41,6 +41,7 @@ from .base import (
     as_stored,
     as_utc,
     claimed_at_once,
+    pushed as _pushed,
     check_inbound,
     check_outbound,
     check_page,
@@ -444,19 +445,19 @@ class PostgresStore(PostgresLedger, PostgresRetention, Store):
 
     # --- hub: relaying, pull, delivery reports -----------------------------------------------
 
-    async def accept_relay(self, message: MessageRecord, *, actor: str, detail: str) -> tuple[bool, MessageRecord]:
+    async def accept_relay(
+        self, message: MessageRecord, *, actor: str, detail: str, claim: Claim | None = None
+    ) -> tuple[bool, MessageRecord]:
         check_relay(message)
-        held = as_stored(message, due=message.next_attempt_at)
+        [held] = claimed_at_once([as_stored(message, due=message.next_attempt_at)], _pushed(message, claim))
         async with self.pool.acquire() as conn:
             if (row := await conn.fetchrow(q.SELECT_MESSAGE, message.message_id)) is not None:
                 return False, q.message_from_row(row, _dec)
             try:
                 async with conn.transaction():
+                    now = as_utc(self._clock())
                     await conn.execute(q.INSERT_MESSAGE, *q.message_values(held, _enc))
-                    await conn.execute(
-                        q.INSERT_EVENT, held.message_id, 1, as_utc(self._clock()),
-                        MessageStatus.SEND_ENQUEUED.value, actor, detail, None,
-                    )  # fmt: skip
+                    await conn.executemany(q.INSERT_EVENT, q.first_events(held, now, actor, detail, claim))
                     return True, held
             except asyncpg.UniqueViolationError:
                 row = await conn.fetchrow(q.SELECT_MESSAGE, message.message_id)

@@ -409,6 +409,15 @@ def permit_values(p: PermitRecord, ts: Encode) -> tuple[Any, ...]:
     )  # fmt: skip
 
 
+def first_events(m: MessageRecord, now: Any, actor: str, detail: str | None, claim: Any) -> list[tuple[Any, ...]]:
+    """INSERT_EVENT rows of a message as it is first stored: SEND_ENQUEUED, and SENDING when it
+    was stored already claimed (base.Claim)."""
+    events = [(m.message_id, 1, now, MessageStatus.SEND_ENQUEUED.value, actor, detail, None)]
+    if m.status is MessageStatus.SENDING:
+        events.append((m.message_id, 2, now, MessageStatus.SENDING.value, claim.actor, None, None))
+    return events
+
+
 def message_values(m: MessageRecord, ts: Encode) -> tuple[Any, ...]:
     """Column values in MESSAGE_COLUMNS order, then due_at."""
     due = m.next_attempt_at if m.status in _WAITING else m.lease_until if m.status is MessageStatus.SENDING else None

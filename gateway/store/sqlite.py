@@ -62,6 +62,7 @@ from .base import (
     as_stored,
     as_utc,
     claimed_at_once,
+    pushed,
     check_inbound,
     check_outbound,
     check_page,
@@ -405,7 +406,7 @@ class SqliteStore(SqliteLedger, SqliteRetention, Store):
         now = self._clock()
         held = claimed_at_once([as_stored(m, due=m.next_attempt_at or now) for m in messages], claim)
         key = None if idempotency_key is None else (principal or "", idempotency_key, request_hash or "")
-        return await self._write(_accept, permit, held, actor, key, _enc(now), claim.actor if claim else None)
+        return await self._write(_accept, permit, held, actor, key, _enc(now), claim)
 
     async def accept_cancellation(
         self, issuer: str, number: str, messages: Sequence[MessageRecord], *, actor: str
@@ -523,10 +524,12 @@ class SqliteStore(SqliteLedger, SqliteRetention, Store):
 
     # --- hub: relaying, pull, delivery reports -----------------------------------------------
 
-    async def accept_relay(self, message: MessageRecord, *, actor: str, detail: str) -> tuple[bool, MessageRecord]:
+    async def accept_relay(
+        self, message: MessageRecord, *, actor: str, detail: str, claim: Claim | None = None
+    ) -> tuple[bool, MessageRecord]:
         check_relay(message)
-        held = as_stored(message, due=message.next_attempt_at)
-        return await self._write(_accept_relay, held, actor, detail, _enc(self._clock()))
+        [held] = claimed_at_once([as_stored(message, due=message.next_attempt_at)], pushed(message, claim))
+        return await self._write(_accept_relay, held, actor, detail, _enc(self._clock()), claim)
 
     async def held_for_pull(self, receiver: str, *, limit: int = 100) -> list[MessageRecord]:
         check_page(MessageFilter(limit=limit))
@@ -605,7 +608,7 @@ def _accept(
     actor: str,
     key: tuple[str, str, str] | None,
     now: str,
-    sender: str | None = None,
+    claim: Claim | None = None,
 ) -> list[MessageRecord]:
     if key is not None:
         row = conn.execute(_sql(q.SELECT_IDEMPOTENCY), key[:2]).fetchone()
@@ -624,7 +627,7 @@ def _accept(
         ).fetchall()
         held = [q.message_from_row(r, _dec) for r in rows]
     else:
-        _insert_outbound(conn, messages, actor, now, sender)
+        _insert_outbound(conn, messages, actor, now, claim)
         if permit.replaces:
             conn.execute(
                 _sql(q.MARK_REPLACED), (permit.issuer, permit.replaces, permit.number, Direction.OUTBOUND.value)
@@ -637,16 +640,10 @@ def _accept(
 
 
 def _insert_outbound(
-    conn: sqlite3.Connection, messages: Sequence[MessageRecord], actor: str, now: str, sender: str | None = None
+    conn: sqlite3.Connection, messages: Sequence[MessageRecord], actor: str, now: str, claim: Claim | None = None
 ) -> None:
     conn.executemany(_sql(q.INSERT_MESSAGE), [q.message_values(m, _enc) for m in messages])
-    events = [(m.message_id, 1, now, MessageStatus.SEND_ENQUEUED.value, actor, "accepted", None) for m in messages]
-    events += [
-        (m.message_id, 2, now, MessageStatus.SENDING.value, sender, None, None)
-        for m in messages
-        if m.status is MessageStatus.SENDING
-    ]
-    conn.executemany(_sql(q.INSERT_EVENT), events)
+    conn.executemany(_sql(q.INSERT_EVENT), [e for m in messages for e in q.first_events(m, now, actor, "accepted", claim)])
 
 
 def _accept_cancellation(
@@ -747,15 +744,13 @@ def _store_inbound(
 
 
 def _accept_relay(
-    conn: sqlite3.Connection, message: MessageRecord, actor: str, detail: str, now: str
+    conn: sqlite3.Connection, message: MessageRecord, actor: str, detail: str, now: str, claim: Claim | None
 ) -> tuple[bool, MessageRecord]:
     row = conn.execute(_sql(q.SELECT_MESSAGE), (message.message_id,)).fetchone()
     if row is not None:
         return False, q.message_from_row(row, _dec)
     conn.execute(_sql(q.INSERT_MESSAGE), q.message_values(message, _enc))
-    conn.execute(
-        _sql(q.INSERT_EVENT), (message.message_id, 1, now, MessageStatus.SEND_ENQUEUED.value, actor, detail, None)
-    )
+    conn.executemany(_sql(q.INSERT_EVENT), q.first_events(message, now, actor, detail, claim))
     return True, message
 
 

@@ -7,7 +7,7 @@ from dataclasses import replace
 from datetime import timedelta
 
 from domain.messages import MessageStatus
-from gateway.store.base import DeliveryReportRecord
+from gateway.store.base import Claim, DeliveryReportRecord
 from tests.integration.records import T0, accept, message, permit
 
 
@@ -38,6 +38,24 @@ async def test_relayed_message_held_for_pull_is_never_due_and_is_listed_until_ac
         (3, MessageStatus.SENDING, "fetched again"),
         (4, MessageStatus.ACKNOWLEDGED, None),
     ]
+
+
+async def test_a_relayed_message_to_push_can_be_taken_by_the_hubs_sender_as_it_is_stored(store):
+    claim = Claim(1, "sender:HUB", T0 + timedelta(seconds=30))
+    pushed = replace(message(permit("CH-H-4"), receiver="KE", message_id="relay-4"), next_attempt_at=T0)
+    held = replace(message(permit("CH-H-5"), receiver="TZ", message_id="relay-5"), next_attempt_at=None)
+
+    new, taken = await store.accept_relay(pushed, actor="partner:CH", detail="to push", claim=claim)
+    _, kept = await store.accept_relay(held, actor="partner:CH", detail="held for TZ", claim=claim)
+
+    assert new and (taken.status, taken.lease_until) == (MessageStatus.SENDING, claim.lease_until)
+    assert [(e.seq, e.status, e.actor) for e in await store.message_events("relay-4")] == [
+        (1, MessageStatus.SEND_ENQUEUED, "partner:CH"),
+        (2, MessageStatus.SENDING, "sender:HUB"),
+    ]
+    assert kept.status is MessageStatus.SEND_ENQUEUED  # held for pull: no sender ever takes it
+    assert [m.message_id for m in await store.held_for_pull("TZ")] == ["relay-5"]
+    assert await store.claim_due(limit=10, lease_s=30, now=T0, actor="other") == []
 
 
 async def test_delivery_reports_are_kept_and_each_change_is_recorded_once(store):
