@@ -9,12 +9,15 @@ import sqlite3
 from datetime import datetime, timedelta, timezone
 from decimal import Decimal
 
+import pytest
+
 from adapters.exchange_xml import exchange_schema
 from adapters.ns import EXCHANGE
 from domain.messages import Action, MessageStatus
 from gateway.store.base import MessageFilter
 from gateway.store.sqlite import SqliteStore
 from tests.e2e.conftest import FINAL, customs_permit
+
 
 def _declaration(ref: str, quantities: dict[str, str], **extra) -> dict:
     return {
