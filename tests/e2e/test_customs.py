@@ -18,7 +18,6 @@ from gateway.store.base import MessageFilter
 from gateway.store.sqlite import SqliteStore
 from tests.e2e.conftest import FINAL, customs_permit
 
-
 def _declaration(ref: str, quantities: dict[str, str], **extra) -> dict:
     return {
         "declaration": ref,
@@ -215,7 +214,7 @@ async def test_customs_tokens_outside_their_scope_are_refused(customs):
 async def test_a_reversal_naming_a_reference_no_write_off_can_have_is_refused_and_changes_nothing(customs, reference, words):
     from yarl import URL
 
-    permit = _permit("CH26-100045")
+    permit = customs_permit("CH26-100045")
     await customs.deliver(permit)
     status, w = await customs.write_off("FR", "CH", permit.number, _declaration("FR-DEC-9", {"A": "1"}))
     assert status == 201, w
@@ -236,7 +235,7 @@ async def test_a_reversal_naming_a_reference_no_write_off_can_have_is_refused_an
     [("FR-DEC\u0000", "U+0000"), ("FR\u0001DEC", "U+0001"), ("FR  DEC", "two spaces in a row"), ("..", "in a URL"), ("D" * 65, "at most 64")],
 )
 async def test_a_write_off_with_a_reference_no_reversal_could_name_is_refused(customs, reference, words):
-    permit = _permit("CH26-100046")
+    permit = customs_permit("CH26-100046")
     await customs.deliver(permit)
     reference = reference.encode().decode("unicode_escape")
     status, err = await customs.write_off("FR", "CH", permit.number, _declaration(reference, {"A": "1"}))
