@@ -5,8 +5,8 @@ one error per round trip). Each problem has a stable upper-snake ``code``, the `
 field (``items[1].quantity``, item indexes count from 0), a sentence for a person, and a
 severity: an ERROR makes the permit unacceptable, a WARNING is reported and let through.
 
-Pure and fast: no I/O, no clock (time checks run only when the caller passes ``today``), code
-lists are precomputed frozensets from ``domain.codes``.
+Pure and fast: no I/O, no clock (time checks run only when the caller passes ``now``, the moment
+it judges the permit at, or ``today``), code lists are precomputed frozensets from ``domain.codes``.
 
 Sources: the Convention text (Articles III, IV, VI), Res. Conf. 12.3 (Rev. CoP19) "Permits and
 certificates" and its Annex 2 (the standard form and the instructions for each box), and the
@@ -100,6 +100,11 @@ RULES = MappingProxyType(
         ),
         "PERMIT_EXPIRED": Rule(_E, "Res. Conf. 12.3: a permit is not accepted after its last day of validity"),
         "PERMIT_NOT_YET_VALID": Rule(_W, "box 2: the validity has not started yet"),
+        "ISSUED_IN_FUTURE": Rule(
+            _E,
+            "box 13 and Convention Art. VI.2: a permit is valid from the date on which it was granted, so it "
+            "cannot be dated on a day that has not begun where it is issued",
+        ),
         "SAME_COUNTRY": Rule(_E, "Convention Art. I(c): CITES permits cover trade between countries"),
         "EXPORTER_NOT_IN_ISSUING_COUNTRY": Rule(_W, "Art. VI: an export permit is granted by the State of export"),
         "IMPORTER_NOT_IN_ISSUING_COUNTRY": Rule(_W, "Art. III.3: an import permit is granted by the State of import"),
@@ -147,6 +152,9 @@ _EXPORT_TYPES = frozenset({"E", "R"})
 _MAX_MONTHS = MappingProxyType({"E": 6, "R": 6, "I": 12, "O": 12})
 _CROSS_BORDER_TYPES = frozenset({"E", "R", "I"})  # "other" documents may not name two countries
 _CLOCK_SKEW = timedelta(days=1)
+# An MA system stamping the issue date from a clock a few minutes ahead of the judge's, just after
+# midnight, dates the permit on a day that has begun where it stands: not a permit from tomorrow.
+_CLOCK_DRIFT = timedelta(minutes=5)
 _ZERO = Decimal(0)
 # Box 1. Res. Conf. 12.3 gives the number no format, and neither the EPT v2 instances (the EPIX
 # fixtures carry "XA000000") nor our XSD (ram:IDType, an xs:token without facets) bound it. The
@@ -166,13 +174,19 @@ _TYPE_NAMES = MappingProxyType(
 )
 
 
-def validate(permit: Permit, *, today: date | None = None) -> list[Problem]:
-    """Every problem of ``permit``; an empty list means acceptable. Time checks need ``today``."""
+def validate(permit: Permit, *, today: date | None = None, now: datetime | None = None) -> list[Problem]:
+    """Every problem of ``permit``; an empty list means acceptable.
+
+    The time checks (expired, not yet valid, issued on a day still to come) run only when the
+    caller says when it judges the permit: ``now``, an aware instant, whose calendar day is taken
+    in each date's own time zone (the issuing MA's), or ``today``, a calendar date as it is."""
+    if now is not None and (now.tzinfo is None or now.utcoffset() is None):
+        raise ValueError("now must be an aware datetime: the time zone decides which day it is")
     if isinstance(today, datetime):  # a datetime is a date too, but does not compare with one
         today = today.date()
     out: list[Problem] = []
     _header(permit, out)
-    _dates(permit, out, today)
+    _dates(permit, out, _Clock(now, today) if now is not None or today is not None else None)
     _parties(permit, out)
     item_ids = _items(permit, out)
     if permit.endorsement is not None:
@@ -192,9 +206,9 @@ def has_errors(problems: Iterable[Problem]) -> bool:
     return any(p.severity is Severity.ERROR for p in problems)
 
 
-def ensure_valid(permit: Permit, *, today: date | None = None) -> list[Problem]:
+def ensure_valid(permit: Permit, *, today: date | None = None, now: datetime | None = None) -> list[Problem]:
     """The warnings of an acceptable permit; raises ``EpixError(PERMIT_INVALID)`` listing every problem otherwise."""
-    problems = validate(permit, today=today)
+    problems = validate(permit, today=today, now=now)
     found = errors(problems)
     if found:
         first = found[0].message
@@ -376,7 +390,25 @@ def _header(permit: Permit, out: list[Problem]) -> None:
 # --- box 2 and 13 ------------------------------------------------------------------------------
 
 
-def _dates(permit: Permit, out: list[Problem], today: date | None) -> None:
+@dataclass(frozen=True, slots=True)
+class _Clock:
+    """When a permit is judged: an instant, or a calendar date alone."""
+
+    now: datetime | None
+    today: date | None
+
+    def day_in(self, tz, *, ahead: timedelta = timedelta(0)) -> date:
+        """Today's date where ``tz`` applies (the permit's own offset), ``ahead`` later."""
+        if self.now is None:
+            return self.today
+        try:
+            moment = self.now + ahead
+        except OverflowError:
+            moment = self.now
+        return _day_in(moment, tz)
+
+
+def _dates(permit: Permit, out: list[Problem], clock: _Clock | None) -> None:
     issued = _moment(out, permit.issue_date, "issue_date", "Box 13: the issue date")
     start = _moment(out, permit.valid_from, "valid_from", "Box 2: the start of validity")
     end = _moment(out, permit.valid_until, "valid_until", "Box 2: the end of validity")
@@ -422,21 +454,50 @@ def _dates(permit: Permit, out: list[Problem], today: date | None) -> None:
             f"Box 2: the validity starts ({start.isoformat()}) more than a day before the permit "
             f"was issued ({issued.isoformat()}).",
         )
-    if today is not None:
-        if end is not None and today > end.date():
+    if clock is None:
+        return
+    if end is not None:
+        today = clock.day_in(end.tzinfo)
+        if today > end.date():
             _report(
                 out,
                 "PERMIT_EXPIRED",
                 "valid_until",
-                f"The permit expired: its last day of validity was {end.date().isoformat()} and today is {today.isoformat()}.",
+                f"Box 2: the permit has expired: its last day of validity was {end.date().isoformat()} and today "
+                f"is {today.isoformat()}{_where(end, clock)}.",
             )
-        if start is not None and today < start.date():
+    if start is not None:
+        today = clock.day_in(start.tzinfo)
+        if today < start.date():
             _report(
                 out,
                 "PERMIT_NOT_YET_VALID",
                 "valid_from",
-                f"The permit is not valid yet: its validity starts on {start.date().isoformat()}.",
+                f"The permit is not valid yet: its validity starts on {start.date().isoformat()} and today is "
+                f"{today.isoformat()}{_where(start, clock)}.",
             )
+    if issued is not None:
+        today = clock.day_in(issued.tzinfo)
+        if issued.date() > clock.day_in(issued.tzinfo, ahead=_CLOCK_DRIFT):
+            _report(
+                out,
+                "ISSUED_IN_FUTURE",
+                "issue_date",
+                f"Box 13: the permit is dated {issued.date().isoformat()}, but today is {today.isoformat()}"
+                f"{_where(issued, clock)}; a permit cannot be issued on a day that has not begun.",
+            )
+
+
+def _where(moment: datetime, clock: _Clock) -> str:
+    """Which calendar "today" is measured in, when it was worked out from an instant."""
+    if clock.now is None:
+        return ""
+    offset = moment.utcoffset()
+    if not offset:
+        return " in UTC"
+    sign, rest = ("+", offset) if offset >= timedelta(0) else ("-", -offset)
+    hours, minutes = divmod(int(rest.total_seconds()) // 60, 60)
+    return f" at UTC{sign}{hours:02d}:{minutes:02d}, the permit's time zone"
 
 
 # --- box 3 and 4 -------------------------------------------------------------------------------

@@ -208,7 +208,9 @@ def test_free_text_may_hold_line_breaks_tabs_and_any_script():
 )
 def test_dates_at_the_ends_of_the_calendar_are_judged_not_crashed_on(issued, until):
     problems = validate(permit(issue_date=issued, valid_from=issued, valid_until=until), today=date(2026, 1, 1))
-    assert {p.code for p in problems} <= {"PERMIT_EXPIRED", "PERMIT_NOT_YET_VALID"}
+    assert {p.code for p in problems} <= {"PERMIT_EXPIRED", "PERMIT_NOT_YET_VALID", "ISSUED_IN_FUTURE"}
+    problems = validate(permit(issue_date=issued, valid_from=issued, valid_until=until), now=datetime(2026, 1, 1, tzinfo=timezone.utc))
+    assert {p.code for p in problems} <= {"PERMIT_EXPIRED", "PERMIT_NOT_YET_VALID", "ISSUED_IN_FUTURE"}
 
 
 @pytest.mark.parametrize("replaces", [None, "", "KWS/CITES/2026/0012", "21 CH 012345", "X" * rules.MAX_NUMBER_LENGTH])
@@ -613,7 +615,51 @@ def test_today_may_be_given_as_a_datetime():
 @settings(max_examples=300)
 @given(permits())
 def test_any_permit_gets_a_list_of_catalogued_problems_never_an_exception(p):
-    problems = validate(p, today=date(2030, 1, 1))
+    problems = validate(p, today=date(2030, 1, 1)) + validate(p, now=datetime(2030, 1, 1, tzinfo=timezone.utc))
     for problem in problems:
         assert problem.code in rules.RULES and problem.message.endswith(".")
         assert problem.severity is rules.RULES[problem.code].severity
+
+
+# --- time checks against the moment of submission ---------------------------------------------------
+
+
+def test_expiry_against_now_counts_the_last_day_in_the_permit_s_own_time_zone():
+    p = permit()  # valid until 2025-07-15 23:59 at UTC+01:00
+    assert validate(p, now=datetime(2025, 7, 15, 22, 30, tzinfo=timezone.utc)) == []  # 23:30 in Bern
+    problem = the(validate(p, now=datetime(2025, 7, 15, 23, 30, tzinfo=timezone.utc)), "PERMIT_EXPIRED")  # 00:30 on the 16th
+    assert problem.severity is Severity.ERROR and problem.path == "valid_until"
+    assert "2025-07-15" in problem.message and "2025-07-16" in problem.message
+
+
+def test_a_permit_from_year_one_is_expired_now():
+    ancient = datetime(1, 1, 1, tzinfo=timezone.utc)
+    p = permit(issue_date=ancient, valid_from=ancient, valid_until=datetime(1, 3, 1, tzinfo=timezone.utc))
+    assert codes_of(validate(p, now=datetime(2026, 12, 1, 12, tzinfo=timezone.utc))) == ["PERMIT_EXPIRED"]
+
+
+def test_a_permit_cannot_be_issued_on_a_day_that_has_not_begun():
+    tomorrow = ISSUED + timedelta(days=1)
+    p = permit(issue_date=tomorrow, valid_from=tomorrow)
+    problem = the(validate(p, now=ISSUED), "ISSUED_IN_FUTURE")
+    assert problem.severity is Severity.ERROR and problem.path == "issue_date"
+    assert "2025-01-16" in problem.message and "2025-01-15" in problem.message
+    # Later the same day is today, and a clock a few minutes fast at midnight is no lie either.
+    assert validate(permit(issue_date=ISSUED + timedelta(hours=8)), now=ISSUED) == []
+    midnight = datetime(2025, 1, 16, 0, 2, tzinfo=CET)
+    early = permit(issue_date=midnight, valid_from=midnight)
+    assert errors(validate(early, now=midnight - timedelta(minutes=4))) == []
+    assert "ISSUED_IN_FUTURE" in codes_of(validate(early, now=midnight - timedelta(minutes=30)))
+    assert "ISSUED_IN_FUTURE" in codes_of(validate(permit(issue_date=datetime(9999, 7, 1, tzinfo=CET)), now=ISSUED))
+
+
+def test_a_validity_starting_later_is_a_warning_against_now():
+    later = permit(valid_from=ISSUED + timedelta(days=60))
+    problem = the(validate(later, now=ISSUED), "PERMIT_NOT_YET_VALID")
+    assert problem.severity is Severity.WARNING and not has_errors(validate(later, now=ISSUED))
+
+
+def test_the_time_checks_need_an_aware_now():
+    with pytest.raises(ValueError, match="time zone"):
+        validate(permit(), now=datetime(2025, 3, 1))
+    assert validate(permit()) == []  # without now or today: the same today and tomorrow
