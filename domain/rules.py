@@ -71,6 +71,11 @@ RULES = MappingProxyType(
             "(the exchange protocol's limit), no control or invisible characters, no space at either end or "
             'two in a row, not "." or ".."; the same for the number a replacement names (replaces)',
         ),
+        "REPLACES_ITSELF": Rule(
+            _E,
+            "Res. Conf. 12.3: a replacement is a new document, with its own number, that names the one it "
+            "replaces; a permit cannot name its own number",
+        ),
         "UNKNOWN_DOCUMENT_TYPE": Rule(_E, "EPT v2 document type code: E export, R re-export, I import, O other"),
         "UNKNOWN_PURPOSE": Rule(_E, "Res. Conf. 12.3 Annex 2 box 5a; purpose codes of the Guidelines"),
         "UNKNOWN_SOURCE": Rule(_E, "Res. Conf. 12.3 Annex 2 box 10; source codes of Res. Conf. 12.3"),
@@ -373,6 +378,16 @@ def _header(permit: Permit, out: list[Problem]) -> None:
     if permit.replaces is not None and permit.replaces != "":
         for sentence in identifier_problems(permit.replaces, "The number of the permit this one replaces"):
             _report(out, "PERMIT_NUMBER_INVALID", "replaces", sentence)
+        # A partner would mark the permit replaced by itself (or, had it never been issued, be
+        # told of a replacement of nothing); the gateway refuses it before anything is looked up.
+        if permit.replaces == permit.number:
+            _report(
+                out,
+                "REPLACES_ITSELF",
+                "replaces",
+                f"The permit names its own number {permit.number!r} as the permit it replaces; a replacement "
+                "permit has a new number and names the number of the permit it replaces.",
+            )
     _code(out, permit.type, _DOC_TYPES, "type", "Box 1: the document type", "UNKNOWN_DOCUMENT_TYPE")
     _code(out, permit.purpose, _PURPOSES, "purpose", "Box 5a: the purpose of the transaction", "UNKNOWN_PURPOSE")
     authority = permit.authority

@@ -222,6 +222,29 @@ async def test_cancel_and_replace_reach_everyone_who_received_the_original(clust
     assert view["status"] == "REPLACED"
 
 
+async def test_a_permit_naming_itself_as_the_one_it_replaces_is_refused_and_nothing_is_stored_or_sent(cluster):
+    from dataclasses import replace
+
+    rng = random.Random(6)
+    original = make_permit(rng, issuer="CH", importer_country="FR", number="CH26-100101")
+    await _deliver(cluster, original)
+    before = {p: sorted(m.message_id for m in await cluster.store(p).messages_for_permit("CH", original.number)) for p in ("CH", "FR")}
+    fresh = make_permit(rng, issuer="CH", importer_country="FR", number="CH26-100102")
+    for selfish in (replace(original, replaces=original.number), replace(fresh, replaces=fresh.number)):
+        status, body = await cluster.submit(selfish)
+        assert status == 422 and body["code"] == "PERMIT_INVALID", body
+        [problem] = body["context"]["problems"]
+        assert (problem["code"], problem["path"], problem["severity"]) == ("REPLACES_ITSELF", "replaces", "error")
+        assert selfish.number in problem["message"] and "its own number" in problem["message"]
+    # The original is still the one valid permit on both sides; nothing new is queued or received.
+    for party in ("CH", "FR"):
+        [version] = await cluster.store(party).get_permit_versions("CH", original.number)
+        assert version.status == "VALID" and version.replaces is None and version.replaced_by is None
+        assert sorted(m.message_id for m in await cluster.store(party).messages_for_permit("CH", original.number)) == before[party]
+        assert await cluster.store(party).get_permit_versions("CH", fresh.number) == []
+    assert sum((await cluster.store("CH").counts_by_status()).values()) == 1
+
+
 async def test_idempotency_key_returns_the_same_messages(cluster, permit_ch_fr):
     s1, b1 = await cluster.submit(permit_ch_fr, key="abc-1")
     s2, b2 = await cluster.submit(permit_ch_fr, key="abc-1")

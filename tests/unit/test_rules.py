@@ -218,6 +218,15 @@ def test_a_replacement_may_name_any_number_a_permit_can_have(replaces):
     assert validate(permit(number="CH25-000002", replaces=replaces)) == []
 
 
+def test_a_permit_cannot_replace_itself():
+    p = the(validate(permit(number="CH25-000002", replaces="CH25-000002")), "REPLACES_ITSELF")
+    assert p.path == "replaces" and p.severity is Severity.ERROR
+    assert "CH25-000002" in p.message and "its own number" in p.message
+    # Another number, even one that differs only in case or a space, is another permit.
+    assert validate(permit(number="CH25-000002", replaces="ch25-000002")) == []
+    assert validate(permit(number="21 CH 012345", replaces="21CH012345")) == []
+
+
 # --- code lists ----------------------------------------------------------------------------------
 
 
