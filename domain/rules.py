@@ -139,6 +139,11 @@ RULES = MappingProxyType(
         "ENDORSED_QUANTITY_EXCEEDS": Rule(_E, "box 14: no more may cross the border than the permit allows (box 11)"),
         "ENDORSED_UNIT_MISMATCH": Rule(_E, "box 14: the endorsed quantity is in the unit of box 11"),
         "ENDORSED_OUTSIDE_VALIDITY": Rule(_W, "box 14 and 2: an endorsement is made while the permit is valid"),
+        "TEXT_INVALID": Rule(
+            _E,
+            "the permit travels as CITESEPermit XML 1.0, whose text cannot hold control characters other than tab "
+            "and line breaks, lone surrogates or U+FFFE and U+FFFF",
+        ),
     }
 )
 
@@ -196,6 +201,7 @@ def validate(permit: Permit, *, today: date | None = None, now: datetime | None 
     item_ids = _items(permit, out)
     if permit.endorsement is not None:
         _endorsement(permit, item_ids, out)
+    _texts(permit, out)
     return out
 
 
@@ -347,15 +353,16 @@ def identifier_problems(value: object, what: str) -> list[str]:
     return out
 
 
-def text_problems(value: object, what: str, *, limit: int = MAX_TEXT) -> list[str]:
+def text_problems(value: object, what: str, *, limit: int | None = MAX_TEXT) -> list[str]:
     """Why ``value`` cannot travel as free text (a reason, a port, an officer's name: the exchange
     protocol's ex:Text), one sentence per fault; empty when it can. Controls other than tab and
     line breaks, lone surrogates and U+FFFE/U+FFFF cannot be written in XML at all: such text
-    would fail when the signed document is built, after the request was accepted."""
+    would fail when the signed document is built, after the request was accepted. ``limit=None``:
+    any length (a permit's own text, which the CITESEPermit schema does not bound)."""
     if not isinstance(value, str):
         return [f"{what} must be text, not {type(value).__name__}."]
     out: list[str] = []
-    if len(value) > limit:
+    if limit is not None and len(value) > limit:
         out.append(f"{what} has {len(value)} characters; at most {limit} are accepted.")
     odd = _NOT_XML.search(value)
     if odd is not None:
@@ -775,3 +782,82 @@ def _endorsement(permit: Permit, by_id: dict, out: list[Problem]) -> None:
                 f"{label}: {line.quantity} {line.unit} crossed the border but the permit allows only "
                 f"{item.quantity} {item.unit}.",
             )
+
+
+# --- free text ----------------------------------------------------------------------------------
+
+_PARTIES = (("authority", "Box 6 (issuing authority)"), ("exporter", "Box 4 (exporter)"), ("importer", "Box 3 (importer)"))
+_PARTY_TEXT = (("name", "the name"), ("id", "the identifier"))
+_ADDRESS_TEXT = (
+    ("street", "the street"),
+    ("city", "the town"),
+    ("postcode", "the postal code"),
+    ("country_name", "the country name"),
+    ("subdivision", "the state or province"),
+)
+_PERMIT_TEXT = (
+    ("security_stamp", "Box 5b: the security stamp number"),
+    ("issued_at", "Box 13: the place of issue"),
+    ("signed_by", "Box 13: the signing officer"),
+)
+_ITEM_TEXT = (
+    ("scientific_name", "box 7/8: the scientific name"),
+    ("common_name", "box 7/8: the common name"),
+    ("description", "box 9: the description"),
+    ("origin_country_name", "box 12: the name of the country of origin"),
+    ("reexport_country_name", "box 12a: the name of the country of last re-export"),
+)
+_REF_TEXT = (
+    ("origin_permit", "box 12: the origin permit number"),
+    ("reexport_permit", "box 12a: the number of the last re-export certificate"),
+)
+_ENDORSEMENT_TEXT = (
+    ("port", "Box 14: the port"),
+    ("transport_document", "Box 15: the transport document"),
+    ("officer", "Box 14: the endorsing officer"),
+)
+
+
+def _texts(permit: Permit, out: list[Problem]) -> None:
+    """Every free-text field the CITESEPermit XML must carry, by its JSON path: the writer would
+    refuse the first one it met without naming it, after the request was read. Codes, numbers and
+    dates have their own rules above."""
+
+    def check(value: object, path: str, what: str) -> None:
+        if value is not None:
+            for sentence in text_problems(value, what, limit=None):
+                _report(out, "TEXT_INVALID", path, sentence)
+
+    def each(values: object, path: str, what: str) -> None:
+        if isinstance(values, (tuple, list)):
+            for i, value in enumerate(values):
+                check(value, f"{path}[{i}]", f"{what} {i + 1}")
+
+    for attr, box in _PARTIES:
+        party = getattr(permit, attr, None)
+        if party is None:
+            continue
+        for field, what in _PARTY_TEXT:
+            check(getattr(party, field, None), f"{attr}.{field}", f"{box}: {what}")
+        address = getattr(party, "address", None)
+        for field, what in _ADDRESS_TEXT if address is not None else ():
+            check(getattr(address, field, None), f"{attr}.address.{field}", f"{box}: {what}")
+    each(permit.special_conditions, "special_conditions", "Box 5: special condition")
+    for field, what in _PERMIT_TEXT:
+        check(getattr(permit, field), field, what)
+    for i, item in enumerate(permit.items or ()):
+        p = f"items[{i}]"
+        # The letter names the item in every sentence, unless it is the faulty text itself.
+        clean = isinstance(item.id, str) and not text_problems(item.id, "", limit=None)
+        label = f"Item {item.id}" if clean and item.id else f"Item {i + 1}"
+        check(item.id, f"{p}.id", f"{label}: the item letter")
+        for field, what in _ITEM_TEXT:
+            check(getattr(item, field), f"{p}.{field}", f"{label}, {what}")
+        for field, what in _REF_TEXT:
+            ref = getattr(item, field)
+            if ref is not None:
+                check(ref.number, f"{p}.{field}.number", f"{label}, {what}")
+        each(item.marks, f"{p}.marks", f"{label}, box 9: mark")
+    e = permit.endorsement
+    for field, what in _ENDORSEMENT_TEXT if e is not None else ():
+        check(getattr(e, field), f"endorsement.{field}", what)

@@ -220,3 +220,23 @@ async def test_dates_at_the_ends_of_the_calendar_are_answered_not_crashed_on(gw,
         assert got == 200 and v["verdict"] == "EXPIRED", v
     else:
         assert await gw.store("FR").get_permit_versions("CH", permit.number) == []
+
+
+async def test_control_characters_in_a_permit_s_text_are_named_field_by_field_before_any_xml_is_built(gw):
+    permit = make_permit(random.Random(10), issuer="CH", importer_country="FR", number="CH26-000780", items=2)
+    data = json.loads(permit_to_json(permit))
+    data["exporter"]["name"] = "Reptile\u0007 Leather SA"
+    data["importer"]["address"]["street"] = "8 rue du Faubourg\u0000"
+    data["items"][1]["description"] = "Skins\u001b"
+    data["items"][0]["marks"] = ["ZW 25 004411", "ZW\ufffe 25"]
+    data["special_conditions"] = ["Labels\u000c on each tin."]
+    before = await State.of(gw)
+    got, answer = await send(gw.url("CH"), "POST", "/v1/permits", headers={**gw.headers("CH"), **JSON}, body=json.dumps(data).encode())
+    assert got == 422 and answer["code"] == "PERMIT_INVALID", answer
+    assert "cannot be written" not in answer["message"]
+    found = {p["path"]: p["message"] for p in answer["context"]["problems"] if p["code"] == "TEXT_INVALID"}
+    assert sorted(found) == ["exporter.name", "importer.address.street", "items[0].marks[1]", "items[1].description", "special_conditions[0]"]
+    assert found["exporter.name"] == "Box 4 (exporter): the name contains the character U+0007, which XML documents cannot carry."
+    assert "U+FFFE" in found["items[0].marks[1]"] and "U+0000" in found["importer.address.street"]
+    assert await State.of(gw) == before
+    assert await gw.store("CH").get_permit_versions("CH", permit.number) == []

@@ -672,3 +672,59 @@ def test_the_time_checks_need_an_aware_now():
     with pytest.raises(ValueError, match="time zone"):
         validate(permit(), now=datetime(2025, 3, 1))
     assert validate(permit()) == []  # without now or today: the same today and tomorrow
+
+
+# --- free text the permit's XML must carry -------------------------------------------------------
+
+
+def test_every_free_text_field_xml_cannot_carry_is_named_by_its_path_all_at_once():
+    bell = "\x07"
+    addr = Address(street=f"12 Market{bell} Street", city="Bern", postcode=f"30{bell}11", country="CH", country_name=f"Swi{bell}", subdivision=f"BE{bell}")
+    p = permit(
+        authority=Party(name=f"FSVO{bell}", address=Address(city=f"Bern\x00", country="CH"), id=f"MA{bell}"),
+        exporter=Party(name="Reptile Leather SA", address=addr),
+        importer=Party(name=f"Atelier\x1b du Cuir", address=Address(city="Paris", country="FR")),
+        items=(
+            item(
+                "A", scientific_name=f"Crocodylus\ufffe niloticus", common_name=f"Nile{bell}", description=f"Skins{bell}",
+                origin_country="ZW", origin_country_name=f"Zim{bell}", origin_permit=DocumentRef(number=f"ZW{bell}1"),
+                reexport_country="ZA", reexport_country_name=f"SA{bell}", reexport_permit=DocumentRef(number=f"ZA{bell}2"),
+                marks=("ok", f"tag\ud800"),
+            ),
+            item(f"B{bell}"),
+        ),
+        special_conditions=("Valid with labels.", f"Not\x0c valid"),
+        security_stamp=f"44{bell}71",
+        issued_at=f"Bern{bell}",
+        signed_by=f"J. Doe{bell}",
+        endorsement=Endorsement(
+            date=ISSUED + timedelta(days=3), port=f"Geneva{bell}", lines=(EndorsedLine("A", Decimal(1), "NAR"),),
+            transport_document=f"AWB{bell}", officer=f"M. Rossi{bell}",
+        ),
+    )  # fmt: skip
+    found = [x for x in validate(p) if x.code == "TEXT_INVALID"]
+    assert all(x.severity is Severity.ERROR and "which XML documents cannot carry" in x.message for x in found)
+    assert sorted(x.path for x in found) == sorted([
+        "authority.name", "authority.id", "authority.address.city",
+        "exporter.address.street", "exporter.address.postcode", "exporter.address.country_name", "exporter.address.subdivision",
+        "importer.name",
+        "items[0].scientific_name", "items[0].common_name", "items[0].description", "items[0].origin_country_name",
+        "items[0].origin_permit.number", "items[0].reexport_country_name", "items[0].reexport_permit.number", "items[0].marks[1]",
+        "items[1].id",
+        "special_conditions[1]", "security_stamp", "issued_at", "signed_by",
+        "endorsement.port", "endorsement.transport_document", "endorsement.officer",
+    ])  # fmt: skip
+    by_path = {x.path: x.message for x in found}
+    assert by_path["importer.name"] == "Box 3 (importer): the name contains the character U+001B, which XML documents cannot carry."
+    assert "U+D800" in by_path["items[0].marks[1]"] and by_path["items[0].marks[1]"].startswith("Item A, box 9: mark 2")
+    assert by_path["items[1].id"].startswith("Item 2: the item letter")  # not the letter itself, which holds the bell
+
+
+def test_free_text_of_any_length_and_script_with_line_breaks_is_fine():
+    long = "Valid only with the original labels on each tin.\r\n\t" + "税関 😀 " * 2000
+    assert validate(permit(special_conditions=(long,), items=(item(description=long, marks=(long,)),))) == []
+
+
+def test_free_text_of_the_wrong_type_is_named():
+    p = the(validate(permit(signed_by=7)), "TEXT_INVALID")
+    assert p.path == "signed_by" and "must be text" in p.message
