@@ -184,19 +184,27 @@ _TYPE_NAMES = MappingProxyType(
 )
 
 
-def validate(permit: Permit, *, today: date | None = None, now: datetime | None = None) -> list[Problem]:
+def validate(
+    permit: Permit, *, today: date | None = None, now: datetime | None = None, since: datetime | None = None
+) -> list[Problem]:
     """Every problem of ``permit``; an empty list means acceptable.
 
     The time checks (expired, not yet valid, issued on a day still to come) run only when the
     caller says when it judges the permit: ``now``, an aware instant, whose calendar day is taken
-    in each date's own time zone (the issuing MA's), or ``today``, a calendar date as it is."""
-    if now is not None and (now.tzinfo is None or now.utcoffset() is None):
-        raise ValueError("now must be an aware datetime: the time zone decides which day it is")
+    in each date's own time zone (the issuing MA's), or ``today``, a calendar date as it is.
+    ``since`` (with ``now``, not later): the permit has been on its way since then (a partner's
+    message created then), so it is expired only if it was by then, while its issue date is judged
+    at ``now``: each rule at the moment that favours the permit, whichever clock is off."""
+    for name, moment in (("now", now), ("since", since)):
+        if moment is not None and (moment.tzinfo is None or moment.utcoffset() is None):
+            raise ValueError(f"{name} must be an aware datetime: the time zone decides which day it is")
+    if since is not None and now is None:
+        raise ValueError("since needs now: a permit on its way since then is judged up to now")
     if isinstance(today, datetime):  # a datetime is a date too, but does not compare with one
         today = today.date()
     out: list[Problem] = []
     _header(permit, out)
-    _dates(permit, out, _Clock(now, today) if now is not None or today is not None else None)
+    _dates(permit, out, _Clock(now, today, since) if now is not None or today is not None else None)
     _parties(permit, out)
     item_ids = _items(permit, out)
     if permit.endorsement is not None:
@@ -217,9 +225,11 @@ def has_errors(problems: Iterable[Problem]) -> bool:
     return any(p.severity is Severity.ERROR for p in problems)
 
 
-def ensure_valid(permit: Permit, *, today: date | None = None, now: datetime | None = None) -> list[Problem]:
+def ensure_valid(
+    permit: Permit, *, today: date | None = None, now: datetime | None = None, since: datetime | None = None
+) -> list[Problem]:
     """The warnings of an acceptable permit; raises ``EpixError(PERMIT_INVALID)`` listing every problem otherwise."""
-    problems = validate(permit, today=today, now=now)
+    problems = validate(permit, today=today, now=now, since=since)
     found = errors(problems)
     if found:
         first = found[0].message
@@ -414,19 +424,22 @@ def _header(permit: Permit, out: list[Problem]) -> None:
 
 @dataclass(frozen=True, slots=True)
 class _Clock:
-    """When a permit is judged: an instant, or a calendar date alone."""
+    """When a permit is judged: an instant (from ``since`` on, if given), or a calendar date alone."""
 
     now: datetime | None
     today: date | None
+    since: datetime | None = None
 
-    def day_in(self, tz, *, ahead: timedelta = timedelta(0)) -> date:
-        """Today's date where ``tz`` applies (the permit's own offset), ``ahead`` later."""
+    def day_in(self, tz, *, earliest: bool = False, ahead: timedelta = timedelta(0)) -> date:
+        """Today's date where ``tz`` applies (the permit's own offset), ``ahead`` later; with
+        ``earliest``, the date at ``since`` (when the permit set out) rather than now."""
         if self.now is None:
             return self.today
+        moment = self.since if earliest and self.since is not None else self.now
         try:
-            moment = self.now + ahead
+            moment += ahead
         except OverflowError:
-            moment = self.now
+            pass
         return _day_in(moment, tz)
 
 
@@ -479,14 +492,15 @@ def _dates(permit: Permit, out: list[Problem], clock: _Clock | None) -> None:
     if clock is None:
         return
     if end is not None:
-        today = clock.day_in(end.tzinfo)
+        today = clock.day_in(end.tzinfo, earliest=True)
         if today > end.date():
+            when = "today is" if clock.since is None else "its message was created on"
             _report(
                 out,
                 "PERMIT_EXPIRED",
                 "valid_until",
-                f"Box 2: the permit has expired: its last day of validity was {end.date().isoformat()} and today "
-                f"is {today.isoformat()}{_where(end, clock)}.",
+                f"Box 2: the permit has expired: its last day of validity was {end.date().isoformat()} and {when} "
+                f"{today.isoformat()}{_where(end, clock)}.",
             )
     if start is not None:
         today = clock.day_in(start.tzinfo)

@@ -728,3 +728,16 @@ def test_free_text_of_any_length_and_script_with_line_breaks_is_fine():
 def test_free_text_of_the_wrong_type_is_named():
     p = the(validate(permit(signed_by=7)), "TEXT_INVALID")
     assert p.path == "signed_by" and "must be text" in p.message
+
+
+def test_a_permit_on_its_way_is_expired_only_if_it_was_when_it_set_out():
+    p = permit()  # valid until 2025-07-15 23:59 at UTC+01:00
+    later = datetime(2025, 8, 1, tzinfo=timezone.utc)
+    assert validate(p, now=later, since=datetime(2025, 7, 10, tzinfo=timezone.utc)) == []  # expired in transit
+    problem = the(validate(p, now=later, since=datetime(2025, 7, 20, tzinfo=timezone.utc)), "PERMIT_EXPIRED")
+    assert "its message was created on 2025-07-20" in problem.message
+    # The issue date is judged at now: a message created, by a slow clock, before the permit's date.
+    assert validate(p, now=ISSUED + timedelta(days=1), since=ISSUED - timedelta(days=300)) == []
+    assert "ISSUED_IN_FUTURE" in codes_of(validate(permit(issue_date=ISSUED + timedelta(days=2)), now=ISSUED, since=ISSUED))
+    with pytest.raises(ValueError, match="since needs now"):
+        validate(p, since=later)
