@@ -11,8 +11,10 @@ declaration must be reversed first). A reversal gives the quantity back.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from decimal import Decimal, InvalidOperation
 
 from domain import rules
@@ -90,6 +92,28 @@ def declaration_problems(reference: object) -> list[str]:
     if reference is None or reference == "":
         return ["The declaration reference is missing."]
     return rules.identifier_problems(reference, "The declaration reference")
+
+
+def fallback_declaration(number: str, when: datetime, transport_document: str | None = None) -> str:
+    """The declaration reference of a confirmation that names none (EPIX ConfirmQuantities without
+    DeclarationReference): its transport document (box 15) if that can be a reference, else
+    ``EPIX-{number}-{when}``. A retry of the same confirmation must get the same reference, to
+    write nothing off twice, so it is derived, never drawn; and it must obey the declaration rule,
+    or the confirmation would be refused for a reference its sender never gave. A permit number
+    may take the 64 characters alone: then the number is cut short and a digest of the whole
+    reference keeps it apart from any other permit or date."""
+    if transport_document and not declaration_problems(transport_document):
+        return transport_document
+    stamp = f"{when:%Y%m%d%H%M%S}"
+    whole = f"EPIX-{number}-{stamp}"
+    if not declaration_problems(whole):
+        return whole
+    digest = hashlib.sha256(whole.encode("utf-8", "surrogatepass")).hexdigest()[:16]
+    room = MAX_DECLARATION - len(f"EPIX---{digest}{stamp}")
+    short = f"EPIX-{number[:room]}-{digest}-{stamp}" if room > 0 else ""
+    # A held number obeys box 1's rule, and so does any prefix of it inside this reference; a
+    # request naming a number no permit can have gets the digest alone (and then NOT_FOUND).
+    return short if short and not declaration_problems(short) else f"EPIX-{digest}-{stamp}"
 
 
 def parse_quantity(raw: object, what: str) -> Decimal:

@@ -5,8 +5,8 @@ one error per round trip). Each problem has a stable upper-snake ``code``, the `
 field (``items[1].quantity``, item indexes count from 0), a sentence for a person, and a
 severity: an ERROR makes the permit unacceptable, a WARNING is reported and let through.
 
-Pure and fast: no I/O, no clock (time checks run only when the caller passes ``today``), code
-lists are precomputed frozensets from ``domain.codes``.
+Pure and fast: no I/O, no clock (time checks run only when the caller passes ``now``, the moment
+it judges the permit at, or ``today``), code lists are precomputed frozensets from ``domain.codes``.
 
 Sources: the Convention text (Articles III, IV, VI), Res. Conf. 12.3 (Rev. CoP19) "Permits and
 certificates" and its Annex 2 (the standard form and the instructions for each box), and the
@@ -71,6 +71,11 @@ RULES = MappingProxyType(
             "(the exchange protocol's limit), no control or invisible characters, no space at either end or "
             'two in a row, not "." or ".."; the same for the number a replacement names (replaces)',
         ),
+        "REPLACES_ITSELF": Rule(
+            _E,
+            "Res. Conf. 12.3: a replacement is a new document, with its own number, that names the one it "
+            "replaces; a permit cannot name its own number",
+        ),
         "UNKNOWN_DOCUMENT_TYPE": Rule(_E, "EPT v2 document type code: E export, R re-export, I import, O other"),
         "UNKNOWN_PURPOSE": Rule(_E, "Res. Conf. 12.3 Annex 2 box 5a; purpose codes of the Guidelines"),
         "UNKNOWN_SOURCE": Rule(_E, "Res. Conf. 12.3 Annex 2 box 10; source codes of Res. Conf. 12.3"),
@@ -100,6 +105,11 @@ RULES = MappingProxyType(
         ),
         "PERMIT_EXPIRED": Rule(_E, "Res. Conf. 12.3: a permit is not accepted after its last day of validity"),
         "PERMIT_NOT_YET_VALID": Rule(_W, "box 2: the validity has not started yet"),
+        "ISSUED_IN_FUTURE": Rule(
+            _E,
+            "box 13 and Convention Art. VI.2: a permit is valid from the date on which it was granted, so it "
+            "cannot be dated on a day that has not begun where it is issued",
+        ),
         "SAME_COUNTRY": Rule(_E, "Convention Art. I(c): CITES permits cover trade between countries"),
         "EXPORTER_NOT_IN_ISSUING_COUNTRY": Rule(_W, "Art. VI: an export permit is granted by the State of export"),
         "IMPORTER_NOT_IN_ISSUING_COUNTRY": Rule(_W, "Art. III.3: an import permit is granted by the State of import"),
@@ -129,6 +139,11 @@ RULES = MappingProxyType(
         "ENDORSED_QUANTITY_EXCEEDS": Rule(_E, "box 14: no more may cross the border than the permit allows (box 11)"),
         "ENDORSED_UNIT_MISMATCH": Rule(_E, "box 14: the endorsed quantity is in the unit of box 11"),
         "ENDORSED_OUTSIDE_VALIDITY": Rule(_W, "box 14 and 2: an endorsement is made while the permit is valid"),
+        "TEXT_INVALID": Rule(
+            _E,
+            "the permit travels as CITESEPermit XML 1.0, whose text cannot hold control characters other than tab "
+            "and line breaks, lone surrogates or U+FFFE and U+FFFF",
+        ),
     }
 )
 
@@ -147,6 +162,9 @@ _EXPORT_TYPES = frozenset({"E", "R"})
 _MAX_MONTHS = MappingProxyType({"E": 6, "R": 6, "I": 12, "O": 12})
 _CROSS_BORDER_TYPES = frozenset({"E", "R", "I"})  # "other" documents may not name two countries
 _CLOCK_SKEW = timedelta(days=1)
+# An MA system stamping the issue date from a clock a few minutes ahead of the judge's, just after
+# midnight, dates the permit on a day that has begun where it stands: not a permit from tomorrow.
+_CLOCK_DRIFT = timedelta(minutes=5)
 _ZERO = Decimal(0)
 # Box 1. Res. Conf. 12.3 gives the number no format, and neither the EPT v2 instances (the EPIX
 # fixtures carry "XA000000") nor our XSD (ram:IDType, an xs:token without facets) bound it. The
@@ -166,17 +184,32 @@ _TYPE_NAMES = MappingProxyType(
 )
 
 
-def validate(permit: Permit, *, today: date | None = None) -> list[Problem]:
-    """Every problem of ``permit``; an empty list means acceptable. Time checks need ``today``."""
+def validate(
+    permit: Permit, *, today: date | None = None, now: datetime | None = None, since: datetime | None = None
+) -> list[Problem]:
+    """Every problem of ``permit``; an empty list means acceptable.
+
+    The time checks (expired, not yet valid, issued on a day still to come) run only when the
+    caller says when it judges the permit: ``now``, an aware instant, whose calendar day is taken
+    in each date's own time zone (the issuing MA's), or ``today``, a calendar date as it is.
+    ``since`` (with ``now``, not later): the permit has been on its way since then (a partner's
+    message created then), so it is expired only if it was by then, while its issue date is judged
+    at ``now``: each rule at the moment that favours the permit, whichever clock is off."""
+    for name, moment in (("now", now), ("since", since)):
+        if moment is not None and (moment.tzinfo is None or moment.utcoffset() is None):
+            raise ValueError(f"{name} must be an aware datetime: the time zone decides which day it is")
+    if since is not None and now is None:
+        raise ValueError("since needs now: a permit on its way since then is judged up to now")
     if isinstance(today, datetime):  # a datetime is a date too, but does not compare with one
         today = today.date()
     out: list[Problem] = []
     _header(permit, out)
-    _dates(permit, out, today)
+    _dates(permit, out, _Clock(now, today, since) if now is not None or today is not None else None)
     _parties(permit, out)
     item_ids = _items(permit, out)
     if permit.endorsement is not None:
         _endorsement(permit, item_ids, out)
+    _texts(permit, out)
     return out
 
 
@@ -192,9 +225,11 @@ def has_errors(problems: Iterable[Problem]) -> bool:
     return any(p.severity is Severity.ERROR for p in problems)
 
 
-def ensure_valid(permit: Permit, *, today: date | None = None) -> list[Problem]:
+def ensure_valid(
+    permit: Permit, *, today: date | None = None, now: datetime | None = None, since: datetime | None = None
+) -> list[Problem]:
     """The warnings of an acceptable permit; raises ``EpixError(PERMIT_INVALID)`` listing every problem otherwise."""
-    problems = validate(permit, today=today)
+    problems = validate(permit, today=today, now=now, since=since)
     found = errors(problems)
     if found:
         first = found[0].message
@@ -328,15 +363,16 @@ def identifier_problems(value: object, what: str) -> list[str]:
     return out
 
 
-def text_problems(value: object, what: str, *, limit: int = MAX_TEXT) -> list[str]:
+def text_problems(value: object, what: str, *, limit: int | None = MAX_TEXT) -> list[str]:
     """Why ``value`` cannot travel as free text (a reason, a port, an officer's name: the exchange
     protocol's ex:Text), one sentence per fault; empty when it can. Controls other than tab and
     line breaks, lone surrogates and U+FFFE/U+FFFF cannot be written in XML at all: such text
-    would fail when the signed document is built, after the request was accepted."""
+    would fail when the signed document is built, after the request was accepted. ``limit=None``:
+    any length (a permit's own text, which the CITESEPermit schema does not bound)."""
     if not isinstance(value, str):
         return [f"{what} must be text, not {type(value).__name__}."]
     out: list[str] = []
-    if len(value) > limit:
+    if limit is not None and len(value) > limit:
         out.append(f"{what} has {len(value)} characters; at most {limit} are accepted.")
     odd = _NOT_XML.search(value)
     if odd is not None:
@@ -359,6 +395,16 @@ def _header(permit: Permit, out: list[Problem]) -> None:
     if permit.replaces is not None and permit.replaces != "":
         for sentence in identifier_problems(permit.replaces, "The number of the permit this one replaces"):
             _report(out, "PERMIT_NUMBER_INVALID", "replaces", sentence)
+        # A partner would mark the permit replaced by itself (or, had it never been issued, be
+        # told of a replacement of nothing); the gateway refuses it before anything is looked up.
+        if permit.replaces == permit.number:
+            _report(
+                out,
+                "REPLACES_ITSELF",
+                "replaces",
+                f"The permit names its own number {permit.number!r} as the permit it replaces; a replacement "
+                "permit has a new number and names the number of the permit it replaces.",
+            )
     _code(out, permit.type, _DOC_TYPES, "type", "Box 1: the document type", "UNKNOWN_DOCUMENT_TYPE")
     _code(out, permit.purpose, _PURPOSES, "purpose", "Box 5a: the purpose of the transaction", "UNKNOWN_PURPOSE")
     authority = permit.authority
@@ -376,7 +422,28 @@ def _header(permit: Permit, out: list[Problem]) -> None:
 # --- box 2 and 13 ------------------------------------------------------------------------------
 
 
-def _dates(permit: Permit, out: list[Problem], today: date | None) -> None:
+@dataclass(frozen=True, slots=True)
+class _Clock:
+    """When a permit is judged: an instant (from ``since`` on, if given), or a calendar date alone."""
+
+    now: datetime | None
+    today: date | None
+    since: datetime | None = None
+
+    def day_in(self, tz, *, earliest: bool = False, ahead: timedelta = timedelta(0)) -> date:
+        """Today's date where ``tz`` applies (the permit's own offset), ``ahead`` later; with
+        ``earliest``, the date at ``since`` (when the permit set out) rather than now."""
+        if self.now is None:
+            return self.today
+        moment = self.since if earliest and self.since is not None else self.now
+        try:
+            moment += ahead
+        except OverflowError:
+            pass
+        return _day_in(moment, tz)
+
+
+def _dates(permit: Permit, out: list[Problem], clock: _Clock | None) -> None:
     issued = _moment(out, permit.issue_date, "issue_date", "Box 13: the issue date")
     start = _moment(out, permit.valid_from, "valid_from", "Box 2: the start of validity")
     end = _moment(out, permit.valid_until, "valid_until", "Box 2: the end of validity")
@@ -422,21 +489,51 @@ def _dates(permit: Permit, out: list[Problem], today: date | None) -> None:
             f"Box 2: the validity starts ({start.isoformat()}) more than a day before the permit "
             f"was issued ({issued.isoformat()}).",
         )
-    if today is not None:
-        if end is not None and today > end.date():
+    if clock is None:
+        return
+    if end is not None:
+        today = clock.day_in(end.tzinfo, earliest=True)
+        if today > end.date():
+            when = "today is" if clock.since is None else "its message was created on"
             _report(
                 out,
                 "PERMIT_EXPIRED",
                 "valid_until",
-                f"The permit expired: its last day of validity was {end.date().isoformat()} and today is {today.isoformat()}.",
+                f"Box 2: the permit has expired: its last day of validity was {end.date().isoformat()} and {when} "
+                f"{today.isoformat()}{_where(end, clock)}.",
             )
-        if start is not None and today < start.date():
+    if start is not None:
+        today = clock.day_in(start.tzinfo)
+        if today < start.date():
             _report(
                 out,
                 "PERMIT_NOT_YET_VALID",
                 "valid_from",
-                f"The permit is not valid yet: its validity starts on {start.date().isoformat()}.",
+                f"The permit is not valid yet: its validity starts on {start.date().isoformat()} and today is "
+                f"{today.isoformat()}{_where(start, clock)}.",
             )
+    if issued is not None:
+        today = clock.day_in(issued.tzinfo)
+        if issued.date() > clock.day_in(issued.tzinfo, ahead=_CLOCK_DRIFT):
+            _report(
+                out,
+                "ISSUED_IN_FUTURE",
+                "issue_date",
+                f"Box 13: the permit is dated {issued.date().isoformat()}, but today is {today.isoformat()}"
+                f"{_where(issued, clock)}; a permit cannot be issued on a day that has not begun.",
+            )
+
+
+def _where(moment: datetime, clock: _Clock) -> str:
+    """Which calendar "today" is measured in, when it was worked out from an instant."""
+    if clock.now is None:
+        return ""
+    offset = moment.utcoffset()
+    if not offset:
+        return " in UTC"
+    sign, rest = ("+", offset) if offset >= timedelta(0) else ("-", -offset)
+    hours, minutes = divmod(int(rest.total_seconds()) // 60, 60)
+    return f" at UTC{sign}{hours:02d}:{minutes:02d}, the permit's time zone"
 
 
 # --- box 3 and 4 -------------------------------------------------------------------------------
@@ -699,3 +796,82 @@ def _endorsement(permit: Permit, by_id: dict, out: list[Problem]) -> None:
                 f"{label}: {line.quantity} {line.unit} crossed the border but the permit allows only "
                 f"{item.quantity} {item.unit}.",
             )
+
+
+# --- free text ----------------------------------------------------------------------------------
+
+_PARTIES = (("authority", "Box 6 (issuing authority)"), ("exporter", "Box 4 (exporter)"), ("importer", "Box 3 (importer)"))
+_PARTY_TEXT = (("name", "the name"), ("id", "the identifier"))
+_ADDRESS_TEXT = (
+    ("street", "the street"),
+    ("city", "the town"),
+    ("postcode", "the postal code"),
+    ("country_name", "the country name"),
+    ("subdivision", "the state or province"),
+)
+_PERMIT_TEXT = (
+    ("security_stamp", "Box 5b: the security stamp number"),
+    ("issued_at", "Box 13: the place of issue"),
+    ("signed_by", "Box 13: the signing officer"),
+)
+_ITEM_TEXT = (
+    ("scientific_name", "box 7/8: the scientific name"),
+    ("common_name", "box 7/8: the common name"),
+    ("description", "box 9: the description"),
+    ("origin_country_name", "box 12: the name of the country of origin"),
+    ("reexport_country_name", "box 12a: the name of the country of last re-export"),
+)
+_REF_TEXT = (
+    ("origin_permit", "box 12: the origin permit number"),
+    ("reexport_permit", "box 12a: the number of the last re-export certificate"),
+)
+_ENDORSEMENT_TEXT = (
+    ("port", "Box 14: the port"),
+    ("transport_document", "Box 15: the transport document"),
+    ("officer", "Box 14: the endorsing officer"),
+)
+
+
+def _texts(permit: Permit, out: list[Problem]) -> None:
+    """Every free-text field the CITESEPermit XML must carry, by its JSON path: the writer would
+    refuse the first one it met without naming it, after the request was read. Codes, numbers and
+    dates have their own rules above."""
+
+    def check(value: object, path: str, what: str) -> None:
+        if value is not None:
+            for sentence in text_problems(value, what, limit=None):
+                _report(out, "TEXT_INVALID", path, sentence)
+
+    def each(values: object, path: str, what: str) -> None:
+        if isinstance(values, (tuple, list)):
+            for i, value in enumerate(values):
+                check(value, f"{path}[{i}]", f"{what} {i + 1}")
+
+    for attr, box in _PARTIES:
+        party = getattr(permit, attr, None)
+        if party is None:
+            continue
+        for field, what in _PARTY_TEXT:
+            check(getattr(party, field, None), f"{attr}.{field}", f"{box}: {what}")
+        address = getattr(party, "address", None)
+        for field, what in _ADDRESS_TEXT if address is not None else ():
+            check(getattr(address, field, None), f"{attr}.address.{field}", f"{box}: {what}")
+    each(permit.special_conditions, "special_conditions", "Box 5: special condition")
+    for field, what in _PERMIT_TEXT:
+        check(getattr(permit, field), field, what)
+    for i, item in enumerate(permit.items or ()):
+        p = f"items[{i}]"
+        # The letter names the item in every sentence, unless it is the faulty text itself.
+        clean = isinstance(item.id, str) and not text_problems(item.id, "", limit=None)
+        label = f"Item {item.id}" if clean and item.id else f"Item {i + 1}"
+        check(item.id, f"{p}.id", f"{label}: the item letter")
+        for field, what in _ITEM_TEXT:
+            check(getattr(item, field), f"{p}.{field}", f"{label}, {what}")
+        for field, what in _REF_TEXT:
+            ref = getattr(item, field)
+            if ref is not None:
+                check(ref.number, f"{p}.{field}.number", f"{label}, {what}")
+        each(item.marks, f"{p}.marks", f"{label}, box 9: mark")
+    e = permit.endorsement
+    for field, what in _ENDORSEMENT_TEXT if e is not None else ():
+        check(getattr(e, field), f"endorsement.{field}", what)

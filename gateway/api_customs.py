@@ -187,6 +187,7 @@ async def final_permit(request: web.Request, held):
 @routes.post("/epix/v2")
 async def epix_soap(request: web.Request) -> web.Response:
     from adapters.epix_soap import build_fault, build_permit_response, read_request
+    from domain.ledger import fallback_declaration
     from gateway.customs.verification import Verdict
 
     service = request.app[CUSTOMS]
@@ -198,7 +199,7 @@ async def epix_soap(request: web.Request) -> web.Response:
             if e is None or not e.lines:
                 raise EpixError(ErrorCode.JSON_MALFORMED, "ConfirmQuantities needs box 14: ExaminationTransportEvent quantities.")
             body = {
-                "declaration": soap.declaration or e.transport_document or f"EPIX-{soap.number}-{e.date:%Y%m%d%H%M%S}",
+                "declaration": soap.declaration or fallback_declaration(soap.number, e.date, e.transport_document),
                 "date": e.date.isoformat(), "port": e.port or None, "transport_document": e.transport_document,
                 "officer": e.officer,
                 "lines": [{"item": line.item_id, "quantity": str(line.quantity), "unit": line.unit} for line in e.lines],

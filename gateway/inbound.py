@@ -201,7 +201,12 @@ class InboundService:
                 f"The envelope announces permit {h.document_issuer}/{h.document_number} but carries "
                 f"{permit.issuing_country}/{permit.number}.",
             )
-        errors = [p for p in rules.validate(permit) if p.severity is rules.Severity.ERROR]
+        # Expiry is judged at CreatedAt, when the issuer's gateway accepted the message (kept through
+        # retries and hubs), never later than now: a permit that expired in transit is stored, and
+        # customs' verification says EXPIRED; one sent already expired is refused. The issue date is
+        # judged now, so a sender's clock behind ours refuses nothing.
+        since = min(h.created_at, now)
+        errors = [p for p in rules.validate(permit, now=now, since=since) if p.severity is rules.Severity.ERROR]
         if errors:
             raise EpixError(
                 ErrorCode.PERMIT_INVALID,

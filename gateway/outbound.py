@@ -103,7 +103,9 @@ class OutboundService:
             replay = await self._replay(principal, idempotency_key, request_hash)
             if replay is not None:
                 return replay
-        problems = rules.validate(permit)
+        # Judged now: a permit whose validity has ended, or that is dated on a day still to come,
+        # is refused before it is signed or sent.
+        problems = rules.validate(permit, now=datetime.now(timezone.utc))
         errors = [p for p in problems if p.severity is rules.Severity.ERROR]
         if errors:
             raise EpixError(

@@ -6,17 +6,22 @@ import asyncio
 import contextlib
 import random
 import time
+import uuid
 
 from dataclasses import replace
+from datetime import datetime, timezone
 from pathlib import Path
 
 import aiohttp
 import pytest
 from aiohttp import web
 
+from adapters.cites_write import permit_to_xml
+from adapters.exchange_xml import build_envelope
 from adapters.permit_json import permit_to_json
-from domain.messages import MessageStatus
+from domain.messages import Action, EnvelopeHeader, MessageStatus
 from gateway import appkeys
+from gateway.outbound import conversation_id
 from simulators.network import GatewayProcess, Network, build_network, free_port
 from simulators.samples import make_permit
 from tests.pg import PgSchema
@@ -89,6 +94,27 @@ class Cluster:
             await asyncio.sleep(0.05)
         m = await self.store(party).get_message(message_id)
         raise AssertionError(f"message {message_id} on {party} is {m.status if m else None}, expected {statuses}")
+
+
+async def send_as_issuer(cluster: Cluster, permit, *, receiver: str, created_at: datetime | None = None):
+    """Deliver ``permit`` straight to ``receiver`` the way its issuer's gateway does, in a message
+    created at ``created_at``: how a test sends a permit that was valid when its message was made
+    and has expired since (parked, retried, relayed), which no submission today can produce.
+    Returns the HTTP status and the signed answer."""
+    issuer = permit.issuing_country
+    security = cluster.security(issuer)
+    header = EnvelopeHeader(
+        message_id=str(uuid.uuid4()), conversation_id=conversation_id(issuer, permit.number),
+        sender=issuer, receiver=receiver, document_type="CITESEPermit", document_number=permit.number,
+        document_issuer=issuer, document_version=1, action=Action.ISSUE,
+        created_at=created_at or datetime.now(timezone.utc),
+    )  # fmt: skip
+    payload = security.sign(permit_to_xml(permit))
+    body = security.sign(build_envelope(header, payload, sent_at=datetime.now(timezone.utc)))
+    async with cluster.http.post(
+        f"{cluster.url(receiver)}/exchange/v1/messages", data=body, headers={"Content-Type": "application/xml"}
+    ) as resp:
+        return resp.status, await resp.read()
 
 
 PARTIES = ("CH", "FR", "KE")

@@ -16,7 +16,7 @@ from adapters.ns import EXCHANGE
 from domain.messages import Action, MessageStatus
 from gateway.store.base import MessageFilter
 from gateway.store.sqlite import SqliteStore
-from tests.e2e.conftest import FINAL, customs_permit
+from tests.e2e.conftest import FINAL, customs_permit, send_as_issuer
 
 def _declaration(ref: str, quantities: dict[str, str], **extra) -> dict:
     return {
@@ -75,8 +75,12 @@ async def test_cancelled_replaced_expired_not_yet_valid(customs):
     cancelled, replaced = customs_permit("CH26-100010"), customs_permit("CH26-100011", seed=3)
     expired = customs_permit("CH26-100012", issue_date=now - timedelta(days=200), valid_from=now - timedelta(days=200), valid_until=now - timedelta(days=20))
     future = customs_permit("CH26-100013", valid_from=now + timedelta(days=3), valid_until=now + timedelta(days=100))
-    for p in (cancelled, replaced, expired, future):
+    for p in (cancelled, replaced, future):
         await customs.deliver(p)
+    # Submitted today it would be refused (PERMIT_EXPIRED): it comes in a message CH's gateway
+    # made while it was valid, delivered after it expired, which FR stores for customs to judge.
+    status, answer = await send_as_issuer(customs, expired, receiver="FR", created_at=now - timedelta(days=21))
+    assert status == 200, answer
     status, body = await customs.post_json("CH", f"/v1/permits/CH/{cancelled.number}/cancel", {"reason": "stolen"})
     assert status == 202
     await customs.wait_status("CH", body["messages"][0]["message_id"], FINAL)

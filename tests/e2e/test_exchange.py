@@ -16,6 +16,7 @@ from keys.pki import make_test_ca
 from keys.store import KeyStore, TrustStore
 from keys.xmldsig import Signer
 from simulators.samples import make_permit
+from tests.e2e.conftest import send_as_issuer
 
 FINAL = {MessageStatus.ACKNOWLEDGED, MessageStatus.REJECTED, MessageStatus.SEND_FAILURE}
 
@@ -221,6 +222,29 @@ async def test_cancel_and_replace_reach_everyone_who_received_the_original(clust
     assert view["status"] == "REPLACED"
 
 
+async def test_a_permit_naming_itself_as_the_one_it_replaces_is_refused_and_nothing_is_stored_or_sent(cluster):
+    from dataclasses import replace
+
+    rng = random.Random(6)
+    original = make_permit(rng, issuer="CH", importer_country="FR", number="CH26-100101")
+    await _deliver(cluster, original)
+    before = {p: sorted(m.message_id for m in await cluster.store(p).messages_for_permit("CH", original.number)) for p in ("CH", "FR")}
+    fresh = make_permit(rng, issuer="CH", importer_country="FR", number="CH26-100102")
+    for selfish in (replace(original, replaces=original.number), replace(fresh, replaces=fresh.number)):
+        status, body = await cluster.submit(selfish)
+        assert status == 422 and body["code"] == "PERMIT_INVALID", body
+        [problem] = body["context"]["problems"]
+        assert (problem["code"], problem["path"], problem["severity"]) == ("REPLACES_ITSELF", "replaces", "error")
+        assert selfish.number in problem["message"] and "its own number" in problem["message"]
+    # The original is still the one valid permit on both sides; nothing new is queued or received.
+    for party in ("CH", "FR"):
+        [version] = await cluster.store(party).get_permit_versions("CH", original.number)
+        assert version.status == "VALID" and version.replaces is None and version.replaced_by is None
+        assert sorted(m.message_id for m in await cluster.store(party).messages_for_permit("CH", original.number)) == before[party]
+        assert await cluster.store(party).get_permit_versions("CH", fresh.number) == []
+    assert sum((await cluster.store("CH").counts_by_status()).values()) == 1
+
+
 async def test_idempotency_key_returns_the_same_messages(cluster, permit_ch_fr):
     s1, b1 = await cluster.submit(permit_ch_fr, key="abc-1")
     s2, b2 = await cluster.submit(permit_ch_fr, key="abc-1")
@@ -256,6 +280,61 @@ async def test_local_api_refusals_are_specific_and_change_nothing(cluster, permi
     status, body = await cluster.get("CH", f"/v1/messages/{uuid.uuid4()}")
     assert status == 404 and body["code"] == "NOT_FOUND"
     assert (await cluster.store("CH").counts_by_status()) == {} or sum((await cluster.store("CH").counts_by_status()).values()) == 0
+
+
+async def _nothing_held(cluster, number: str) -> None:
+    for party in ("CH", "FR"):
+        assert await cluster.store(party).get_permit_versions("CH", number) == []
+        assert await cluster.store(party).messages_for_permit("CH", number) == []
+
+
+@pytest.mark.parametrize(
+    ("case", "code", "path", "words"),
+    [
+        ("expired 20 days ago", "PERMIT_EXPIRED", "valid_until", "the permit has expired: its last day of validity was"),
+        ("from year 1", "PERMIT_EXPIRED", "valid_until", "its last day of validity was 0001-03-01"),
+        ("issued tomorrow", "ISSUED_IN_FUTURE", "issue_date", "a permit cannot be issued on a day that has not begun"),
+    ],
+)
+async def test_a_permit_expired_or_dated_tomorrow_is_refused_on_submission(cluster, permit_ch_fr, case, code, path, words):
+    from dataclasses import replace
+
+    now = datetime.now(timezone.utc).replace(microsecond=0)
+    if case == "expired 20 days ago":
+        start = now - timedelta(days=100)
+        bad = replace(permit_ch_fr, issue_date=start, valid_from=start, valid_until=now - timedelta(days=20))
+    elif case == "from year 1":
+        start = datetime(1, 1, 1, tzinfo=timezone.utc)
+        bad = replace(permit_ch_fr, issue_date=start, valid_from=start, valid_until=datetime(1, 3, 1, tzinfo=timezone.utc))
+    else:
+        start = now + timedelta(days=1, hours=1)
+        bad = replace(permit_ch_fr, issue_date=start, valid_from=start, valid_until=start + timedelta(days=90))
+    status, body = await cluster.submit(bad)
+    assert status == 422 and body["code"] == "PERMIT_INVALID", body
+    [problem] = [p for p in body["context"]["problems"] if p["severity"] == "error"]
+    assert (problem["code"], problem["path"]) == (code, path) and words in problem["message"], problem
+    await _nothing_held(cluster, bad.number)
+
+
+async def test_a_permit_that_expired_in_transit_is_received_but_one_sent_expired_is_refused(cluster, permit_ch_fr):
+    """The receiver judges the dates at the message's CreatedAt, the moment the issuer's gateway
+    accepted it: a permit valid then is stored however late it arrives (its verdict at the border
+    is EXPIRED); one already expired then should never have been sent."""
+    from dataclasses import replace
+
+    now = datetime.now(timezone.utc).replace(microsecond=0)
+    start = now - timedelta(days=100)
+    lapsed = replace(permit_ch_fr, issue_date=start, valid_from=start, valid_until=now - timedelta(days=20))
+    status, answer = await send_as_issuer(cluster, lapsed, receiver="FR", created_at=now - timedelta(days=21))
+    assert status == 200, answer
+    status, view = await cluster.get("FR", f"/v1/permits/CH/{lapsed.number}")
+    assert status == 200 and view["direction"] == "inbound" and view["status"] == "VALID"
+
+    late = replace(lapsed, number="CH26-LATE01")
+    status, answer = await send_as_issuer(cluster, late, receiver="FR", created_at=now - timedelta(days=19))
+    error = read_error(cluster.security("CH").verify(answer, "FR").signed_root)
+    assert status == 422 and error.code == "PERMIT_INVALID" and "the permit has expired" in error.message, error
+    await _nothing_held(cluster, late.number)
 
 
 async def test_ops_endpoints(cluster, permit_ch_fr):

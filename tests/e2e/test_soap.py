@@ -100,3 +100,29 @@ async def test_faults(customs):
     assert status == 500 and b"ENVELOPE_INVALID" in xml
     status, xml = await _post(customs, b'<!DOCTYPE x [<!ENTITY a "b">]><x>&a;</x>')
     assert status == 500 and b"XML_FORBIDDEN_CONSTRUCT" in xml
+
+
+async def test_confirm_quantities_without_reference_for_a_64_character_number(customs):
+    """No DeclarationReference and no transport document: the facade makes one up, within the
+    declaration rule's 64 characters, and the same one again on a retry."""
+    permit = customs_permit("CH26-" + "7" * 59)
+    assert len(permit.number) == 64
+    await customs.deliver(permit)
+    a = permit.items[0]
+    endorsed = replace(
+        permit,
+        endorsement=Endorsement(
+            date=datetime.now(timezone.utc).replace(microsecond=0), port="Paris-Orly", lines=(EndorsedLine("A", a.quantity - 1, a.unit),),
+        ),
+    )  # fmt: skip
+    request = etree.Element(f"{{{SOAP11}}}Envelope", nsmap={"soapenv": SOAP11, "v2": EPIX_V2})
+    op = etree.SubElement(etree.SubElement(request, f"{{{SOAP11}}}Body"), f"{{{EPIX_V2}}}ConfirmQuantities")
+    op.append(_unqualified(permit_to_element(endorsed)))
+    body = etree.tostring(request)
+    for _ in range(2):
+        status, xml = await _post(customs, body)
+        assert status == 200, xml
+    [w] = await customs.store("FR").list_write_offs("CH", permit.number)
+    assert len(w.declaration) <= 64 and w.declaration.startswith("EPIX-CH26-777") and w.quantity == a.quantity - 1
+    _, v = await customs.verify("FR", "CH", permit.number)
+    assert Decimal(v["permit"]["lines"][0]["remaining"]) == 1

@@ -9,12 +9,12 @@ import random
 
 import pytest
 
-from adapters.permit_json import permit_to_json
+from adapters.permit_json import permit_from_json, permit_to_json
 from domain.messages import MessageStatus
 from gateway.store.base import MessageFilter
 from simulators.network import build_network
 from simulators.samples import make_permit
-from tests.e2e.conftest import STORES, Cluster, party_stores
+from tests.e2e.conftest import STORES, Cluster, party_stores, send_as_issuer
 from tests.hostile.http import send
 
 PARTIES = ("CH", "FR")
@@ -189,16 +189,16 @@ async def test_hostile_idempotency_keys_are_refused_before_anything_is_stored(gw
 
 
 @pytest.mark.parametrize(
-    ("issued", "valid_from", "valid_until", "status"),
+    ("issued", "valid_from", "valid_until", "status", "code", "received"),
     [
-        ("9999-12-31T23:59:00-12:00", "9999-12-31T23:59:00-12:00", "9999-12-31T23:59:00-12:00", 400),  # year 10000 in UTC
-        ("0001-01-01T00:00:00+12:00", "0001-01-01T00:00:00+12:00", "0001-02-01T00:00:00+12:00", 400),  # year 0 in UTC
-        ("9999-07-01T00:00:00-05:00", "9999-07-01T00:00:00-05:00", "9999-12-31T00:00:00-05:00", 202),  # 6 months on is year 10000
-        ("9999-12-31T10:00:00+05:00", "9999-12-31T10:00:00+05:00", "9999-12-31T23:59:00+00:00", 202),
-        ("0001-01-01T00:00:00+00:00", "0001-01-01T00:00:00+00:00", "0001-03-01T00:00:00+00:00", 202),
+        ("9999-12-31T23:59:00-12:00", "9999-12-31T23:59:00-12:00", "9999-12-31T23:59:00-12:00", 400, "JSON_MALFORMED", None),  # year 10000 in UTC
+        ("0001-01-01T00:00:00+12:00", "0001-01-01T00:00:00+12:00", "0001-02-01T00:00:00+12:00", 400, "JSON_MALFORMED", None),  # year 0 in UTC
+        ("9999-07-01T00:00:00-05:00", "9999-07-01T00:00:00-05:00", "9999-12-31T00:00:00-05:00", 422, "ISSUED_IN_FUTURE", 422),  # 6 months on is year 10000
+        ("9999-12-31T10:00:00+05:00", "9999-12-31T10:00:00+05:00", "9999-12-31T23:59:00+00:00", 422, "ISSUED_IN_FUTURE", 422),
+        ("0001-01-01T00:00:00+00:00", "0001-01-01T00:00:00+00:00", "0001-03-01T00:00:00+00:00", 422, "PERMIT_EXPIRED", 200),
     ],
 )
-async def test_dates_at_the_ends_of_the_calendar_are_answered_not_crashed_on(gw, issued, valid_from, valid_until, status):
+async def test_dates_at_the_ends_of_the_calendar_are_answered_not_crashed_on(gw, issued, valid_from, valid_until, status, code, received):
     permit = make_permit(random.Random(9), issuer="CH", importer_country="FR", number="CH26-000779")
     data = json.loads(permit_to_json(permit))
     data.update(issue_date=issued, valid_from=valid_from, valid_until=valid_until)
@@ -206,8 +206,37 @@ async def test_dates_at_the_ends_of_the_calendar_are_answered_not_crashed_on(gw,
     assert got == status, answer
     if status == 400:
         assert answer["code"] == "JSON_MALFORMED" and "outside years 1 to 9999 in UTC" in answer["message"]
-    else:
-        sent = await gw.wait_status("CH", answer["messages"][0]["message_id"], {MessageStatus.ACKNOWLEDGED, MessageStatus.REJECTED})
-        assert sent.status is MessageStatus.ACKNOWLEDGED, sent
+        return
+    assert answer["code"] == "PERMIT_INVALID" and code in {p["code"] for p in answer["context"]["problems"]}, answer
+    assert await gw.store("CH").get_permit_versions("CH", permit.number) == []
+    # The receiver judges the same dates at the message's CreatedAt (here the issue date, never
+    # later than now): the permit from year 1 was valid then and is stored, customs calls it
+    # EXPIRED; the one dated in year 9999 is dated after now and refused.
+    dated = permit_from_json(json.dumps(data).encode())
+    got, _ = await send_as_issuer(gw, dated, receiver="FR", created_at=dated.issue_date)
+    assert got == received
+    if received == 200:
         got, v = await send(gw.url("FR"), "GET", "/v1/verifications/CH/CH26-000779?office=FRCDG", headers=CUSTOMS)
-        assert got == 200 and v["verdict"] in ("EXPIRED", "NOT_YET_VALID"), v
+        assert got == 200 and v["verdict"] == "EXPIRED", v
+    else:
+        assert await gw.store("FR").get_permit_versions("CH", permit.number) == []
+
+
+async def test_control_characters_in_a_permit_s_text_are_named_field_by_field_before_any_xml_is_built(gw):
+    permit = make_permit(random.Random(10), issuer="CH", importer_country="FR", number="CH26-000780", items=2)
+    data = json.loads(permit_to_json(permit))
+    data["exporter"]["name"] = "Reptile\u0007 Leather SA"
+    data["importer"]["address"]["street"] = "8 rue du Faubourg\u0000"
+    data["items"][1]["description"] = "Skins\u001b"
+    data["items"][0]["marks"] = ["ZW 25 004411", "ZW\ufffe 25"]
+    data["special_conditions"] = ["Labels\u000c on each tin."]
+    before = await State.of(gw)
+    got, answer = await send(gw.url("CH"), "POST", "/v1/permits", headers={**gw.headers("CH"), **JSON}, body=json.dumps(data).encode())
+    assert got == 422 and answer["code"] == "PERMIT_INVALID", answer
+    assert "cannot be written" not in answer["message"]
+    found = {p["path"]: p["message"] for p in answer["context"]["problems"] if p["code"] == "TEXT_INVALID"}
+    assert sorted(found) == ["exporter.name", "importer.address.street", "items[0].marks[1]", "items[1].description", "special_conditions[0]"]
+    assert found["exporter.name"] == "Box 4 (exporter): the name contains the character U+0007, which XML documents cannot carry."
+    assert "U+FFFE" in found["items[0].marks[1]"] and "U+0000" in found["importer.address.street"]
+    assert await State.of(gw) == before
+    assert await gw.store("CH").get_permit_versions("CH", permit.number) == []

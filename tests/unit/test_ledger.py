@@ -185,3 +185,35 @@ def test_a_check_in_another_layout_is_made_again():
     check = make_check(_record(permit), permit, SignatureCheck(True, "CH", "CN=CH", "1", None, None), NOW)
     assert CheckFacts.of(check) is not None
     assert CheckFacts.of(replace(check, facts=check.facts.replace('"layout":2', '"layout":1'))) is None
+
+
+# --- the declaration reference of an EPIX ConfirmQuantities that gives none -----------------------
+
+WHEN = datetime(2026, 11, 23, 10, 15, 30, tzinfo=UTC)
+
+
+def test_a_confirmation_without_reference_keeps_the_short_form():
+    assert ledger.fallback_declaration("CH26-200002", WHEN) == "EPIX-CH26-200002-20261123101530"
+
+
+@pytest.mark.parametrize("number", ["X" * 64, "KWS/CITES/2026/" + "0" * 49, "21 CH " + "1" * 58, "Ö" * 64, "X" * 44])
+def test_a_long_number_gets_a_reference_that_fits_the_rule_and_is_the_same_every_time(number):
+    ref = ledger.fallback_declaration(number, WHEN)
+    assert ledger.declaration_problems(ref) == [] and len(ref) <= ledger.MAX_DECLARATION
+    assert ref == ledger.fallback_declaration(number, WHEN)  # a retry writes off nothing twice
+    assert ref.startswith("EPIX-" + number[:10]) and ref.endswith("-20261123101530")
+    # Another date, another permit with the same first characters: another declaration.
+    assert ref != ledger.fallback_declaration(number, WHEN + timedelta(seconds=1))
+    assert ref != ledger.fallback_declaration(number[:-1] + "Y", WHEN)
+
+
+def test_the_transport_document_is_the_reference_when_it_can_be_one():
+    assert ledger.fallback_declaration("CH26-1", WHEN, "AWB 057-12345675") == "AWB 057-12345675"
+    for unusable in ("AWB  057-1", "A" * 65, " AWB", ""):
+        ref = ledger.fallback_declaration("CH26-1", WHEN, unusable)
+        assert ref == "EPIX-CH26-1-20261123101530", unusable
+
+
+def test_a_number_no_permit_can_have_still_gets_a_reference_that_fits():
+    ref = ledger.fallback_declaration("CH26\u200b-1  x" * 8, WHEN)
+    assert ledger.declaration_problems(ref) == [] and ref.startswith("EPIX-") and ref.endswith("-20261123101530")

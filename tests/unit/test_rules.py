@@ -208,12 +208,23 @@ def test_free_text_may_hold_line_breaks_tabs_and_any_script():
 )
 def test_dates_at_the_ends_of_the_calendar_are_judged_not_crashed_on(issued, until):
     problems = validate(permit(issue_date=issued, valid_from=issued, valid_until=until), today=date(2026, 1, 1))
-    assert {p.code for p in problems} <= {"PERMIT_EXPIRED", "PERMIT_NOT_YET_VALID"}
+    assert {p.code for p in problems} <= {"PERMIT_EXPIRED", "PERMIT_NOT_YET_VALID", "ISSUED_IN_FUTURE"}
+    problems = validate(permit(issue_date=issued, valid_from=issued, valid_until=until), now=datetime(2026, 1, 1, tzinfo=timezone.utc))
+    assert {p.code for p in problems} <= {"PERMIT_EXPIRED", "PERMIT_NOT_YET_VALID", "ISSUED_IN_FUTURE"}
 
 
 @pytest.mark.parametrize("replaces", [None, "", "KWS/CITES/2026/0012", "21 CH 012345", "X" * rules.MAX_NUMBER_LENGTH])
 def test_a_replacement_may_name_any_number_a_permit_can_have(replaces):
     assert validate(permit(number="CH25-000002", replaces=replaces)) == []
+
+
+def test_a_permit_cannot_replace_itself():
+    p = the(validate(permit(number="CH25-000002", replaces="CH25-000002")), "REPLACES_ITSELF")
+    assert p.path == "replaces" and p.severity is Severity.ERROR
+    assert "CH25-000002" in p.message and "its own number" in p.message
+    # Another number, even one that differs only in case or a space, is another permit.
+    assert validate(permit(number="CH25-000002", replaces="ch25-000002")) == []
+    assert validate(permit(number="21 CH 012345", replaces="21CH012345")) == []
 
 
 # --- code lists ----------------------------------------------------------------------------------
@@ -613,7 +624,120 @@ def test_today_may_be_given_as_a_datetime():
 @settings(max_examples=300)
 @given(permits())
 def test_any_permit_gets_a_list_of_catalogued_problems_never_an_exception(p):
-    problems = validate(p, today=date(2030, 1, 1))
+    problems = validate(p, today=date(2030, 1, 1)) + validate(p, now=datetime(2030, 1, 1, tzinfo=timezone.utc))
     for problem in problems:
         assert problem.code in rules.RULES and problem.message.endswith(".")
         assert problem.severity is rules.RULES[problem.code].severity
+
+
+# --- time checks against the moment of submission ---------------------------------------------------
+
+
+def test_expiry_against_now_counts_the_last_day_in_the_permit_s_own_time_zone():
+    p = permit()  # valid until 2025-07-15 23:59 at UTC+01:00
+    assert validate(p, now=datetime(2025, 7, 15, 22, 30, tzinfo=timezone.utc)) == []  # 23:30 in Bern
+    problem = the(validate(p, now=datetime(2025, 7, 15, 23, 30, tzinfo=timezone.utc)), "PERMIT_EXPIRED")  # 00:30 on the 16th
+    assert problem.severity is Severity.ERROR and problem.path == "valid_until"
+    assert "2025-07-15" in problem.message and "2025-07-16" in problem.message
+
+
+def test_a_permit_from_year_one_is_expired_now():
+    ancient = datetime(1, 1, 1, tzinfo=timezone.utc)
+    p = permit(issue_date=ancient, valid_from=ancient, valid_until=datetime(1, 3, 1, tzinfo=timezone.utc))
+    assert codes_of(validate(p, now=datetime(2026, 12, 1, 12, tzinfo=timezone.utc))) == ["PERMIT_EXPIRED"]
+
+
+def test_a_permit_cannot_be_issued_on_a_day_that_has_not_begun():
+    tomorrow = ISSUED + timedelta(days=1)
+    p = permit(issue_date=tomorrow, valid_from=tomorrow)
+    problem = the(validate(p, now=ISSUED), "ISSUED_IN_FUTURE")
+    assert problem.severity is Severity.ERROR and problem.path == "issue_date"
+    assert "2025-01-16" in problem.message and "2025-01-15" in problem.message
+    # Later the same day is today, and a clock a few minutes fast at midnight is no lie either.
+    assert validate(permit(issue_date=ISSUED + timedelta(hours=8)), now=ISSUED) == []
+    midnight = datetime(2025, 1, 16, 0, 2, tzinfo=CET)
+    early = permit(issue_date=midnight, valid_from=midnight)
+    assert errors(validate(early, now=midnight - timedelta(minutes=4))) == []
+    assert "ISSUED_IN_FUTURE" in codes_of(validate(early, now=midnight - timedelta(minutes=30)))
+    assert "ISSUED_IN_FUTURE" in codes_of(validate(permit(issue_date=datetime(9999, 7, 1, tzinfo=CET)), now=ISSUED))
+
+
+def test_a_validity_starting_later_is_a_warning_against_now():
+    later = permit(valid_from=ISSUED + timedelta(days=60))
+    problem = the(validate(later, now=ISSUED), "PERMIT_NOT_YET_VALID")
+    assert problem.severity is Severity.WARNING and not has_errors(validate(later, now=ISSUED))
+
+
+def test_the_time_checks_need_an_aware_now():
+    with pytest.raises(ValueError, match="time zone"):
+        validate(permit(), now=datetime(2025, 3, 1))
+    assert validate(permit()) == []  # without now or today: the same today and tomorrow
+
+
+# --- free text the permit's XML must carry -------------------------------------------------------
+
+
+def test_every_free_text_field_xml_cannot_carry_is_named_by_its_path_all_at_once():
+    bell = "\x07"
+    addr = Address(street=f"12 Market{bell} Street", city="Bern", postcode=f"30{bell}11", country="CH", country_name=f"Swi{bell}", subdivision=f"BE{bell}")
+    p = permit(
+        authority=Party(name=f"FSVO{bell}", address=Address(city=f"Bern\x00", country="CH"), id=f"MA{bell}"),
+        exporter=Party(name="Reptile Leather SA", address=addr),
+        importer=Party(name=f"Atelier\x1b du Cuir", address=Address(city="Paris", country="FR")),
+        items=(
+            item(
+                "A", scientific_name=f"Crocodylus\ufffe niloticus", common_name=f"Nile{bell}", description=f"Skins{bell}",
+                origin_country="ZW", origin_country_name=f"Zim{bell}", origin_permit=DocumentRef(number=f"ZW{bell}1"),
+                reexport_country="ZA", reexport_country_name=f"SA{bell}", reexport_permit=DocumentRef(number=f"ZA{bell}2"),
+                marks=("ok", f"tag\ud800"),
+            ),
+            item(f"B{bell}"),
+        ),
+        special_conditions=("Valid with labels.", f"Not\x0c valid"),
+        security_stamp=f"44{bell}71",
+        issued_at=f"Bern{bell}",
+        signed_by=f"J. Doe{bell}",
+        endorsement=Endorsement(
+            date=ISSUED + timedelta(days=3), port=f"Geneva{bell}", lines=(EndorsedLine("A", Decimal(1), "NAR"),),
+            transport_document=f"AWB{bell}", officer=f"M. Rossi{bell}",
+        ),
+    )  # fmt: skip
+    found = [x for x in validate(p) if x.code == "TEXT_INVALID"]
+    assert all(x.severity is Severity.ERROR and "which XML documents cannot carry" in x.message for x in found)
+    assert sorted(x.path for x in found) == sorted([
+        "authority.name", "authority.id", "authority.address.city",
+        "exporter.address.street", "exporter.address.postcode", "exporter.address.country_name", "exporter.address.subdivision",
+        "importer.name",
+        "items[0].scientific_name", "items[0].common_name", "items[0].description", "items[0].origin_country_name",
+        "items[0].origin_permit.number", "items[0].reexport_country_name", "items[0].reexport_permit.number", "items[0].marks[1]",
+        "items[1].id",
+        "special_conditions[1]", "security_stamp", "issued_at", "signed_by",
+        "endorsement.port", "endorsement.transport_document", "endorsement.officer",
+    ])  # fmt: skip
+    by_path = {x.path: x.message for x in found}
+    assert by_path["importer.name"] == "Box 3 (importer): the name contains the character U+001B, which XML documents cannot carry."
+    assert "U+D800" in by_path["items[0].marks[1]"] and by_path["items[0].marks[1]"].startswith("Item A, box 9: mark 2")
+    assert by_path["items[1].id"].startswith("Item 2: the item letter")  # not the letter itself, which holds the bell
+
+
+def test_free_text_of_any_length_and_script_with_line_breaks_is_fine():
+    long = "Valid only with the original labels on each tin.\r\n\t" + "税関 😀 " * 2000
+    assert validate(permit(special_conditions=(long,), items=(item(description=long, marks=(long,)),))) == []
+
+
+def test_free_text_of_the_wrong_type_is_named():
+    p = the(validate(permit(signed_by=7)), "TEXT_INVALID")
+    assert p.path == "signed_by" and "must be text" in p.message
+
+
+def test_a_permit_on_its_way_is_expired_only_if_it_was_when_it_set_out():
+    p = permit()  # valid until 2025-07-15 23:59 at UTC+01:00
+    later = datetime(2025, 8, 1, tzinfo=timezone.utc)
+    assert validate(p, now=later, since=datetime(2025, 7, 10, tzinfo=timezone.utc)) == []  # expired in transit
+    problem = the(validate(p, now=later, since=datetime(2025, 7, 20, tzinfo=timezone.utc)), "PERMIT_EXPIRED")
+    assert "its message was created on 2025-07-20" in problem.message
+    # The issue date is judged at now: a message created, by a slow clock, before the permit's date.
+    assert validate(p, now=ISSUED + timedelta(days=1), since=ISSUED - timedelta(days=300)) == []
+    assert "ISSUED_IN_FUTURE" in codes_of(validate(permit(issue_date=ISSUED + timedelta(days=2)), now=ISSUED, since=ISSUED))
+    with pytest.raises(ValueError, match="since needs now"):
+        validate(p, since=later)
