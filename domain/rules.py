@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import re
 from calendar import monthrange
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta, timezone
 from decimal import Decimal
@@ -832,10 +832,50 @@ _ENDORSEMENT_TEXT = (
 )
 
 
+def _text_values(permit: Permit) -> Iterator[object]:
+    """The values ``_texts`` judges, without their paths (a list it cannot walk comes as itself)."""
+    for attr, _ in _PARTIES:
+        party = getattr(permit, attr, None)
+        if party is None:
+            continue
+        for field, _ in _PARTY_TEXT:
+            yield getattr(party, field, None)
+        address = getattr(party, "address", None)
+        for field, _ in _ADDRESS_TEXT if address is not None else ():
+            yield getattr(address, field, None)
+    yield from _listed(permit.special_conditions)
+    for field, _ in _PERMIT_TEXT:
+        yield getattr(permit, field)
+    for item in permit.items or ():
+        yield item.id
+        for field, _ in _ITEM_TEXT:
+            yield getattr(item, field)
+        for field, _ in _REF_TEXT:
+            ref = getattr(item, field)
+            if ref is not None:
+                yield ref.number
+        yield from _listed(item.marks)
+    e = permit.endorsement
+    for field, _ in _ENDORSEMENT_TEXT if e is not None else ():
+        yield getattr(e, field)
+
+
+def _listed(values: object) -> Iterator[object]:
+    if isinstance(values, (tuple, list)):
+        yield from values
+    elif values is not None:
+        yield values
+
+
 def _texts(permit: Permit, out: list[Problem]) -> None:
     """Every free-text field the CITESEPermit XML must carry, by its JSON path: the writer would
     refuse the first one it met without naming it, after the request was read. Codes, numbers and
     dates have their own rules above."""
+    # Almost every permit's text is all fine: one look at all of it first, and paths and
+    # sentences are worked out only when something is wrong (it was most of the rules' time).
+    values = [v for v in _text_values(permit) if v is not None]
+    if all(type(v) is str for v in values) and _NOT_XML.search("".join(values)) is None:
+        return
 
     def check(value: object, path: str, what: str) -> None:
         if value is not None:
