@@ -2,9 +2,10 @@
 
 A message waiting to be sent carries the time it becomes due; ``claim_due`` moves due messages to
 SENDING with a lease in one transaction. A permit accepted while a slot is free skips that step:
-its message is stored already claimed by this sender (``reserve`` / ``hand_over``) and sent at once. A sender that dies leaves a lease that runs out, and the
-message is claimed again with the same id. On a graceful stop, what this process still holds is
-handed back at once instead of waiting for the lease.
+its message is stored already claimed by this sender (``reserve`` / ``hand_over``) and sent at
+once. A sender that dies leaves a lease that runs out, and the message is claimed again with the
+same id. On a graceful stop, what this process still holds is handed back at once instead of
+waiting for the lease.
 """
 
 from __future__ import annotations
