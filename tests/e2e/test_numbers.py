@@ -10,14 +10,13 @@ from datetime import datetime, timezone
 from urllib.parse import quote
 
 import pytest
-from aiohttp import web
 
 from adapters.cites_read import read_permit
 from domain.messages import MessageStatus
 from gateway.store.base import MessageFilter
-from simulators.network import build_network, free_port
+from simulators.network import build_network
 from simulators.samples import make_permit
-from tests.e2e.conftest import STORES, Cluster, party_stores
+from tests.e2e.conftest import STORES, Cluster, Feed, party_stores
 
 PARTIES = ("CH", "FR")
 FINAL = {MessageStatus.ACKNOWLEDGED, MessageStatus.REJECTED, MessageStatus.SEND_FAILURE}
@@ -43,29 +42,19 @@ class NumbersCluster(Cluster):
 @pytest.fixture(params=STORES)
 async def numbers(request, tmp_path):
     """CH issues to FR; FR has a customs token and a pre-arrival feed (a webhook in this test)."""
-    feed: list[dict] = []
-
-    async def receive(req: web.Request) -> web.Response:
-        feed.append(await req.json())
-        return web.Response(status=204)
-
-    app = web.Application()
-    app.router.add_post("/pre-arrival", receive)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    port = free_port()
-    await web.TCPSite(runner, "127.0.0.1", port).start()
+    feed = Feed()
+    await feed.start()
     token = '\n[[token]]\nname = "fr-customs"\ntoken = "tok-fr-customs"\nrole = "customs"\ncountries = ["FR"]\n'
-    feed_config = f'\n[customs]\nfeed_url = "http://127.0.0.1:{port}/pre-arrival"\nfeed_poll_s = 0.05\n'
+    feed_config = f'\n[customs]\nfeed_url = "http://127.0.0.1:{feed.port}/pre-arrival"\nfeed_poll_s = 0.05\n'
     try:
         async with party_stores(request.param, PARTIES, "num") as store_urls:
             net = build_network(tmp_path / "net", PARTIES, store_urls=store_urls, extra_for={"FR": token + feed_config})
             c = NumbersCluster(net)
-            c.feed = feed
+            c.feed = feed.items
             async with c.running(PARTIES):
                 yield c
     finally:
-        await runner.cleanup()
+        await feed.stop()
 
 
 async def _feed_item(c: NumbersCluster, number: str, timeout: float = 10.0) -> dict:

@@ -5,6 +5,7 @@ to send, the run log, the background task and ``epix purge``."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 import subprocess
 import sys
@@ -34,15 +35,22 @@ POLICY = RetentionConfig(payload_days=30, message_days=365, interval_s=0)
 RETENTION_TOML = "[retention]\npayload_days = 30\nmessage_days = 365\ninterval_s = {interval}\n"
 
 
-@pytest.fixture(params=STORES)
-async def retained(request, tmp_path):
-    """CH and FR, FR with a retention policy that only the test runs (interval_s = 0)."""
-    async with party_stores(request.param, ("CH", "FR"), "ret") as store_urls:
+@contextlib.asynccontextmanager
+async def _with_retention(store: str, root: Path, *, interval: float, prefix: str):
+    """CH and FR running, FR with the retention policy purging every ``interval`` s (0: never by itself)."""
+    async with party_stores(store, ("CH", "FR"), prefix) as store_urls:
         net = build_network(
-            tmp_path / "net", ("CH", "FR"), store_urls=store_urls, extra_for={"FR": RETENTION_TOML.format(interval=0)}
+            root / "net", ("CH", "FR"), store_urls=store_urls, extra_for={"FR": RETENTION_TOML.format(interval=interval)}
         )
         async with Cluster(net).running(("CH", "FR")) as c:
             yield c
+
+
+@pytest.fixture(params=STORES)
+async def retained(request, tmp_path):
+    """FR's retention policy runs only when a test runs it (interval_s = 0)."""
+    async with _with_retention(request.param, tmp_path, interval=0, prefix="ret") as c:
+        yield c
 
 
 async def _envelope(cluster: Cluster, number: str) -> tuple[str, bytes]:
@@ -203,12 +211,8 @@ async def test_the_operator_sees_the_policy_and_every_run(retained):
 @pytest.fixture(params=STORES)
 async def purging(request, tmp_path):
     """FR purging in the background, every hour (so: once, when it starts)."""
-    async with party_stores(request.param, ("CH", "FR"), "retbg") as store_urls:
-        net = build_network(
-            tmp_path / "net", ("CH", "FR"), store_urls=store_urls, extra_for={"FR": RETENTION_TOML.format(interval=3600)}
-        )
-        async with Cluster(net).running(("CH", "FR")) as c:
-            yield c
+    async with _with_retention(request.param, tmp_path, interval=3600, prefix="retbg") as c:
+        yield c
 
 
 async def test_the_background_task_purges_when_the_gateway_starts(purging):
