@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import random
 import shutil
@@ -27,6 +28,16 @@ def ref_file(*parts: str) -> Path:
             pytest.fail(reason)
         pytest.skip(reason)
     return path
+
+
+async def eventually(probe, wanted, *, timeout: float = 15.0, every: float = 0.05) -> None:
+    """Await ``probe()`` until it gives ``wanted``; fail after ``timeout`` s (a guard against a
+    hang, not a timing claim)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while (value := await probe()) != wanted:
+        assert loop.time() < deadline, f"{value} != {wanted}"
+        await asyncio.sleep(every)
 
 
 def require_command(name: str) -> str:

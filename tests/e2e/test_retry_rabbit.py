@@ -14,6 +14,7 @@ import pytest
 from domain.messages import Direction, MessageStatus
 from simulators.network import build_network
 from simulators.samples import make_permit
+from tests.conftest import eventually
 from tests.e2e.conftest import Cluster
 from tests.rabbit import AMQP_URL, delete_everything, register, require_rabbit, unique_prefix
 
@@ -92,7 +93,7 @@ async def _parked_while_fr_is_down(cluster, broker, n: int) -> list[str]:
         ids.append(body["messages"][0]["message_id"])
     for message_id in ids:
         await cluster.wait_status("CH", message_id, {MessageStatus.SEND_FAILURE})
-    await _until(lambda: broker.depth(broker.parked), n)
+    await eventually(lambda: broker.depth(broker.parked), n)
     return ids
 
 
@@ -130,7 +131,7 @@ async def test_a_replayed_message_that_fails_again_is_parked_once_not_twice(rabb
 
     assert status == 202 and sorted(body["retried"]) == sorted(ids)
     for message_id in ids:  # its attempts were used up already: the first failure parks it again
-        await _until(lambda: _status(cluster, message_id), MessageStatus.SEND_FAILURE)
+        await eventually(lambda: _status(cluster, message_id), MessageStatus.SEND_FAILURE)
     await asyncio.sleep(0.5)
     assert await broker.depth(broker.parked) == 3  # the new parking of each, the old one dropped
     assert await broker.tapped() == Counter(ids)
@@ -148,11 +149,3 @@ async def test_a_replayed_message_that_fails_again_is_parked_once_not_twice(rabb
 
 async def _status(cluster, message_id: str) -> MessageStatus:
     return (await cluster.store("CH").get_message(message_id)).status
-
-
-async def _until(probe, wanted, timeout: float = 15.0):
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while (value := await probe()) != wanted:
-        assert loop.time() < deadline, f"{value} != {wanted}"
-        await asyncio.sleep(0.05)

@@ -13,6 +13,7 @@ import pytest
 from domain.messages import MessageStatus
 from gateway.queue import open_queue
 from gateway.store.sqlite import SqliteStore
+from tests.conftest import eventually
 from tests.integration.queues import RETRY, Harness, gateway_config
 from tests.rabbit import AMQP_URL, TcpProxy, delete_everything, require_rabbit, unique_prefix
 
@@ -115,7 +116,7 @@ async def test_retries_wait_in_delay_queues_and_the_last_failure_is_parked_then_
     await h.wait([message_id], {MessageStatus.SEND_FAILURE})
     names = h.queue.queue_names()
     assert f"{prefix}.CH.deliver.FR.retry.300" in names and f"{prefix}.CH.deliver.FR.retry.600" in names
-    await _until(lambda: queue_depth(f"{prefix}.CH.deliver.FR.parked"), 1)
+    await eventually(lambda: queue_depth(f"{prefix}.CH.deliver.FR.parked"), 1)
 
     # An operator's retry, as POST /v1/messages/retry does it: the store first, then the parking queue.
     retried = await _operator_retry(h.store, message_id)
@@ -192,12 +193,6 @@ async def test_a_connection_cut_mid_run_loses_nothing(rabbit):
     await proxy.stop()
 
 
-async def _until(probe, wanted, timeout: float = 10.0):
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while (value := await probe()) != wanted:
-        assert loop.time() < deadline, f"{value} != {wanted}"
-        await asyncio.sleep(0.1)
 
 
 async def _until_some_acknowledged(h: Harness, ids, timeout: float = 10.0):
@@ -206,4 +201,3 @@ async def _until_some_acknowledged(h: Harness, ids, timeout: float = 10.0):
     while not any(h.worker.sent.get(i) for i in ids):
         assert loop.time() < deadline
         await asyncio.sleep(0.01)
-
