@@ -70,12 +70,8 @@ def _resources(preloaded: Security | None):
             await queue.open()  # a broker that cannot be reached stops start-up, loudly
         worker = DeliveryWorker(config, store, security, http, app[appkeys.METRICS], queue)
         app[appkeys.DELIVERY] = worker
-        app[appkeys.OUTBOUND] = OutboundService(
-            config, store, security, worker.wake, sender=worker if config.start_delivery else None
-        )
-        app[appkeys.INBOUND] = InboundService(
-            config, store, security, wake=worker.wake, sender=worker if config.start_delivery else None
-        )
+        app[appkeys.OUTBOUND] = OutboundService(config, store, security, worker)
+        app[appkeys.INBOUND] = InboundService(config, store, security, worker)
         background = []
         if config.start_delivery:
             background = tasks.start(

@@ -10,7 +10,9 @@ the receiver's duplicate detection makes the retry harmless.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
 from datetime import datetime, timedelta, timezone
+from typing import TypeVar
 
 import aiohttp
 
@@ -27,6 +29,7 @@ from gateway.security import Security
 from gateway.store.base import Claim, MessageRecord, Store, header_of
 
 log = get_logger("epix.delivery")
+T = TypeVar("T")
 EXCHANGE_PATH = "/exchange/v1/messages"
 
 
@@ -62,29 +65,38 @@ class DeliveryWorker:
     def wake(self) -> None:
         self.queue.notify()
 
-    def claim_at_accept(self, wanted: int) -> Claim | None:
-        """For a batch about to be accepted: the messages the sender takes at once (a free slot
-        each), stored claimed in the accepting transaction; None when none are (see Claim)."""
-        taken = self.queue.reserve(wanted)
-        if taken == 0:
-            return None
-        lease_until = datetime.now(timezone.utc) + timedelta(seconds=self.config.delivery.lease_s)
-        return Claim(taken, self.actor, lease_until)
-
-    def accepted(self, built: list[MessageRecord], stored: list[MessageRecord], claim: Claim | None) -> None:
-        """After the accepting transaction: send what it stored claimed, wake the queue for the
-        rest. What it returned instead of ``built`` (an idempotent repeat) is someone else's."""
-        taken = 0 if claim is None else claim.count
+    async def stored(
+        self,
+        built: list[MessageRecord],
+        write: Callable[[Claim | None], Awaitable[T]],
+        newly: Callable[[T], list[MessageRecord]],
+        *,
+        take: bool = True,
+    ) -> T:
+        """Store ``built`` by ``write(claim)``, the sender taking in that very transaction what it
+        has a free slot for (store.base.Claim); then send what it took and wake the queue for the
+        rest. ``newly``: what of ``write``'s result it stored anew (an idempotent repeat stores
+        nothing: what it returns instead is someone else's). ``take=False``: take nothing (a
+        message held for a party to pull)."""
+        taken = self.queue.reserve(len(built)) if take else 0
+        claim = None
+        if taken:
+            lease_until = datetime.now(timezone.utc) + timedelta(seconds=self.config.delivery.lease_s)
+            claim = Claim(taken, self.actor, lease_until)
+        try:
+            result = await write(claim)
+        except BaseException:
+            if taken:
+                self.queue.hand_over([], taken)
+            raise
+        fresh = newly(result)
         ours = {m.message_id for m in built[:taken]}
-        mine = [m for m in stored if m.message_id in ours]
-        if claim is not None:
+        mine = [m for m in fresh if m.message_id in ours]
+        if taken:
             self.queue.hand_over(mine, taken)
-        if len(mine) < len(stored):
+        if len(mine) < len(fresh):
             self.queue.notify()
-
-    def not_accepted(self, claim: Claim | None) -> None:
-        if claim is not None:
-            self.queue.hand_over([], claim.count)
+        return result
 
     async def run(self) -> None:
         log.info("delivery.started", party=self.config.party, queue=type(self.queue).__name__)

@@ -140,9 +140,7 @@ def relayed_envelope(message: MessageRecord, *, hub: str, security: Security) ->
 
 
 class Relay:
-    def __init__(
-        self, config: GatewayConfig, store: Store, security: Security, *, sender: "DeliveryWorker | None" = None
-    ) -> None:
+    def __init__(self, config: GatewayConfig, store: Store, security: Security, sender: "DeliveryWorker") -> None:
         self.config = config
         self.store = store
         self.security = security
@@ -192,17 +190,14 @@ class Relay:
             next_attempt_at=None if pull else now,  # None: held for pull, never due for the pusher
         )
         mode = f"held for {h.receiver} to pull" if pull else f"to push to {h.receiver}"
-        claim = self.sender.claim_at_accept(1) if self.sender is not None and not pull else None
-        try:
-            is_new, stored = await self.store.accept_relay(
+        is_new, stored = await self.sender.stored(
+            [message],
+            lambda claim: self.store.accept_relay(
                 message, actor=f"partner:{h.sender}", detail=f"relayed for {h.sender}, {mode}", claim=claim
-            )
-        except BaseException:
-            if self.sender is not None:
-                self.sender.not_accepted(claim)
-            raise
-        if self.sender is not None:
-            self.sender.accepted([message], [stored] if is_new else [], claim)
+            ),
+            newly=lambda held: [held[1]] if held[0] else [],
+            take=not pull,
+        )
         if not is_new and (stored.sender != h.sender or stored.payload_digest != env.digest):
             raise EpixError(ErrorCode.CONFLICT, f"Message id {h.message_id} is already held with different content.")
         log.info("hub.accepted", message_id=h.message_id, sender=h.sender, receiver=h.receiver, pull=pull, new=is_new)

@@ -9,10 +9,9 @@ signed receipt. Any failure becomes a signed error signal with a stable code; no
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 from datetime import datetime, timezone
+from typing import TYPE_CHECKING
 
 from lxml import etree
 
@@ -65,17 +64,13 @@ class InboundService:
         config: GatewayConfig,
         store: Store,
         security: Security,
-        wake: Callable[[], None] | None = None,
-        *,
-        sender: "DeliveryWorker | None" = None,
+        sender: "DeliveryWorker",
     ) -> None:
         self.config = config
         self.store = store
         self.security = security
-        # A hub hands what it relays to its own delivery worker: wake it rather than wait for its poll.
-        self.wake = wake or (lambda: None)
         self.limits = XmlLimits(max_bytes=config.max_body_bytes)
-        self.relay = Relay(config, store, security, sender=sender) if config.role == "hub" else None
+        self.relay = Relay(config, store, security, sender) if config.role == "hub" else None
 
     async def receive(self, body: bytes) -> Answer:
         claimed_sender: str | None = None
@@ -123,8 +118,6 @@ class InboundService:
         h = env.header
         if h.receiver != self.config.party and self.relay is not None and env.relayed_by is None:
             receipt = await self.relay.accept(env)
-            if self.relay.sender is None:
-                self.wake()
             return Answer(200, receipt, h.message_id)
         if h.receiver != self.config.party:
             raise EpixError(

@@ -10,7 +10,7 @@ import hashlib
 import uuid
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING
 
 from lxml import etree
 
@@ -59,20 +59,12 @@ class Accepted:
 
 
 class OutboundService:
-    def __init__(
-        self,
-        config: GatewayConfig,
-        store: Store,
-        security: Security,
-        wake: Callable[[], None],
-        *,
-        sender: "DeliveryWorker | None" = None,
-    ) -> None:
+    def __init__(self, config: GatewayConfig, store: Store, security: Security, sender: "DeliveryWorker") -> None:
         self.config = config
         self.store = store
         self.security = security
-        self.wake = wake
-        # The sender takes what it has room for as the permit is stored (store.base.Claim).
+        # It takes what it has room for as the permit is stored (store.base.Claim), and is woken
+        # for the rest.
         self.sender = sender
 
     def _check_scope(self, principal: Token, country: str) -> None:
@@ -147,9 +139,9 @@ class OutboundService:
         messages = [
             self._message(issuer, permit.number, 1, route.receiver, action, route.via, signed, now) for route in routes
         ]
-        claim = self.sender.claim_at_accept(len(messages)) if self.sender is not None else None
-        try:
-            stored = await self.store.accept_outbound(
+        stored = await self.sender.stored(
+            messages,
+            lambda claim: self.store.accept_outbound(
                 record,
                 messages,
                 actor=f"ma:{principal.name}",
@@ -157,15 +149,9 @@ class OutboundService:
                 principal=principal.name if idempotency_key else None,
                 request_hash=request_hash,
                 claim=claim,
-            )
-        except BaseException:
-            if self.sender is not None:
-                self.sender.not_accepted(claim)
-            raise
-        if self.sender is not None:
-            self.sender.accepted(messages, stored, claim)
-        else:
-            self.wake()
+            ),
+            newly=list,
+        )
         replayed = bool(stored) and {m.message_id for m in stored} != {m.message_id for m in messages}
         warnings = [p for p in problems if p.severity is rules.Severity.WARNING]
         return Accepted(issuer, permit.number, 1, stored, warnings, replayed=replayed)
@@ -201,7 +187,7 @@ class OutboundService:
         stored = await self.store.accept_cancellation(
             issuer, number, messages, actor=f"ma:{principal.name}"
         )
-        self.wake()
+        self.sender.wake()
         return Accepted(issuer, number, latest.version, stored, [])
 
     def _message(

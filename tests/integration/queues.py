@@ -106,10 +106,12 @@ class Harness:
                 lease_until=None, last_error_code=None, last_error_detail=None, via=None, receipt=None,
                 payload_digest=None, created_at=now, updated_at=now, payload=b"<p/>",
             )  # fmt: skip
-            claim = self.worker.claim_at_accept(1) if hand_over else None
-            stored = await self.store.accept_outbound(permit, [message], actor="test", claim=claim)
             if hand_over:
-                self.worker.accepted([message], stored, claim)
+                await self.worker.stored(
+                    [message], lambda claim: self.store.accept_outbound(permit, [message], actor="test", claim=claim), list
+                )
+            else:
+                await self.store.accept_outbound(permit, [message], actor="test")
             ids.append(message.message_id)
         if self.queue is not None and not hand_over:
             self.queue.notify()

@@ -148,7 +148,7 @@ async def test_only_free_slots_are_taken_at_accept_and_the_rest_waits_for_the_qu
     [waiting] = await harness.accept(1, hand_over=True)
 
     assert (await harness.store.get_message(waiting)).status is MessageStatus.SEND_ENQUEUED
-    assert harness.worker.claim_at_accept(1) is None
+    assert harness.queue.reserve(1) == 0
 
 
 async def test_a_graceful_stop_hands_back_a_message_taken_at_accept(harness):
