@@ -16,7 +16,7 @@ from typing import TypeVar
 
 import aiohttp
 
-from adapters.exchange_xml import canonical_form, envelope_xml, read_error, read_receipt, root_name
+from adapters.exchange_xml import envelope_xml, read_error, read_receipt, root_name
 from adapters.xmlparse import parse_xml
 from domain.errors import EpixError, ErrorCode
 from domain.messages import MessageStatus
@@ -156,8 +156,9 @@ class DeliveryWorker:
         header = header_of(message)
         # A message this gateway did not originate is one it relays as a hub: the envelope says so.
         relayed_by = None if message.sender == self.config.party else self.config.party
-        unsigned = envelope_xml(header, message.payload, sent_at=datetime.now(timezone.utc), relayed_by=relayed_by)
-        envelope = self.security.sign(unsigned, canonical=canonical_form(unsigned))
+        envelope = self.security.sign_template(
+            envelope_xml(header, message.payload, sent_at=datetime.now(timezone.utc), relayed_by=relayed_by)
+        )
         url = route_agreement.endpoint + EXCHANGE_PATH
         try:
             async with self.http.post(

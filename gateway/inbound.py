@@ -21,7 +21,6 @@ from adapters.exchange_xml import (
     ErrorSignal,
     Receipt,
     build_error,
-    canonical_form,
     is_party_id,
     read_cancellation,
     read_envelope,
@@ -144,17 +143,18 @@ class InboundService:
             self._check_cancellation(env)
         # Customs feedback (gateway/customs/feedback.py): box 14 for a permit we issued.
         endorsed = await endorsement_request(self, env) if h.action is Action.ENDORSE else None
-        unsigned = receipt_xml(
-            Receipt(
-                message_id=h.message_id,
-                sender=self.config.party,
-                receiver=h.sender,
-                received_at=now,
-                payload_digest=env.digest,
-                status="RECEIVED",
+        receipt = self.security.sign_template(
+            receipt_xml(
+                Receipt(
+                    message_id=h.message_id,
+                    sender=self.config.party,
+                    receiver=h.sender,
+                    received_at=now,
+                    payload_digest=env.digest,
+                    status="RECEIVED",
+                )
             )
         )
-        receipt = self.security.sign(unsigned, canonical=canonical_form(unsigned))
         message = message_from_header(
             h,
             direction=Direction.INBOUND,

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 from cryptography import x509
 
+from adapters.exchange_xml import canonical_form
 from domain.errors import EpixError, ErrorCode
 from keys.pki import load_certificates_pem, party_of
 from keys.store import KeyStore, TrustStore
@@ -40,8 +41,13 @@ class Security:
     def from_parts(cls, *, party: str, signer: Signer, trust: TrustStore, certificate_pem: bytes) -> "Security":
         return cls(party=party, signer=signer, trust=trust, verifier=Verifier(trust), certificate_pem=certificate_pem)
 
-    def sign(self, data, *, canonical: bytes | None = None, serialised: bytes | None = None) -> bytes:
-        return self.signer.sign(data, canonical=canonical, serialised=serialised)
+    def sign(self, data, *, serialised: bytes | None = None) -> bytes:
+        return self.signer.sign(data, serialised=serialised)
+
+    def sign_template(self, document: bytes) -> bytes:
+        """An exchange document ``envelope_xml`` or ``receipt_xml`` wrote: signed from its canonical
+        form, which the template already is (no parse, no C14N)."""
+        return self.signer.sign(document, canonical=canonical_form(document))
 
     def verify(self, data: bytes, party: str, *, parsed=None) -> Verified:
         """Verify ``data`` as signed by ``party``; on an untrusted signer, say whether it is another partner.

@@ -280,10 +280,7 @@ class PostgresStore(PostgresLedger, PostgresRetention, Store):
             if _affected(await conn.execute(q.MARK_CANCELLED, issuer, number, Direction.OUTBOUND.value)) == 0:
                 raise not_cancellable(issuer, number)
             await conn.executemany(q.INSERT_MESSAGE, [q.message_values(m, _enc) for m in held])
-            await conn.executemany(
-                q.INSERT_EVENT,
-                [(m.message_id, 1, now, MessageStatus.SEND_ENQUEUED.value, actor, "accepted", None) for m in held],
-            )
+            await conn.executemany(q.INSERT_EVENT, [e for m in held for e in q.first_events(m, now, actor, "accepted", None)])
         return held
 
     @staticmethod

@@ -17,7 +17,7 @@ from typing import Any
 
 from domain.messages import Action, Direction, MessageStatus
 
-from .base import MessageEvent, MessageRecord, PermitRecord, sources_of
+from .base import Claim, MessageEvent, MessageRecord, PermitRecord, sources_of
 from .ledger import AUDIT_TRIGGERS, CHECKS_DDL, CHECKS_TRIGGERS, FEED_DDL, FEED_TRIGGERS, LEDGER_DDL
 from .retention import RETENTION_DDL, RETENTION_TRIGGERS
 
@@ -409,7 +409,7 @@ def permit_values(p: PermitRecord, ts: Encode) -> tuple[Any, ...]:
     )  # fmt: skip
 
 
-def first_events(m: MessageRecord, now: Any, actor: str, detail: str | None, claim: Any) -> list[tuple[Any, ...]]:
+def first_events(m: MessageRecord, now: Any, actor: str, detail: str | None, claim: Claim | None) -> list[tuple[Any, ...]]:
     """INSERT_EVENT rows of a message as it is first stored: SEND_ENQUEUED, and SENDING when it
     was stored already claimed (base.Claim)."""
     events = [(m.message_id, 1, now, MessageStatus.SEND_ENQUEUED.value, actor, detail, None)]
