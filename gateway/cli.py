@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 from domain.errors import EpixError, ErrorCode
+from gateway import eventloop
 
 EXIT_OK, EXIT_INVALID, EXIT_USAGE = 0, 1, 2
 
@@ -253,7 +254,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--log-level", default="INFO")
     serve.add_argument("--log-json", action="store_true", help="JSON log lines (for log shippers)")
     serve.add_argument(
-        "--loop", choices=("auto", "uvloop", "asyncio"), default="auto",
+        "--loop", choices=eventloop.CHOICES, default="auto",
         help="event loop: uvloop where installed (auto, the default), or asyncio's own",
     )  # fmt: skip
     serve.set_defaults(func=cmd_serve)

@@ -34,10 +34,6 @@ def new_event_loop(kind: str = "auto") -> asyncio.AbstractEventLoop:
     return uvloop.new_event_loop()
 
 
-def name(loop: asyncio.AbstractEventLoop) -> str:
-    return "uvloop" if type(loop).__module__.startswith("uvloop") else "asyncio"
-
-
 def run(main: Coroutine[Any, Any, T], kind: str = "auto") -> T:
     """``asyncio.run`` on the chosen loop."""
     with asyncio.Runner(loop_factory=lambda: new_event_loop(kind)) as runner:
