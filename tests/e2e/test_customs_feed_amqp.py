@@ -7,7 +7,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+
 import aio_pika
+import aiormq
 import pytest
 
 from domain.messages import MessageStatus
@@ -40,17 +42,25 @@ class CustomsQueue:
         try:
             while len(self.received) < count:
                 assert loop.time() < deadline, f"{len(self.received)} of {count} feed messages in {self.name}"
-                with contextlib.suppress(aio_pika.exceptions.ChannelNotFoundEntity):
+                try:
                     queue = await channel.declare_queue(self.name, passive=True)
                     if (message := await queue.get(no_ack=False, fail=False)) is not None:
                         await message.ack()
                         self.received.append(message)
                         continue
-                if channel.is_closed:  # the queue did not exist yet
+                except aio_pika.exceptions.ChannelNotFoundEntity:
+                    pass  # the queue does not exist yet
+                except aiormq.exceptions.ConnectionInternalError:
+                    # A quorum queue just declared (or declared again) has no leader for a moment:
+                    # RabbitMQ answers a get with "noproc" and closes the connection. Ask again.
+                    await self.close()
+                    await self.open()
+                if channel.is_closed:
                     channel = await self._connection.channel()
                 await asyncio.sleep(0.05)
         finally:
-            await channel.close()
+            with contextlib.suppress(Exception):
+                await channel.close()
         return self.received
 
     async def depth(self) -> int:
