@@ -76,6 +76,8 @@ _FROM = etree.XPath("/*/ex:From/text()", namespaces={"ex": EXCHANGE})
 PULL_PATH = "/exchange/v1/hub/pull"
 ACK_PATH = "/exchange/v1/hub/ack"
 TRACK_PATH = "/exchange/v1/hub/track"
+# A held message its member has answered for good: a later answer to it is a repeat.
+_SETTLED = frozenset({MessageStatus.ACKNOWLEDGED, MessageStatus.REJECTED})
 
 # ePhyto Hub tracking statuses.
 PENDING = "PendingDelivery"
@@ -287,12 +289,7 @@ class HubDesk:
         message = await self.store.get_message(req.message_id)
         if req.operation == "fetch":
             message = self._held_for(message, member, req.message_id)
-            if message.status is MessageStatus.SEND_ENQUEUED:
-                message = await self.store.transition(
-                    message.message_id, MessageStatus.SENDING, actor=f"puller:{member}", detail=f"fetched by {member}"
-                )
-            else:
-                await self.store.record_event(message.message_id, actor=f"puller:{member}", detail=f"fetched again by {member}")
+            await self._mark_fetched(message, member)
             return DeskAnswer(200, relayed_envelope(message, hub=self.config.party, security=self.security))
         # track: only the original sender may ask
         if message is None or message.direction is not Direction.OUTBOUND or message.sender != member:
@@ -309,6 +306,18 @@ class HubDesk:
             receiver_answer=message.receipt if status != PENDING else None,
         )
         return DeskAnswer(200, self.security.sign(build_delivery_report(report)))
+
+    async def _mark_fetched(self, message: MessageRecord, member: str) -> None:
+        actor = f"puller:{member}"
+        if message.status is MessageStatus.SEND_ENQUEUED:
+            try:
+                await self.store.transition(message.message_id, MessageStatus.SENDING, actor=actor, detail=f"fetched by {member}")
+                return
+            except EpixError as exc:
+                if exc.code is not ErrorCode.CONFLICT:
+                    raise
+                # A concurrent fetch or acknowledgement moved it first: this one is a fetch again.
+        await self.store.record_event(message.message_id, actor=actor, detail=f"fetched again by {member}")
 
     def _held_for(self, message: MessageRecord | None, member: str, message_id: str) -> MessageRecord:
         # Another member's envelope and an unknown id get the same answer: nothing to see here.
@@ -337,16 +346,31 @@ class HubDesk:
         message = self._held_for(await self.store.get_message(message_id), member, message_id)
         if receipt is not None and receipt.payload_digest != message.payload_digest:
             raise EpixError(ErrorCode.DIGEST_MISMATCH, f"The receipt for {message_id} names another payload digest.")
-        actor = f"puller:{member}"
-        if message.status in (MessageStatus.ACKNOWLEDGED, MessageStatus.REJECTED):
-            return DeskAnswer(204, b"")  # acknowledged before: nothing changes
+        try:
+            settled = await self._settle(message, member, error, body)
+        except EpixError as exc:
+            if exc.code is not ErrorCode.CONFLICT:
+                raise
+            # The member's puller and a retry of it (or a fetch) can race on one message: the
+            # loser re-reads, and a message the winner settled is an acknowledgement repeated.
+            message = await self.store.get_message(message_id)
+            settled = message is not None and message.status not in _SETTLED and await self._settle(message, member, error, body)
+        if settled:
+            log.info("hub.acknowledged", message_id=message_id, member=member, refused=error is not None)
+        return DeskAnswer(204, b"")
+
+    async def _settle(self, message: MessageRecord, member: str, error, body: bytes) -> bool:
+        """Move a held message on by its member's answer; False where there was nothing to change."""
+        message_id, actor = message.message_id, f"puller:{member}"
+        if message.status in _SETTLED:
+            return False  # acknowledged before: nothing changes
         if message.status is MessageStatus.SEND_ENQUEUED:
             message = await self.store.transition(message_id, MessageStatus.SENDING, actor=actor, detail=f"acknowledged by {member} without a fetch")
         if error is not None and error.retryable:
             await self.store.record_event(
                 message_id, actor=actor, detail=f"{member} could not take it yet: {error.message}", error_code=error.code
             )
-            return DeskAnswer(204, b"")
+            return False
         if error is not None:
             await self.store.transition(
                 message_id,
@@ -366,8 +390,7 @@ class HubDesk:
                 receipt=body,  # the member's own signed answer, kept as sent: evidence for the sender
                 increment_attempts=True,
             )
-        log.info("hub.acknowledged", message_id=message_id, member=member, refused=error is not None)
-        return DeskAnswer(204, b"")
+        return True
 
 
 def _report_detail(message: MessageRecord, status: str) -> str:
