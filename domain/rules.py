@@ -29,6 +29,7 @@ from unicodedata import category
 from domain import codes
 from domain.errors import EpixError, ErrorCode
 from domain.model import Party, Permit
+from domain.validity import day_in
 
 
 class Severity(StrEnum):
@@ -309,15 +310,6 @@ def add_months(day: date, months: int) -> date:
     return day.replace(year=year, month=month, day=min(day.day, monthrange(year, month)[1]))
 
 
-def _day_in(moment: datetime, tz) -> date:
-    """The calendar day of ``moment`` in time zone ``tz``; at the edge of years 1 and 9999 the
-    day may not exist, and the first or last one stands for it."""
-    try:
-        return moment.astimezone(tz).date()
-    except OverflowError:
-        return date.max if moment.year > 1 else date.min
-
-
 def _quantity_ok(value: object) -> bool:
     return isinstance(value, (Decimal, int)) and not isinstance(value, bool) and Decimal(value).is_finite()
 
@@ -440,7 +432,7 @@ class _Clock:
             moment += ahead
         except OverflowError:
             pass
-        return _day_in(moment, tz)
+        return day_in(moment, tz)
 
 
 def _dates(permit: Permit, out: list[Problem], clock: _Clock | None) -> None:
@@ -471,7 +463,7 @@ def _dates(permit: Permit, out: list[Problem], clock: _Clock | None) -> None:
                 last_day = add_months(issued_day, months)
             except ValueError:  # after 9999-12-31, where no validity can reach
                 last_day = date.max
-            end_day = _day_in(end, issued.tzinfo)
+            end_day = day_in(end, issued.tzinfo)
             if end_day > last_day:
                 _report(
                     out,

@@ -27,7 +27,7 @@ from adapters.exchange_xml import (
     build_verdict,
 )
 from adapters.permit_json import permit_from_json, read_datetime
-from domain import ledger, rules
+from domain import ledger, rules, validity
 from domain.errors import EpixError, ErrorCode
 from domain.messages import Action, Direction, MessageStatus
 from domain.model import EndorsedLine, Endorsement, Permit
@@ -356,7 +356,7 @@ class CustomsService:
                 f"Permit {issuer}/{number} is {record.status.lower()}; nothing can be written off it.",
                 status=record.status,
             )
-        if not permit.valid_from <= w["date"] <= permit.valid_until:
+        if not validity.within(permit.valid_from, permit.valid_until, w["date"]):
             raise EpixError(
                 ErrorCode.CONFLICT,
                 f"The declaration date {w['date'].date().isoformat()} is outside the permit's validity "
@@ -469,6 +469,13 @@ def parse_write_off(body: Any, token: Token, party: str) -> dict[str, Any]:
         )
     raw_date = body.get("date")
     date = datetime.now(timezone.utc) if raw_date is None else read_datetime(raw_date, "date")
+    if validity.day_in(datetime.now(timezone.utc), date.tzinfo) < date.date():
+        raise EpixError(
+            ErrorCode.JSON_MALFORMED,
+            f"The declaration date {date.date().isoformat()} is still to come where it was made: a write-off records "
+            "goods already declared.",
+            field="date",
+        )
     raw_lines = body.get("lines")
     if not isinstance(raw_lines, list):
         raise EpixError(ErrorCode.JSON_MALFORMED, "lines must be a list like [{\"item\": \"A\", \"quantity\": \"10\"}].")

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
 
+from domain import validity
 from domain.ledger import Balance
 
 
@@ -79,10 +80,11 @@ def judge(f: Facts) -> tuple[Verdict, list[str]]:
         found.append((Verdict.CANCELLED, f"Permit {key} was cancelled by the issuing Management Authority."))
     elif f.status == "REPLACED":
         found.append((Verdict.REPLACED, f"Permit {key} was replaced by {f.replaced_by or 'a later permit'}."))
-    if f.now is not None and f.valid_from is not None and f.now < f.valid_from:
+    # By calendar day in the permit's own offset, as the permit was judged when it was accepted.
+    if f.now is not None and f.valid_from is not None and validity.before_first_day(f.valid_from, f.now):
         found.append((Verdict.NOT_YET_VALID, f"Permit {key} is valid from {f.valid_from.date().isoformat()}."))
-    if f.now is not None and f.valid_until is not None and f.now > f.valid_until:
-        found.append((Verdict.EXPIRED, f"Permit {key} expired on {f.valid_until.date().isoformat()}."))
+    if f.now is not None and f.valid_until is not None and validity.after_last_day(f.valid_until, f.now):
+        found.append((Verdict.EXPIRED, f"Permit {key} expired: its last day of validity was {f.valid_until.date().isoformat()}."))
     exhausted = [b for b in f.balances if b.exhausted]
     if f.balances and len(exhausted) == len(f.balances):
         found.append((Verdict.EXHAUSTED, f"Every line of permit {key} has been written off in full."))

@@ -99,6 +99,32 @@ async def test_cancelled_replaced_expired_not_yet_valid(customs):
     assert status == 409 and "outside the permit's validity" in err["message"]
 
 
+async def test_a_declaration_on_the_first_or_last_day_is_within_the_validity(customs):
+    # Box 2 counts whole days in the permit's own offset (domain.validity): a declaration made on
+    # the morning of the first day, before the time of day the permit happens to carry, or on the
+    # evening of the last day, is within it; the day after the last is not, nor a day to come.
+    zurich = timezone(timedelta(hours=2))
+    first = (datetime.now(zurich) - timedelta(days=10)).replace(hour=15, minute=0, second=0, microsecond=0)
+    last = first + timedelta(days=7)  # 15:00 on its last day, three days ago
+    permit = customs_permit("CH26-100020", issue_date=first - timedelta(hours=1), valid_from=first, valid_until=last)
+    status, answer = await send_as_issuer(customs, permit, receiver="FR", created_at=first + timedelta(hours=1))
+    assert status == 200, answer
+
+    def declared(ref: str, at: datetime) -> dict:
+        return _declaration(ref, {"A": "1"}, date=at.isoformat())
+
+    status, body = await customs.write_off("FR", "CH", permit.number, declared("D-FIRST", first.replace(hour=8)))
+    assert status == 201, body
+    status, body = await customs.write_off("FR", "CH", permit.number, declared("D-LAST", last.replace(hour=23, minute=30)))
+    assert status == 201, body
+    status, err = await customs.write_off("FR", "CH", permit.number, declared("D-AFTER", (last + timedelta(days=1)).replace(hour=0, minute=5)))
+    assert status == 409 and "outside the permit's validity" in err["message"]
+    status, err = await customs.write_off("FR", "CH", permit.number, declared("D-SOON", datetime.now(zurich) + timedelta(days=2)))
+    assert (status, err["code"]) == (400, "JSON_MALFORMED") and "still to come" in err["message"], err
+    _, v = await customs.verify("FR", "CH", permit.number)
+    assert [line["used"] for line in v["permit"]["lines"]][0] == "2"  # the two within, nothing else
+
+
 async def _tamper(customs, party: str, issuer: str, number: str) -> None:
     """Change one byte of the stored signed permit, as a corrupted or doctored database would."""
     store = customs.store(party)

@@ -3,7 +3,7 @@ and every verification verdict with its precedence."""
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, timezone
 from decimal import Decimal
 
 import pytest
@@ -119,6 +119,40 @@ def _facts(**kw):
 def test_every_verdict(facts, verdict):
     got, reasons = judge(facts)
     assert got is verdict and reasons
+
+
+ZURICH = timezone(timedelta(hours=2))
+LAST_DAY_NOON = datetime(2026, 7, 5, 12, 3, 52, tzinfo=ZURICH)  # an EPIX EndDateTime: a time of day
+
+
+@pytest.mark.parametrize(
+    "now, verdict",
+    [
+        (datetime(2026, 7, 5, 12, 3, 53, tzinfo=ZURICH), Verdict.VALID),  # after the time, on the last day
+        (datetime(2026, 7, 5, 21, 59, 59, tzinfo=UTC), Verdict.VALID),  # 23:59:59 in the permit's offset
+        (datetime(2026, 7, 5, 22, 0, 0, tzinfo=UTC), Verdict.EXPIRED),  # the next day there
+        (datetime(2026, 7, 5, 23, 0, 0, tzinfo=timezone(timedelta(hours=-5))), Verdict.EXPIRED),  # 6 July in Zurich
+    ],
+)
+def test_a_permit_is_valid_through_its_last_day_in_its_own_offset(now, verdict):
+    # As the submission rules read Box 2 (domain.validity): the gateway never accepts a permit as
+    # valid today and tells customs the same day that it has expired.
+    got, reasons = judge(_facts(valid_from=LAST_DAY_NOON - timedelta(days=30), valid_until=LAST_DAY_NOON, now=now))
+    assert got is verdict, reasons
+    if verdict is Verdict.EXPIRED:
+        assert "last day of validity was 2026-07-05" in reasons[0]
+
+
+@pytest.mark.parametrize(
+    "now, verdict",
+    [
+        (datetime(2026, 6, 5, 0, 0, 1, tzinfo=ZURICH), Verdict.VALID),  # the first day, before the time on it
+        (datetime(2026, 6, 4, 21, 59, 59, tzinfo=UTC), Verdict.NOT_YET_VALID),  # still 4 June in Zurich
+    ],
+)
+def test_a_permit_is_valid_from_the_start_of_its_first_day(now, verdict):
+    got, _ = judge(_facts(valid_from=datetime(2026, 6, 5, 15, 0, tzinfo=ZURICH), valid_until=LAST_DAY_NOON, now=now))
+    assert got is verdict
 
 
 def test_precedence_and_all_reasons_are_given():
