@@ -115,7 +115,7 @@ def cmd_validate(args) -> int:
 
         permit_schema().validate(parse_xml(data, what="permit"))
     permit = _load_permit(data)
-    problems = validate(permit)
+    problems = validate(permit, **_judged_at(args.at))
     for p in problems:
         print(f"{p.severity.value.lower()}: {p.code} at {p.path}: {p.message}", file=sys.stderr)
     errors = [p for p in problems if p.severity is Severity.ERROR]
@@ -124,6 +124,27 @@ def cmd_validate(args) -> int:
         return EXIT_INVALID
     print(f"valid: permit {permit.issuing_country}/{permit.number} ({len(problems)} warning(s))")
     return EXIT_OK
+
+
+def _judged_at(at: str) -> dict:
+    """``--at``: when the time rules (expired, not yet valid, issued in the future) judge the
+    permit, as ``rules.validate`` takes it: now (as a submission would be), a date, an instant
+    with its offset, or ``none`` for no time rules."""
+    from datetime import date, datetime, timezone
+
+    if at == "now":
+        return {"now": datetime.now(timezone.utc)}
+    if at == "none":
+        return {}
+    try:
+        if len(at) == 10:
+            return {"today": date.fromisoformat(at)}
+        moment = datetime.fromisoformat(at)
+    except ValueError:
+        raise EpixError(ErrorCode.JSON_MALFORMED, f"--at {at!r} is not now, none, a date (2026-07-05) or an instant with its offset.")
+    if moment.utcoffset() is None:
+        raise EpixError(ErrorCode.JSON_MALFORMED, f"--at {at!r} needs its offset (e.g. 2026-07-05T12:00:00+02:00).")
+    return {"now": moment}
 
 
 def cmd_sign(args) -> int:
@@ -233,6 +254,12 @@ def build_parser() -> argparse.ArgumentParser:
     to_json.set_defaults(func=cmd_to_json)
     validate = permit.add_parser("validate", help="check a permit (XML or JSON) against the schema and the CITES rules")
     validate.add_argument("file")
+    validate.add_argument(
+        "--at",
+        default="now",
+        help="judge the time rules (expired, not yet valid) at: now (default, as a submission), a date, "
+        "an instant with offset, or none",
+    )
     validate.set_defaults(func=cmd_validate)
     sign = permit.add_parser("sign", help="add an enveloped XML signature")
     sign.add_argument("file")

@@ -7,6 +7,7 @@ import os
 import random
 import subprocess
 import sys
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -70,6 +71,22 @@ def test_convert_validate_sign_verify_round_trip(workdir):
     ch = d / "ch" / "keys" / "CH"
     ok(epix("permit", "sign", str(d / "permit.xml"), "--key", str(ch / "key.pem"), "--cert", str(ch / "cert.pem"), "-o", str(d / "signed.xml")))
     assert "signed by CH" in ok(epix("permit", "verify", str(d / "signed.xml"), "--cert", str(ch / "cert.pem"))).stdout
+
+
+def test_validate_judges_the_dates_now_unless_told_otherwise(workdir):
+    d = workdir
+    permit = json.loads((d / "permit.json").read_text())
+    until = datetime.fromisoformat(permit["valid_until"])
+    (d / "p.json").write_text(json.dumps(permit))
+    after = (until + timedelta(days=2)).date().isoformat()
+    # Long after its last day it is expired, as a submission then would be refused.
+    result = epix("permit", "validate", str(d / "p.json"), "--at", after)
+    assert result.returncode == 1 and "PERMIT_EXPIRED" in result.stderr
+    ok(epix("permit", "validate", str(d / "p.json"), "--at", until.date().isoformat()))  # its last day
+    ok(epix("permit", "validate", str(d / "p.json"), "--at", "none"))
+    ok(epix("permit", "validate", str(d / "p.json")))  # now: the sample is valid today
+    refused(epix("permit", "validate", str(d / "p.json"), "--at", "2026-07-05T12:00"), "JSON_MALFORMED")
+    refused(epix("permit", "validate", str(d / "p.json"), "--at", "yesterday"), "JSON_MALFORMED")
 
 
 def test_refusals_exit_1_with_code(workdir):
