@@ -185,6 +185,7 @@ class CustomsService:
         self._permits = _Lru(20_000)
         self._signatures = _Lru(20_000)
         self._shipped = _Lru(100_000)
+        self._facts = _Lru(10_000)
         own = TrustStore.of({config.party: load_certificates_pem(security.certificate_pem)})
         self._own_verifier = Verifier(own)
 
@@ -261,11 +262,11 @@ class CustomsService:
         now = datetime.now(timezone.utc)
         found = await self.store.verification_facts(issuer, number)
         check = found.check if found is not None else None
-        facts = CheckFacts.of(check) if check is not None else None  # None too: an older layout
+        facts = self._facts_of(check) if check is not None else None  # None too: an older layout
         held = None
         if found is not None and (facts is None or thorough or self.customs.verify_signature_every_time):
             held, check = await self._check_record(issuer, number, check if facts is not None else None, now)
-            facts = CheckFacts.of(check) if check is not None else None
+            facts = self._facts_of(check) if check is not None else None
         balances: tuple[ledger.Balance, ...] = ()
         signature = risk = None
         if check is None or facts is None:
@@ -299,6 +300,10 @@ class CustomsService:
             )  # fmt: skip
         )
         return result
+
+    def _facts_of(self, check: PermitCheck) -> CheckFacts | None:
+        # Read back by content: the same text always reads the same, so nothing goes stale.
+        return self._facts.get_or((check.facts, check.countries), lambda: CheckFacts.of(check))
 
     async def _check_record(
         self, issuer: str, number: str, stored: PermitCheck | None, now: datetime
