@@ -54,6 +54,13 @@ class Receipt:
 
 
 @dataclass(frozen=True, slots=True)
+class SignalProblem:
+    code: str
+    path: str | None
+    message: str
+
+
+@dataclass(frozen=True, slots=True)
 class ErrorSignal:
     message_id: str | None
     sender: str
@@ -62,6 +69,16 @@ class ErrorSignal:
     message: str
     retryable: bool
     at: datetime
+    problems: tuple[SignalProblem, ...] = ()
+
+    def describe(self, who: str) -> str:
+        """What the sender's history says: the refusal and every problem named in it."""
+        text = f"{who} refused it: {self.code}: {self.message}"
+        if self.problems:
+            text += " Problems: " + "; ".join(
+                f"{p.code}{f' at {p.path}' if p.path else ''}: {p.message}" for p in self.problems
+            )
+        return text
 
 
 @dataclass(frozen=True, slots=True)
@@ -188,6 +205,9 @@ def build_receipt(r: Receipt) -> etree._Element:
     )
 
 
+MAX_PROBLEMS = 64  # as the schema allows
+
+
 def build_error(err: ErrorSignal) -> etree._Element:
     children = []
     if err.message_id:
@@ -195,13 +215,23 @@ def build_error(err: ErrorSignal) -> etree._Element:
     children.append(E.From(err.sender))
     if err.receiver:
         children.append(E.To(err.receiver))
-    children += [
-        E.Code(err.code),
-        E.Message(err.message),
-        E.Retryable("true" if err.retryable else "false"),
-        E.At(_iso(err.at)),
-    ]
+    children += [E.Code(err.code), E.Message(err.message)]
+    for p in err.problems[:MAX_PROBLEMS]:
+        children.append(E.Problem(p.message, code=p.code, **({"path": p.path} if p.path else {})))
+    children += [E.Retryable("true" if err.retryable else "false"), E.At(_iso(err.at))]
     return E.Error(*children)
+
+
+def signal_problems(problems: object) -> tuple[SignalProblem, ...]:
+    """An EpixError's ``problems`` context (dicts with code, path, message) as the schema bounds them."""
+    if not isinstance(problems, (list, tuple)):
+        return ()
+    out = []
+    for p in problems[:MAX_PROBLEMS]:
+        if isinstance(p, dict) and p.get("code") and p.get("message"):
+            path = str(p.get("path") or "")[:256] or None
+            out.append(SignalProblem(str(p["code"])[:64], path, str(p["message"])[:512]))
+    return tuple(out)
 
 
 def build_cancellation(c: Cancellation) -> etree._Element:
@@ -365,6 +395,10 @@ def read_receipt(root: etree._Element) -> Receipt:
 def read_error(root: etree._Element) -> ErrorSignal:
     if root.tag != _Q + "Error":
         raise EpixError(ErrorCode.RECEIPT_INVALID, f"Expected an Error, found {etree.QName(root).localname}.")
+    try:
+        _check_schema(root, "error signal")  # bounds what a partner can make us record (64 problems)
+    except EpixError as exc:
+        raise EpixError(ErrorCode.RECEIPT_INVALID, exc.detail) from None
     what = "error signal"
     return ErrorSignal(
         message_id=_text(root, "MessageId", what, required=False),
@@ -374,6 +408,9 @@ def read_error(root: etree._Element) -> ErrorSignal:
         message=_text(root, "Message", what),
         retryable=_text(root, "Retryable", what) == "true",
         at=_when(root, "At", what),
+        problems=tuple(
+            SignalProblem(p.get("code", ""), p.get("path"), (p.text or "").strip()) for p in root.iterfind(_Q + "Problem")
+        ),
     )
 
 

@@ -208,8 +208,4 @@ class DeliveryWorker:
             except EpixError:
                 pass
             return _Outcome(ErrorCode.PARTNER_REJECTED, f"HTTP {status} from {signer} ({snippet})", retryable=status in (408, 409))
-        return _Outcome(
-            signal.code,
-            f"{signer} refused it: {signal.code}: {signal.message}",
-            retryable=signal.retryable,
-        )
+        return _Outcome(signal.code, signal.describe(signer), retryable=signal.retryable)

@@ -376,7 +376,7 @@ class HubDesk:
                 message_id,
                 MessageStatus.REJECTED,
                 actor=actor,
-                detail=f"{member} refused it: {error.code}: {error.message}",
+                detail=error.describe(member),
                 error_code=error.code,
                 receipt=body,  # the member's own signed answer, kept as sent: evidence for the sender
                 increment_attempts=True,
@@ -545,7 +545,7 @@ class TrackingPoller:
                 signal = read_error(root)
                 if signal.message_id != message.message_id:
                     raise EpixError(ErrorCode.RECEIPT_INVALID, "the error signal names another message")
-                return NOT_READABLE, f"{message.receiver} refused it: {signal.code}: {signal.message}"
+                return NOT_READABLE, signal.describe(message.receiver)
             receipt = read_receipt(root)
             if receipt.message_id != message.message_id or receipt.payload_digest != message.payload_digest:
                 raise EpixError(ErrorCode.RECEIPT_INVALID, "the receipt names another message or payload")

@@ -25,6 +25,7 @@ from adapters.exchange_xml import (
     read_cancellation,
     read_envelope,
     receipt_xml,
+    signal_problems,
 )
 from adapters.ns import EXCHANGE
 from adapters.permit_json import permit_to_json
@@ -241,5 +242,6 @@ class InboundService:
             message=exc.detail[:512],
             retryable=exc.code.retryable,
             at=datetime.now(timezone.utc),
+            problems=signal_problems(exc.context.get("problems")),
         )
         return self.security.sign(build_error(signal))

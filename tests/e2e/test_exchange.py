@@ -5,6 +5,7 @@ from __future__ import annotations
 import random
 import uuid
 from datetime import datetime, timedelta, timezone
+from decimal import Decimal
 
 import pytest
 
@@ -330,10 +331,13 @@ async def test_a_permit_that_expired_in_transit_is_received_but_one_sent_expired
     status, view = await cluster.get("FR", f"/v1/permits/CH/{lapsed.number}")
     assert status == 200 and view["direction"] == "inbound" and view["status"] == "VALID"
 
-    late = replace(lapsed, number="CH26-LATE01")
+    # Sent expired, and with a line of no quantity: the signed error names both problems.
+    late = replace(lapsed, number="CH26-LATE01", items=(replace(lapsed.items[0], quantity=Decimal(0)), *lapsed.items[1:]))
     status, answer = await send_as_issuer(cluster, late, receiver="FR", created_at=now - timedelta(days=19))
     error = read_error(cluster.security("CH").verify(answer, "FR").signed_root)
     assert status == 422 and error.code == "PERMIT_INVALID" and "the permit has expired" in error.message, error
+    assert {(p.code, p.path) for p in error.problems} == {("PERMIT_EXPIRED", "valid_until"), ("QUANTITY_NOT_POSITIVE", "items[0].quantity")}
+    assert "QUANTITY_NOT_POSITIVE at items[0].quantity" in error.describe("FR")
     await _nothing_held(cluster, late.number)
 
 

@@ -21,14 +21,19 @@ from lxml import etree
 
 from adapters.exchange_xml import (
     canonical_form,
+    ErrorSignal,
     Receipt,
+    SignalProblem,
     build_envelope,
+    build_error,
     build_receipt,
     envelope_xml,
     exchange_schema,
     read_envelope,
+    read_error,
     read_receipt,
     receipt_xml,
+    signal_problems,
 )
 from adapters.ns import EXCHANGE
 from adapters.xmlparse import parse_xml
@@ -286,3 +291,50 @@ def test_bytes_over_the_verifiers_limit_are_refused_whatever_tree_comes_with_the
     with pytest.raises(EpixError) as err:
         small.verify(signed, "CH", parsed=parse_xml(signed))
     assert err.value.code is ErrorCode.XML_TOO_LARGE
+
+
+# --- error signals ---------------------------------------------------------------------------------
+
+
+def _signal(problems=()) -> ErrorSignal:
+    return ErrorSignal(
+        "m-1", "FR", "CH", "PERMIT_INVALID", "The permit breaks 2 rule(s): it expired.", False,
+        datetime(2026, 11, 30, 12, tzinfo=timezone.utc), problems,
+    )  # fmt: skip
+
+
+def test_an_error_signal_carries_every_problem_and_reads_back_the_same():
+    problems = signal_problems(
+        [
+            {"code": "PERMIT_EXPIRED", "path": "valid_until", "message": "Box 2: the permit has expired."},
+            {"code": "QUANTITY_NOT_POSITIVE", "path": "items[0].quantity", "message": "Item A: no quantity."},
+            {"code": "NO_PATH", "message": "A problem with no path."},
+            "not a problem",
+        ]
+    )
+    assert [p.code for p in problems] == ["PERMIT_EXPIRED", "QUANTITY_NOT_POSITIVE", "NO_PATH"]
+    root = build_error(_signal(problems))
+    exchange_schema().assertValid(root)
+    back = read_error(parse_xml(etree.tostring(root)).getroot())
+    assert back == _signal(problems)
+    assert back.describe("FR") == (
+        "FR refused it: PERMIT_INVALID: The permit breaks 2 rule(s): it expired. Problems: "
+        "PERMIT_EXPIRED at valid_until: Box 2: the permit has expired.; "
+        "QUANTITY_NOT_POSITIVE at items[0].quantity: Item A: no quantity.; NO_PATH: A problem with no path."
+    )
+    assert read_error(build_error(_signal())).describe("FR") == "FR refused it: PERMIT_INVALID: The permit breaks 2 rule(s): it expired."
+
+
+def test_a_partner_cannot_make_us_record_more_than_the_schema_allows():
+    many = tuple(SignalProblem("X", None, "again") for _ in range(200))
+    assert len(build_error(_signal(many)).findall(f"{{{EXCHANGE}}}Problem")) == 64  # we never send more
+    root = build_error(_signal(many[:64]))
+    index = list(root).index(root.find(f"{{{EXCHANGE}}}Retryable"))
+    for _ in range(10):  # a partner's own document with 74
+        extra = etree.SubElement(root, f"{{{EXCHANGE}}}Problem", code="X")
+        extra.text = "again"
+        root.remove(extra)
+        root.insert(index, extra)
+    with pytest.raises(EpixError) as info:
+        read_error(root)
+    assert info.value.code is ErrorCode.RECEIPT_INVALID
