@@ -26,6 +26,7 @@ from gateway.store.base import MessageRecord, Store
 from .base import Deliver, DeliveryQueue
 
 log = get_logger("epix.queue")
+HANDOVER_WAIT_S = 5.0  # how long a stop waits for accepts storing messages it reserved slots for
 
 
 class EmbeddedQueue(DeliveryQueue):
@@ -42,6 +43,7 @@ class EmbeddedQueue(DeliveryQueue):
         self._backlog = False  # the last claim was full: more messages are probably due
         self._reserved = 0  # slots promised to messages being stored already claimed
         self._deliver: Deliver | None = None  # set while run() feeds the sender
+        self._handed = asyncio.Event()  # set when no reserved slot waits for its hand-over
 
     def notify(self) -> None:
         self._wake.set()
@@ -60,6 +62,11 @@ class EmbeddedQueue(DeliveryQueue):
                 task.cancel()
             if self._inflight:
                 await asyncio.gather(*self._inflight, return_exceptions=True)
+            if self._reserved:
+                # Accepts still storing messages claimed for us: wait (briefly) for them, so that
+                # what they store is handed back below instead of waiting out its lease.
+                self._handed.clear()
+                await tasks.nap(self._handed, HANDOVER_WAIT_S)
             await self._release_unfinished()
 
     def _free(self) -> int:
@@ -74,7 +81,10 @@ class EmbeddedQueue(DeliveryQueue):
 
     def hand_over(self, messages: Sequence[MessageRecord], reserved: int) -> None:
         self._reserved -= reserved
-        if self._deliver is None:  # stopping: their leases run out and a restart sends them
+        if self._deliver is None:  # stopping: run() hands them back with the rest it holds
+            self._held.update(m.message_id for m in messages[:reserved])
+            if self._reserved == 0:
+                self._handed.set()
             return
         for message in messages[:reserved]:
             self._start(self._deliver, message)

@@ -163,3 +163,32 @@ async def test_a_graceful_stop_hands_back_a_message_taken_at_accept(harness):
 
     [held] = await harness.wait([message_id], {MessageStatus.ACKNOWLEDGED}, timeout=15)
     assert len(harness.worker.sent[message_id]) == 1
+
+
+async def test_a_message_taken_at_accept_while_the_sender_stops_is_handed_back_not_left_to_its_lease(embedded):
+    harness = embedded
+    await harness.start()
+    await asyncio.sleep(0.05)  # the queue's loop runs and can take hand-overs
+    store, gate = harness.store, asyncio.Event()
+
+    async def accept_outbound(permit, messages, *, actor, claim):
+        assert claim is not None  # the sender took it
+        await gate.wait()  # the accepting transaction is still on its way when the stop begins
+        return await store.accept_outbound(permit, messages, actor=actor, claim=claim)
+
+    store_accept = store.accept_outbound
+    store.accept_outbound = accept_outbound
+    accepting = asyncio.create_task(harness.accept(hand_over=True))
+    await asyncio.sleep(0.05)
+    stopping = asyncio.create_task(harness.stop())
+    await asyncio.sleep(0.05)
+    assert not stopping.done()  # the stop waits for the accept to store what it took
+    store.accept_outbound = store_accept
+    gate.set()
+    [message_id] = await accepting
+    await stopping
+
+    held = await store.get_message(message_id)
+    # Released at once (the lease is 60 s): a restart, or another instance, sends it now.
+    assert held.status is MessageStatus.SEND_ENQUEUED and held.lease_until is None, held
+    assert (await store.message_events(message_id))[-1].detail == "sender stopped; released for another attempt"
