@@ -16,8 +16,10 @@ from domain.messages import Direction, MessageStatus
 from gateway.store import Store
 from gateway.store.base import DeliveryReportRecord
 from gateway.store import ledger as lq
+from gateway.store import schema as q
 from gateway.store.ledger import VerificationRecord
 from gateway.store.postgres import PostgresStore
+from gateway.store.sqlite import SqliteStore
 from gateway.store.retention import RETENTION_ACTOR, Cutoffs, PurgeCounts
 from gateway.store.schema import FINAL_DELIVERY_STATUSES
 from tests.integration.records import T0, accept, message, permit, refused
@@ -177,6 +179,56 @@ async def test_the_history_stays_append_only_outside_a_retention_run(backend, cl
         await refused("TRUNCATE message_events")
     assert [e.actor for e in await store.message_events(final)] == ["ma-system", "sender", "sender", RETENTION_ACTOR]
     assert len(await store.message_events(waiting)) == 1
+
+
+async def test_an_insert_over_a_held_event_is_refused_whatever_its_conflict_clause(backend, clock):
+    """SQLite's REPLACE deletes the row in its way without firing delete triggers (unless a
+    connection turned recursive_triggers on), so the delete trigger alone would let it rewrite an
+    event; an upsert goes through the update trigger instead. Each is refused, even while a run
+    is purging, and the event stays as it was written."""
+    store = await backend()
+    final = await _outbound(store, "P-ACK", MessageStatus.SENDING, MessageStatus.ACKNOWLEDGED)
+    clock.advance(400 * DAY)
+    await store.purge(Cutoffs(payloads=clock() - timedelta(days=30)), actor="test")  # a run exists, and is over
+    before = await store.message_events(final)
+    forged = f"({q.EVENT_COLUMNS}) VALUES ('{final}', 1, '2026-11-23T14:00:00.000000+00:00', 'ACKNOWLEDGED', 'forger', 'rewritten', NULL)"
+    purging = ["UPDATE retention_runs SET purging = 1, message_cutoff = '2100-01-01T00:00:00.000000+00:00'"]
+    upsert = f"INSERT INTO message_events {forged} ON CONFLICT (message_id, seq) DO UPDATE SET actor = 'forger'"
+
+    statements = [upsert]
+    if backend.kind == "sqlite":
+        statements += [f"INSERT OR REPLACE INTO message_events {forged}", f"REPLACE INTO message_events {forged}"]
+    for statement in statements:
+        await refused(store, statement)
+        await refused(store, statement, first=purging)  # a run that may delete this history may not rewrite it
+    if backend.kind == "sqlite":
+        await refused(store, f"INSERT OR REPLACE INTO message_events {forged}", first=["PRAGMA recursive_triggers = ON"])
+
+    assert await store.message_events(final) == before
+    assert [e.actor for e in before] == ["ma-system", "sender", "sender", RETENTION_ACTOR]
+    # What the store itself appends still goes in.
+    await store.record_event(final, actor="operator", detail="looked at")
+    assert (await store.message_events(final))[:-1] == before
+
+
+async def test_every_append_only_table_refuses_an_insert_over_a_held_row(tmp_path):
+    """On SQLite a table kept by BEFORE UPDATE/DELETE triggers needs a BEFORE INSERT one as well,
+    or INSERT OR REPLACE rewrites it: the schema keeps the two together for every such table."""
+    store = SqliteStore(tmp_path / "epix.sqlite3")
+    await store.open()
+    await store.close()
+    conn = sqlite3.connect(tmp_path / "epix.sqlite3")
+    try:
+        triggers = conn.execute("SELECT tbl_name, sql FROM sqlite_master WHERE type = 'trigger'").fetchall()
+    finally:
+        conn.close()
+
+    def kept_by(table: str, event: str) -> bool:
+        return any(t == table and f"BEFORE {event} ON" in " ".join(sql.split()) and "RAISE(" in sql for t, sql in triggers)
+
+    append_only = {t for t, _ in triggers if kept_by(t, "DELETE")}
+    assert append_only >= {"message_events", "verifications", "write_offs", "permit_balances"}
+    assert {t for t in append_only if not kept_by(t, "INSERT")} == set()
 
 
 async def test_a_dry_run_counts_what_a_run_would_remove_and_changes_nothing(store, clock):
