@@ -19,7 +19,7 @@ from domain.messages import Action, Direction, MessageStatus
 
 from .base import Claim, MessageEvent, MessageRecord, PermitRecord, sources_of
 from .ledger import AUDIT_TRIGGERS, CHECKS_DDL, CHECKS_TRIGGERS, FEED_DDL, FEED_TRIGGERS, LEDGER_DDL
-from .retention import RETENTION_DDL, RETENTION_TRIGGERS
+from .retention import KEPT_FOR_FEED_DDL, RETENTION_DDL, RETENTION_TRIGGERS
 
 
 @dataclass(frozen=True, slots=True)
@@ -230,6 +230,9 @@ _DIALECT_EXTRAS["sqlite"][9] = (
     """,
 )
 MIGRATIONS += (Migration(9, "events: an insert over a held event refused (SQLite REPLACE)", ()),)
+
+# Retention keeps what the customs feed has yet to hand over; each run records how much (retention.py).
+MIGRATIONS += (Migration(10, "retention: runs record what they kept for the customs feed", KEPT_FOR_FEED_DDL),)
 
 MIGRATIONS_TABLE = """
     CREATE TABLE IF NOT EXISTS schema_migrations (
