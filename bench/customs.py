@@ -300,7 +300,7 @@ async def _clear_audit(db: Path) -> None:
     await store.open()  # also applies migrations added since the store was built
     try:
         policy = RetentionConfig(verification_days=1, batch=5000)
-        await purge(store, policy, actor="bench", now=datetime.now(timezone.utc) + timedelta(days=2))
+        await purge(store, policy, actor="bench", customs=None, now=datetime.now(timezone.utc) + timedelta(days=2))
     finally:
         await store.close()
 

@@ -112,7 +112,7 @@ async def _retention(app: web.Application) -> AsyncIterator[None]:
     from gateway.retention import RetentionWorker
 
     config = app[appkeys.CONFIG]
-    worker = RetentionWorker(config.retention, app[appkeys.STORE], party=config.party)
+    worker = RetentionWorker(config.retention, app[appkeys.STORE], party=config.party, customs=config.customs)
     background = tasks.start([(f"retention-{config.party}", worker.run())])
     try:
         yield

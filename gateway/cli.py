@@ -212,7 +212,7 @@ def cmd_purge(args) -> int:
     async def run():
         store = await open_store(config.store_url, config.data_dir)
         try:
-            return await purge(store, config.retention, actor="epix purge", dry_run=args.dry_run)
+            return await purge(store, config.retention, actor="epix purge", customs=config.customs, dry_run=args.dry_run)
         finally:
             await store.close()
 

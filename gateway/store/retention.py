@@ -6,13 +6,17 @@ Each category goes only when the operator's policy gives it a cutoff:
   with its digest, its receipt (a partner re-sending the id gets the very same receipt, and the
   sender can still fetch a lost one) and its history, which records the removal as an event.
 * **messages** — final messages, with their history, their hub delivery report and their
-  customs-feed mark (or their place in the feed's queue).
+  customs-feed mark.
 * **idempotency keys** and customs **verification** audit rows.
 
 "Final" is the domain's (ACKNOWLEDGED, REJECTED, DELIVERED) and, for a message sent through a hub,
 a final delivery report as well: until the hub says where it went the sender is still waiting.
 Age counts from ``updated_at``, the last change of status: a message that waited a month before a
-partner acknowledged it is kept as long after that as any other. Permit records (the legal
+partner acknowledged it is kept as long after that as any other. A final message still waiting in
+the customs pre-arrival feed's queue (migration 8) is kept whole, payload and history, until the
+feed has handed it over (``FeedHold``): a feed down for longer than the retention period would
+otherwise lose customs the permit for good. A run counts and records what it kept back for that
+reason (``kept_for_feed``); it goes in the first run after customs has it. Permit records (the legal
 record), the write-off ledger and balances are never touched: their lifetime is not this policy's.
 
 The event history stays append-only (migration 6): an UPDATE is always refused, and a DELETE is
@@ -31,7 +35,7 @@ import asyncio
 from abc import ABC, abstractmethod
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, fields
-from datetime import datetime
+from datetime import datetime, timezone
 from enum import StrEnum
 from typing import Any
 
@@ -68,6 +72,32 @@ class Cutoffs:
         return any(self.of(c) is not None for c in Category)
 
 
+# Earlier than any message: the floor when the feed hands over everything in its queue.
+_EVERY_QUEUED = datetime(1, 1, 1, tzinfo=timezone.utc)
+
+
+@dataclass(frozen=True, slots=True)
+class FeedHold:
+    """What a run keeps for the customs pre-arrival feed: every final message in its queue that it
+    will still hand over, i.e. received at or after ``since`` (customs.feed_since; None: all of
+    them). ``feeding`` False (NO_FEED): the gateway has no feed, its queue is nobody's work, and
+    nothing is kept for it. The default keeps everything queued: a caller that does not say cannot
+    purge what customs is owed."""
+
+    feeding: bool = True
+    since: datetime | None = None
+
+    @property
+    def floor(self) -> datetime | None:
+        """The statements' parameter: queued messages received at or after it are kept (None: none)."""
+        if not self.feeding:
+            return None
+        return _EVERY_QUEUED if self.since is None else self.since
+
+
+NO_FEED = FeedHold(feeding=False)
+
+
 @dataclass(frozen=True, slots=True)
 class PurgeCounts:
     messages: int = 0
@@ -97,6 +127,9 @@ class PurgeRun:
     batches: int
     error: str | None = None
     dry_run: bool = False
+    # Final messages past a cutoff (whole, or their payload) kept because the customs feed has not
+    # handed them over yet (FeedHold), as the run found them when it finished.
+    kept_for_feed: int = 0
 
 
 class Retention(ABC):
@@ -105,12 +138,19 @@ class Retention(ABC):
 
     @abstractmethod
     async def purge(
-        self, cutoffs: Cutoffs, *, actor: str, batch: int = 200, pause_s: float = 0.05, dry_run: bool = False
+        self,
+        cutoffs: Cutoffs,
+        *,
+        actor: str,
+        batch: int = 200,
+        pause_s: float = 0.05,
+        dry_run: bool = False,
+        feed: FeedHold = FeedHold(),
     ) -> PurgeRun:
-        """Remove what is past its cutoff, ``batch`` rows per transaction with a pause between
-        them (the writer is never held for long), and record the run. ``dry_run`` counts what
-        would go and changes nothing. On PostgreSQL a second run while one is going raises
-        CONFLICT."""
+        """Remove what is past its cutoff, but what ``feed`` keeps for customs, ``batch`` rows per
+        transaction with a pause between them (the writer is never held for long), and record the
+        run. ``dry_run`` counts what would go and changes nothing. On PostgreSQL a second run
+        while one is going raises CONFLICT."""
 
     @abstractmethod
     async def purge_runs(self, *, limit: int = 20) -> list[PurgeRun]:
@@ -191,21 +231,40 @@ RETENTION_TRIGGERS = {
     ),
 }
 
+# --- schema: migration 10 -------------------------------------------------------------------------
+
+KEPT_FOR_FEED_DDL = ("ALTER TABLE retention_runs ADD COLUMN kept_for_feed INTEGER NOT NULL DEFAULT 0",)
+
 # --- statements (PostgreSQL placeholders; SQLite reads them through schema.for_sqlite) ----------
 
 # A message is settled when it is final and, if it went through a hub, the hub reported its end.
 _SETTLED = f"""m.status IN ({_FINAL}) AND (m.via IS NULL OR EXISTS (
         SELECT 1 FROM delivery_reports d WHERE d.message_id = m.message_id AND d.status IN ({_HUB_FINAL})))"""
+
+
+def _for_feed(floor: str) -> str:
+    """Still owed to customs: in the feed's queue (a row goes when the feed marks it sent), received
+    at or after ``floor`` (a placeholder holding FeedHold.floor; NULL matches nothing)."""
+    return f"EXISTS (SELECT 1 FROM customs_feed_queue f WHERE f.message_id = m.message_id AND f.created_at >= {floor})"
+
+
 # updated_at >= created_at, so the created_at term only lets the (status, created_at) index serve.
-MESSAGES_DUE = f"{_SETTLED} AND m.created_at < $1 AND m.updated_at < $1"
+def _messages_due(floor: str) -> str:
+    return f"{_SETTLED} AND m.created_at < $1 AND m.updated_at < $1 AND NOT {_for_feed(floor)}"
+
+
 # The terms of messages_payload_held's WHERE appear as they are written there, so that the index
 # may serve. SQLite still prefers the (status, created_at) index, which walks every message whose
 # payload is gone: ``{indexed}`` is its ``INDEXED BY messages_payload_held`` (PostgreSQL: empty).
-PAYLOADS_DUE = f"m.payload IS NOT NULL AND m.status IN ({_FINAL}) AND m.updated_at < $1 AND {_SETTLED}"
+def _payloads_due(floor: str) -> str:
+    return f"m.payload IS NOT NULL AND m.status IN ({_FINAL}) AND m.updated_at < $1 AND {_SETTLED} AND NOT {_for_feed(floor)}"
+
+
 SQLITE_PAYLOADS_INDEX = " INDEXED BY messages_payload_held"
 
-SELECT_MESSAGES_DUE = f"SELECT m.message_id FROM messages m WHERE {MESSAGES_DUE} LIMIT $2"
-SELECT_PAYLOADS_DUE = f"SELECT m.message_id FROM messages m{{indexed}} WHERE {PAYLOADS_DUE} ORDER BY m.updated_at LIMIT $2"
+# $1 the cutoff, $2 the batch, $3 the feed's floor.
+SELECT_MESSAGES_DUE = f"SELECT m.message_id FROM messages m WHERE {_messages_due('$3')} LIMIT $2"
+SELECT_PAYLOADS_DUE = f"SELECT m.message_id FROM messages m{{indexed}} WHERE {_payloads_due('$3')} ORDER BY m.updated_at LIMIT $2"
 DELETE_IDEMPOTENCY_DUE = """
     DELETE FROM idempotency_keys WHERE (principal, idem_key) IN (
         SELECT principal, idem_key FROM idempotency_keys WHERE created_at < $1 ORDER BY created_at LIMIT $2)
@@ -214,11 +273,20 @@ DELETE_VERIFICATIONS_DUE = """
     DELETE FROM verifications WHERE id IN (SELECT id FROM verifications WHERE at < $1 ORDER BY at LIMIT $2)
 """
 
-COUNT_MESSAGES_DUE = f"SELECT COUNT(*) FROM messages m WHERE {MESSAGES_DUE}"
-COUNT_EVENTS_DUE = f"SELECT COUNT(*) FROM message_events e JOIN messages m ON m.message_id = e.message_id WHERE {MESSAGES_DUE}"
-COUNT_PAYLOADS_DUE = f"SELECT COUNT(*) FROM messages m{{indexed}} WHERE {PAYLOADS_DUE}"
-# A dry run with a message cutoff: the payloads of messages that go whole are not counted twice.
-COUNT_PAYLOADS_KEPT_ROWS_DUE = COUNT_PAYLOADS_DUE + " AND m.updated_at >= $2"
+# $1 the cutoff, $2 the feed's floor.
+COUNT_MESSAGES_DUE = f"SELECT COUNT(*) FROM messages m WHERE {_messages_due('$2')}"
+COUNT_EVENTS_DUE = f"SELECT COUNT(*) FROM message_events e JOIN messages m ON m.message_id = e.message_id WHERE {_messages_due('$2')}"
+COUNT_PAYLOADS_DUE = f"SELECT COUNT(*) FROM messages m{{indexed}} WHERE {_payloads_due('$2')}"
+# A dry run with a message cutoff ($3): the payloads of messages that go whole are not counted twice.
+COUNT_PAYLOADS_KEPT_ROWS_DUE = COUNT_PAYLOADS_DUE + " AND m.updated_at >= $3"
+# What a run kept for the feed: due whole ($1, the message cutoff) or for its payload ($2), each
+# message once; a NULL cutoff matches nothing. Walked from the queue, which holds only what customs
+# is still owed (usually nothing), not from messages. $3 the feed's floor.
+COUNT_KEPT_FOR_FEED = f"""
+    SELECT COUNT(*) FROM customs_feed_queue f JOIN messages m ON m.message_id = f.message_id
+    WHERE f.created_at >= $3 AND {_SETTLED}
+      AND ((m.created_at < $1 AND m.updated_at < $1) OR (m.payload IS NOT NULL AND m.updated_at < $2))
+"""
 COUNT_IDEMPOTENCY_DUE = "SELECT COUNT(*) FROM idempotency_keys WHERE created_at < $1"
 COUNT_VERIFICATIONS_DUE = "SELECT COUNT(*) FROM verifications WHERE at < $1"
 
@@ -235,10 +303,10 @@ END_BATCH = """
         payloads = payloads + $4, idempotency_keys = idempotency_keys + $5, verifications = verifications + $6
     WHERE run_id = $1
 """
-FINISH_RUN = "UPDATE retention_runs SET finished_at = $2, error = $3 WHERE run_id = $1"
+FINISH_RUN = "UPDATE retention_runs SET finished_at = $2, error = $3, kept_for_feed = $4 WHERE run_id = $1"
 RUN_COLUMNS = (
     "run_id, actor, started_at, finished_at, error, message_cutoff, payload_cutoff, idempotency_cutoff, "
-    "verification_cutoff, messages, events, payloads, idempotency_keys, verifications, batches"
+    "verification_cutoff, messages, events, payloads, idempotency_keys, verifications, batches, kept_for_feed"
 )
 SELECT_RUNS = f"SELECT {RUN_COLUMNS} FROM retention_runs ORDER BY run_id DESC LIMIT $1"
 SELECT_RUN = f"SELECT {RUN_COLUMNS} FROM retention_runs WHERE run_id = $1"
@@ -253,7 +321,7 @@ def run_from_row(r: Any, ts: Callable[[Any], datetime | None]) -> PurgeRun:
         run_id=r[0], actor=r[1], started_at=ts(r[2]), finished_at=ts(r[3]), error=r[4],
         cutoffs=Cutoffs(messages=ts(r[5]), payloads=ts(r[6]), idempotency_keys=ts(r[7]), verifications=ts(r[8])),
         counts=PurgeCounts(messages=r[9], events=r[10], payloads=r[11], idempotency_keys=r[12], verifications=r[13]),
-        batches=r[14],
+        batches=r[14], kept_for_feed=r[15],
     )  # fmt: skip
 
 

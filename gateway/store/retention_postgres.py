@@ -15,7 +15,7 @@ from domain.errors import EpixError, ErrorCode
 from . import retention as rq
 from . import schema as q
 from .base import as_utc
-from .retention import RETENTION_ACTOR, Category, Cutoffs, PurgeCounts, PurgeRun, Retention, check_batch
+from .retention import RETENTION_ACTOR, Category, Cutoffs, FeedHold, PurgeCounts, PurgeRun, Retention, check_batch
 
 _LOCK = "SELECT pg_try_advisory_lock(hashtext('epix-retention:' || current_schema()))"
 _UNLOCK = "SELECT pg_advisory_unlock(hashtext('epix-retention:' || current_schema()))"
@@ -29,7 +29,7 @@ _DROP_PAYLOADS = f"""
         RETURNING messages.message_id, messages.last_seq, messages.status
     )
     INSERT INTO message_events ({q.EVENT_COLUMNS})
-    SELECT message_id, last_seq, $3::timestamptz, status, '{RETENTION_ACTOR}', $4::text, NULL FROM dropped
+    SELECT message_id, last_seq, $4::timestamptz, status, '{RETENTION_ACTOR}', $5::text, NULL FROM dropped
 """
 
 
@@ -43,12 +43,23 @@ def _affected(status: str) -> int:
 
 class PostgresRetention(Retention):
     async def purge(
-        self, cutoffs: Cutoffs, *, actor: str, batch: int = 200, pause_s: float = 0.05, dry_run: bool = False
+        self,
+        cutoffs: Cutoffs,
+        *,
+        actor: str,
+        batch: int = 200,
+        pause_s: float = 0.05,
+        dry_run: bool = False,
+        feed: FeedHold = FeedHold(),
     ) -> PurgeRun:
         check_batch(batch)
         started = as_utc(self._clock())
+        floor = _ts(feed.floor)
         if dry_run:
-            return PurgeRun(None, actor, started, None, cutoffs, await self._count_due(cutoffs), 0, dry_run=True)
+            async with self.pool.acquire() as conn:
+                counts = await _count_due(conn, cutoffs, floor)
+                kept = await _kept_for_feed(conn, cutoffs, floor)
+            return PurgeRun(None, actor, started, None, cutoffs, counts, 0, dry_run=True, kept_for_feed=kept)
         async with self.pool.acquire() as conn:
             if not await conn.fetchval(_LOCK):
                 raise EpixError(
@@ -60,7 +71,7 @@ class PostgresRetention(Retention):
 
                 async def one_batch(category: Category, cutoff: datetime) -> PurgeCounts:
                     async with conn.transaction():
-                        counts = await self._retention_batch(conn, run_id, category, as_utc(cutoff), batch)
+                        counts = await self._retention_batch(conn, run_id, category, as_utc(cutoff), batch, floor)
                         await conn.execute(rq.END_BATCH, *rq.batch_values(run_id, counts))
                     return counts
 
@@ -69,9 +80,10 @@ class PostgresRetention(Retention):
                 except Exception as exc:
                     # Best effort: the error to report is the one that stopped the run, not this one.
                     with contextlib.suppress(asyncpg.PostgresError, asyncpg.InterfaceError, OSError):
-                        await conn.execute(rq.FINISH_RUN, run_id, as_utc(self._clock()), str(exc)[:500])
+                        await conn.execute(rq.FINISH_RUN, run_id, as_utc(self._clock()), str(exc)[:500], 0)
                     raise
-                await conn.execute(rq.FINISH_RUN, run_id, as_utc(self._clock()), None)
+                kept = await _kept_for_feed(conn, cutoffs, floor)
+                await conn.execute(rq.FINISH_RUN, run_id, as_utc(self._clock()), None, kept)
                 return rq.run_from_row(await conn.fetchrow(rq.SELECT_RUN, run_id), _ts)
             finally:
                 # Also released when the pool resets the connection; said here so it is not a surprise.
@@ -82,42 +94,50 @@ class PostgresRetention(Retention):
         return [rq.run_from_row(r, _ts) for r in await self.pool.fetch(rq.SELECT_RUNS, limit)]
 
     async def _retention_batch(
-        self, conn: asyncpg.Connection, run_id: int, category: Category, cutoff: datetime, limit: int
-    ) -> PurgeCounts:
+        self, conn: asyncpg.Connection, run_id: int, category: Category, cutoff: datetime, limit: int,
+        floor: datetime | None,
+    ) -> PurgeCounts:  # fmt: skip
         if category is Category.MESSAGES:
             # Set here and cleared by END_BATCH in the same transaction (or undone with it).
             await conn.execute(rq.START_PURGING, run_id)
-            ids = [r[0] for r in await conn.fetch(rq.SELECT_MESSAGES_DUE + _LOCKED, cutoff, limit)]
+            ids = [r[0] for r in await conn.fetch(rq.SELECT_MESSAGES_DUE + _LOCKED, cutoff, limit, floor)]
             if not ids:
                 return PurgeCounts()
             events = _affected(await conn.execute("DELETE FROM message_events WHERE message_id = ANY($1::text[])", ids))
             await conn.execute("DELETE FROM delivery_reports WHERE message_id = ANY($1::text[])", ids)
             await conn.execute("DELETE FROM customs_feed WHERE message_id = ANY($1::text[])", ids)
+            # Only what the feed will never hand over is still queued here (before feed_since, or no feed).
             await conn.execute("DELETE FROM customs_feed_queue WHERE message_id = ANY($1::text[])", ids)
             messages = _affected(await conn.execute("DELETE FROM messages WHERE message_id = ANY($1::text[])", ids))
             return PurgeCounts(messages=messages, events=events)
         if category is Category.PAYLOADS:
             detail = rq.payload_removed_detail(run_id, cutoff)
             now = as_utc(self._clock())
-            return PurgeCounts(payloads=_affected(await conn.execute(_DROP_PAYLOADS, cutoff, limit, now, detail)))
+            return PurgeCounts(payloads=_affected(await conn.execute(_DROP_PAYLOADS, cutoff, limit, floor, now, detail)))
         if category is Category.IDEMPOTENCY_KEYS:
             return PurgeCounts(idempotency_keys=_affected(await conn.execute(rq.DELETE_IDEMPOTENCY_DUE, cutoff, limit)))
         await conn.execute(rq.START_PURGING, run_id)  # the audit's DELETE trigger looks for it (migration 7)
         return PurgeCounts(verifications=_affected(await conn.execute(rq.DELETE_VERIFICATIONS_DUE, cutoff, limit)))
 
-    async def _count_due(self, cutoffs: Cutoffs) -> PurgeCounts:
-        counts = {}
-        async with self.pool.acquire() as conn:
-            if (c := _ts(cutoffs.messages)) is not None:
-                counts["messages"] = await conn.fetchval(rq.COUNT_MESSAGES_DUE, c)
-                counts["events"] = await conn.fetchval(rq.COUNT_EVENTS_DUE, c)
-            if (c := _ts(cutoffs.payloads)) is not None:
-                if cutoffs.messages is None:
-                    counts["payloads"] = await conn.fetchval(_COUNT_PAYLOADS_DUE, c)
-                else:
-                    counts["payloads"] = await conn.fetchval(_COUNT_PAYLOADS_KEPT_ROWS_DUE, c, _ts(cutoffs.messages))
-            if (c := _ts(cutoffs.idempotency_keys)) is not None:
-                counts["idempotency_keys"] = await conn.fetchval(rq.COUNT_IDEMPOTENCY_DUE, c)
-            if (c := _ts(cutoffs.verifications)) is not None:
-                counts["verifications"] = await conn.fetchval(rq.COUNT_VERIFICATIONS_DUE, c)
-        return PurgeCounts(**counts)
+
+async def _count_due(conn: asyncpg.Connection, cutoffs: Cutoffs, floor: datetime | None) -> PurgeCounts:
+    counts = {}
+    if (c := _ts(cutoffs.messages)) is not None:
+        counts["messages"] = await conn.fetchval(rq.COUNT_MESSAGES_DUE, c, floor)
+        counts["events"] = await conn.fetchval(rq.COUNT_EVENTS_DUE, c, floor)
+    if (c := _ts(cutoffs.payloads)) is not None:
+        if cutoffs.messages is None:
+            counts["payloads"] = await conn.fetchval(_COUNT_PAYLOADS_DUE, c, floor)
+        else:
+            counts["payloads"] = await conn.fetchval(_COUNT_PAYLOADS_KEPT_ROWS_DUE, c, floor, _ts(cutoffs.messages))
+    if (c := _ts(cutoffs.idempotency_keys)) is not None:
+        counts["idempotency_keys"] = await conn.fetchval(rq.COUNT_IDEMPOTENCY_DUE, c)
+    if (c := _ts(cutoffs.verifications)) is not None:
+        counts["verifications"] = await conn.fetchval(rq.COUNT_VERIFICATIONS_DUE, c)
+    return PurgeCounts(**counts)
+
+
+async def _kept_for_feed(conn: asyncpg.Connection, cutoffs: Cutoffs, floor: datetime | None) -> int:
+    if floor is None:
+        return 0
+    return await conn.fetchval(rq.COUNT_KEPT_FOR_FEED, _ts(cutoffs.messages), _ts(cutoffs.payloads), floor)

@@ -19,7 +19,7 @@ from domain.messages import Action, Direction, MessageStatus
 
 from .base import Claim, MessageEvent, MessageRecord, PermitRecord, sources_of
 from .ledger import AUDIT_TRIGGERS, CHECKS_DDL, CHECKS_TRIGGERS, FEED_DDL, FEED_TRIGGERS, LEDGER_DDL
-from .retention import RETENTION_DDL, RETENTION_TRIGGERS
+from .retention import KEPT_FOR_FEED_DDL, RETENTION_DDL, RETENTION_TRIGGERS
 
 
 @dataclass(frozen=True, slots=True)
@@ -211,6 +211,28 @@ for _dialect, _triggers in AUDIT_TRIGGERS.items():
 MIGRATIONS += (Migration(8, "customs: pre-arrival feed queue and turn", FEED_DDL),)
 for _dialect, _triggers in FEED_TRIGGERS.items():
     _DIALECT_EXTRAS[_dialect][8] = _triggers
+
+# The event history against SQLite's REPLACE. INSERT OR REPLACE (and REPLACE INTO, or a REPLACE
+# conflict clause anywhere) deletes the row in its way without firing DELETE triggers unless the
+# connection turned recursive_triggers on, so migration 1's delete trigger alone lets it rewrite an
+# event. The refusal is a BEFORE INSERT trigger in the schema rather than that pragma on our own
+# connections: it then holds for every connection (the sqlite3 shell, a script, another program),
+# whatever its pragmas, and also during a retention run, whose flag lets a DELETE of old history
+# through but gives no right to rewrite it. An upsert (ON CONFLICT DO UPDATE) meets the update
+# trigger on both backends, and PostgreSQL has no REPLACE, so it needs nothing here. The audit and
+# the ledger have had the same trigger since migration 7 (ledger.py).
+_EVENTS_KEPT = "message_events is append-only: an event is never replaced"
+_DIALECT_EXTRAS["sqlite"][9] = (
+    f"""
+    CREATE TRIGGER message_events_no_replace BEFORE INSERT ON message_events
+    WHEN EXISTS (SELECT 1 FROM message_events WHERE message_id = NEW.message_id AND seq = NEW.seq)
+    BEGIN SELECT RAISE(ABORT, '{_EVENTS_KEPT}'); END
+    """,
+)
+MIGRATIONS += (Migration(9, "events: an insert over a held event refused (SQLite REPLACE)", ()),)
+
+# Retention keeps what the customs feed has yet to hand over; each run records how much (retention.py).
+MIGRATIONS += (Migration(10, "retention: runs record what they kept for the customs feed", KEPT_FOR_FEED_DDL),)
 
 MIGRATIONS_TABLE = """
     CREATE TABLE IF NOT EXISTS schema_migrations (

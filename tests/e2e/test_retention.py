@@ -16,11 +16,12 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+from structlog.testing import capture_logs
 
 from adapters.cites_write import permit_to_xml
 from adapters.exchange_xml import build_envelope, read_error
 from domain.messages import Action, Direction, EnvelopeHeader, MessageStatus
-from gateway import hub
+from gateway import appkeys, hub
 from gateway.config import RetentionConfig
 from gateway.outbound import conversation_id
 from gateway.retention import purge
@@ -28,7 +29,7 @@ from gateway.store import open_store
 from gateway.store.base import MessageRecord, PermitRecord
 from simulators.network import build_network
 from simulators.samples import make_permit
-from tests.e2e.conftest import STORES, Cluster, party_stores
+from tests.e2e.conftest import STORES, Cluster, Feed, party_stores
 
 ROOT = Path(__file__).resolve().parents[2]
 POLICY = RetentionConfig(payload_days=30, message_days=365, interval_s=0)
@@ -51,6 +52,11 @@ async def retained(request, tmp_path):
     """FR's retention policy runs only when a test runs it (interval_s = 0)."""
     async with _with_retention(request.param, tmp_path, interval=0, prefix="ret") as c:
         yield c
+
+
+def _customs(cluster: Cluster, party: str = "FR"):
+    """The gateway's [customs] table, which the retention job reads as the gateway runs it."""
+    return cluster.gateways[party].app[appkeys.CONFIG].customs
 
 
 async def _envelope(cluster: Cluster, number: str) -> tuple[str, bytes]:
@@ -87,7 +93,8 @@ async def test_a_purged_payload_is_said_so_and_a_resent_id_still_gets_its_receip
     status, view = await retained.get("FR", f"/v1/messages/{message_id}")
     assert view["payload"]["held"] is True
 
-    run = await purge(retained.store("FR"), POLICY, actor="test", now=datetime.now(UTC) + timedelta(days=31))
+    later = datetime.now(UTC) + timedelta(days=31)
+    run = await purge(retained.store("FR"), POLICY, actor="test", customs=_customs(retained), now=later)
     assert run.counts.payloads == 1 and run.counts.messages == 0
 
     status, view = await retained.get("FR", f"/v1/messages/{message_id}")
@@ -109,7 +116,7 @@ async def test_a_purged_message_is_not_found_and_a_copy_of_its_envelope_is_refus
     message_id, body, _ = await _received_and_acknowledged(retained, "CH26-RET002")
     later = datetime.now(UTC) + timedelta(days=400)
 
-    run = await purge(retained.store("FR"), POLICY, actor="test", now=later)
+    run = await purge(retained.store("FR"), POLICY, actor="test", customs=_customs(retained), now=later)
     assert run.counts.messages == 1 and run.counts.events == 2  # RECEIVED, DELIVERED
 
     status, err = await retained.get("FR", f"/v1/messages/{message_id}")
@@ -131,7 +138,8 @@ async def test_a_resend_with_a_fresh_sent_at_after_the_purge_is_refused(retained
     MA system the message a second time."""
     number = "CH26-RET004"
     message_id, _, _ = await _received_and_acknowledged(retained, number)
-    await purge(retained.store("FR"), POLICY, actor="test", now=datetime.now(UTC) + timedelta(days=400))
+    later = datetime.now(UTC) + timedelta(days=400)
+    await purge(retained.store("FR"), POLICY, actor="test", customs=_customs(retained), now=later)
     [held] = await retained.store("FR").get_permit_versions("CH", number)  # the bytes CH sends again
     header = EnvelopeHeader(
         message_id=message_id, conversation_id=conversation_id("CH", number), sender="CH", receiver="FR",
@@ -182,7 +190,8 @@ async def test_what_has_no_payload_left_is_not_sent_again(retained):
     await store.accept_outbound(record, [message], actor="test")  # due tomorrow: the sender leaves it alone
     await store.transition(message.message_id, MessageStatus.SENDING, actor="test")
     await store.transition(message.message_id, MessageStatus.REJECTED, actor="test", error_code="SCHEMA_INVALID")
-    await purge(store, replace(POLICY, message_days=None), actor="test", now=now + timedelta(days=31))
+    payloads_only = replace(POLICY, message_days=None)
+    await purge(store, payloads_only, actor="test", customs=_customs(retained), now=now + timedelta(days=31))
 
     status, err = await retained.post_json("FR", f"/v1/messages/{message.message_id}/retry", operator=True)
     assert status == 409 and err["code"] == "CONFLICT" and "removed its payload" in err["message"]
@@ -192,8 +201,10 @@ async def test_what_has_no_payload_left_is_not_sent_again(retained):
 
 
 async def test_the_operator_sees_the_policy_and_every_run(retained):
-    await purge(retained.store("FR"), POLICY, actor="test", now=datetime.now(UTC) + timedelta(days=1))
-    await purge(retained.store("FR"), POLICY, actor="test", dry_run=True)  # changes nothing, so not recorded
+    tomorrow = datetime.now(UTC) + timedelta(days=1)
+    await purge(retained.store("FR"), POLICY, actor="test", customs=_customs(retained), now=tomorrow)
+    # A dry run changes nothing, so it is not recorded.
+    await purge(retained.store("FR"), POLICY, actor="test", customs=_customs(retained), dry_run=True)
 
     status, err = await retained.get("FR", "/v1/retention")
     assert status == 403 and err["code"] == "FORBIDDEN"
@@ -203,9 +214,53 @@ async def test_the_operator_sees_the_policy_and_every_run(retained):
     [run] = view["runs"]
     assert run["actor"] == "test" and run["finished_at"] and run["error"] is None
     assert set(run["removed"]) == {"messages", "events", "payloads", "idempotency_keys", "verifications"}
+    assert run["kept"] == {"customs_feed": 0}
     assert run["before"]["idempotency_keys"] is None  # no idempotency_days: kept forever
     status, view = await retained.get("CH", "/v1/retention", operator=True)
     assert status == 200 and view["runs"] == [] and view["policy"]["message_days"] is None
+
+
+@pytest.mark.parametrize("kind", STORES)
+async def test_a_permit_customs_has_not_been_handed_outlives_the_purge_until_it_has(kind, tmp_path):
+    """FR's customs webhook is down for longer than FR keeps its messages: the permit, final since its
+    MA acknowledged it, stays whole until the pre-arrival feed has handed it over, and the run says so."""
+    feed = Feed()  # its port goes in FR's configuration; it answers only once started
+    feed_toml = f'[customs]\nfeed_url = "http://127.0.0.1:{feed.port}/pre-arrival"\nfeed_poll_s = 0.05\n'
+    async with party_stores(kind, ("CH", "FR"), "retfeed") as store_urls:
+        extra = {"FR": RETENTION_TOML.format(interval=0) + feed_toml}
+        net = build_network(tmp_path / "net", ("CH", "FR"), store_urls=store_urls, extra_for=extra)
+        async with Cluster(net).running(("CH", "FR")) as c:
+            message_id, _, _ = await _received_and_acknowledged(c, "CH26-RET006")
+            store = c.store("FR")
+            later = datetime.now(UTC) + timedelta(days=400)
+
+            dry = await purge(store, POLICY, actor="test", customs=_customs(c), now=later, dry_run=True)
+            with capture_logs() as logs:
+                run = await purge(store, POLICY, actor="test", customs=_customs(c), now=later)
+
+            assert (dry.counts.messages, dry.kept_for_feed) == (0, 1)
+            assert (run.counts.messages, run.counts.payloads, run.kept_for_feed) == (0, 0, 1)
+            [warning] = [e for e in logs if e["event"] == "retention.kept_for_feed"]
+            assert warning["log_level"] == "warning" and warning["messages"] == 1
+            status, view = await c.get("FR", f"/v1/messages/{message_id}")
+            assert status == 200 and view["payload"]["held"] is True
+            status, view = await c.get("FR", "/v1/retention", operator=True)
+            assert view["runs"][0]["kept"] == {"customs_feed": 1} and view["runs"][0]["removed"]["messages"] == 0
+
+            await feed.start()
+            try:
+                deadline = time.monotonic() + 10
+                while not feed.items and time.monotonic() < deadline:
+                    await asyncio.sleep(0.05)
+                assert [i["message_id"] for i in feed.items] == [message_id]
+                while await store.feed_pending(limit=1) and time.monotonic() < deadline:
+                    await asyncio.sleep(0.05)  # marked sent just after customs answered
+                run = await purge(store, POLICY, actor="test", customs=_customs(c), now=later)
+            finally:
+                await feed.stop()
+            assert (run.counts.messages, run.kept_for_feed) == (1, 0)
+            status, _ = await c.get("FR", f"/v1/messages/{message_id}")
+            assert status == 404
 
 
 @pytest.fixture(params=STORES)

@@ -1,6 +1,7 @@
 """Retention in the store, on both backends: payloads dropped with the row and history kept, old
-final messages deleted with their history, nothing that is not final touched, the history still
-append-only for everything but a retention run, dry runs that change nothing, every run recorded."""
+final messages deleted with their history, nothing that is not final touched nor anything the
+customs feed has yet to hand over, the history still append-only for everything but a retention
+run (whatever the statement), dry runs that change nothing, every run recorded."""
 
 from __future__ import annotations
 
@@ -16,9 +17,11 @@ from domain.messages import Direction, MessageStatus
 from gateway.store import Store
 from gateway.store.base import DeliveryReportRecord
 from gateway.store import ledger as lq
+from gateway.store import schema as q
 from gateway.store.ledger import VerificationRecord
 from gateway.store.postgres import PostgresStore
-from gateway.store.retention import RETENTION_ACTOR, Cutoffs, PurgeCounts
+from gateway.store.sqlite import SqliteStore
+from gateway.store.retention import NO_FEED, RETENTION_ACTOR, Cutoffs, FeedHold, PurgeCounts
 from gateway.store.schema import FINAL_DELIVERY_STATUSES
 from tests.integration.records import T0, accept, message, permit, refused
 from tests.pg import PG_DSN, PgSchema
@@ -38,11 +41,15 @@ async def _outbound(store: Store, number: str, *outcome: MessageStatus, via: str
     return held.message_id
 
 
-async def _inbound(store: Store, number: str, *, acknowledged: bool) -> str:
+async def _inbound(store: Store, number: str, *, acknowledged: bool, fed: bool = True, at=T0) -> str:
+    """A permit FR issued, received by CH at ``at``; ``fed``: CH's pre-arrival feed has handed it to customs."""
     p = permit(number, issuer="FR", direction=Direction.INBOUND, sender="FR")
-    _, held = await store.store_inbound(p, replace(message(p, receiver="CH"), payload=p.signed_xml), actor="partner:FR")
+    m = replace(message(p, receiver="CH", created_at=at), payload=p.signed_xml)
+    _, held = await store.store_inbound(p, m, actor="partner:FR")
     if acknowledged:
         await store.ack_inbox(held.message_id, actor="ma:ch")
+    if fed:
+        assert await store.feed_mark_sent(held.message_id, at=T0, detail="webhook 204")
     return held.message_id
 
 
@@ -60,6 +67,8 @@ async def _everything(store: Store) -> dict[str, str]:
         "waiting_for_retry": await _outbound(store, "P-W", S.SENDING, S.WAITING_FOR_RETRY),
         "parked": await _outbound(store, "P-PARK", S.SENDING, S.SEND_FAILURE),
         "unacknowledged_inbox": await _inbound(store, "P-INBOX", acknowledged=False),
+        # final, but customs has not been handed it yet (its pre-arrival feed is down)
+        "not_fed": await _inbound(store, "P-NOT-FED", acknowledged=True, fed=False),
         "via_hub_pending": await _outbound(store, "P-HUB2", S.SENDING, S.ACKNOWLEDGED, via="HUB"),
     }
     for key, status in (("via_hub_done", "Delivered"), ("via_hub_pending", "PendingDelivery")):
@@ -69,7 +78,7 @@ async def _everything(store: Store) -> dict[str, str]:
 
 
 SETTLED = ("acknowledged", "rejected", "delivered", "via_hub_done")
-UNSETTLED = ("queued", "sending", "waiting_for_retry", "parked", "unacknowledged_inbox", "via_hub_pending")
+UNSETTLED = ("queued", "sending", "waiting_for_retry", "parked", "unacknowledged_inbox", "via_hub_pending", "not_fed")
 
 
 async def _snapshot(store: Store, ids: dict[str, str]):
@@ -179,6 +188,56 @@ async def test_the_history_stays_append_only_outside_a_retention_run(backend, cl
     assert len(await store.message_events(waiting)) == 1
 
 
+async def test_an_insert_over_a_held_event_is_refused_whatever_its_conflict_clause(backend, clock):
+    """SQLite's REPLACE deletes the row in its way without firing delete triggers (unless a
+    connection turned recursive_triggers on), so the delete trigger alone would let it rewrite an
+    event; an upsert goes through the update trigger instead. Each is refused, even while a run
+    is purging, and the event stays as it was written."""
+    store = await backend()
+    final = await _outbound(store, "P-ACK", MessageStatus.SENDING, MessageStatus.ACKNOWLEDGED)
+    clock.advance(400 * DAY)
+    await store.purge(Cutoffs(payloads=clock() - timedelta(days=30)), actor="test")  # a run exists, and is over
+    before = await store.message_events(final)
+    forged = f"({q.EVENT_COLUMNS}) VALUES ('{final}', 1, '2026-11-23T14:00:00.000000+00:00', 'ACKNOWLEDGED', 'forger', 'rewritten', NULL)"
+    purging = ["UPDATE retention_runs SET purging = 1, message_cutoff = '2100-01-01T00:00:00.000000+00:00'"]
+    upsert = f"INSERT INTO message_events {forged} ON CONFLICT (message_id, seq) DO UPDATE SET actor = 'forger'"
+
+    statements = [upsert]
+    if backend.kind == "sqlite":
+        statements += [f"INSERT OR REPLACE INTO message_events {forged}", f"REPLACE INTO message_events {forged}"]
+    for statement in statements:
+        await refused(store, statement)
+        await refused(store, statement, first=purging)  # a run that may delete this history may not rewrite it
+    if backend.kind == "sqlite":
+        await refused(store, f"INSERT OR REPLACE INTO message_events {forged}", first=["PRAGMA recursive_triggers = ON"])
+
+    assert await store.message_events(final) == before
+    assert [e.actor for e in before] == ["ma-system", "sender", "sender", RETENTION_ACTOR]
+    # What the store itself appends still goes in.
+    await store.record_event(final, actor="operator", detail="looked at")
+    assert (await store.message_events(final))[:-1] == before
+
+
+async def test_every_append_only_table_refuses_an_insert_over_a_held_row(tmp_path):
+    """On SQLite a table kept by BEFORE UPDATE/DELETE triggers needs a BEFORE INSERT one as well,
+    or INSERT OR REPLACE rewrites it: the schema keeps the two together for every such table."""
+    store = SqliteStore(tmp_path / "epix.sqlite3")
+    await store.open()
+    await store.close()
+    conn = sqlite3.connect(tmp_path / "epix.sqlite3")
+    try:
+        triggers = conn.execute("SELECT tbl_name, sql FROM sqlite_master WHERE type = 'trigger'").fetchall()
+    finally:
+        conn.close()
+
+    def kept_by(table: str, event: str) -> bool:
+        return any(t == table and f"BEFORE {event} ON" in " ".join(sql.split()) and "RAISE(" in sql for t, sql in triggers)
+
+    append_only = {t for t, _ in triggers if kept_by(t, "DELETE")}
+    assert append_only >= {"message_events", "verifications", "write_offs", "permit_balances"}
+    assert {t for t in append_only if not kept_by(t, "INSERT")} == set()
+
+
 async def test_a_dry_run_counts_what_a_run_would_remove_and_changes_nothing(store, clock):
     ids = await _everything(store)
     await accept(store, permit("P-IDEM"), idempotency_key="k-1", principal="ma", request_hash="h")
@@ -208,6 +267,65 @@ async def test_a_dry_run_counts_what_a_run_would_remove_and_changes_nothing(stor
     assert len(await store.list_verifications("CH", "P-1")) == 1
     run = await store.purge(cutoffs, actor="test")
     assert run.counts == dry.counts
+
+
+@pytest.mark.parametrize("due", ["messages", "payloads", "both"])
+async def test_what_customs_has_not_been_fed_stays_until_the_feed_hands_it_over(store, clock, due):
+    """The feed down for longer than the retention period: the permit's message is final (its MA
+    acknowledged it) and old, but customs has yet to be handed it, so nothing of it goes."""
+    waiting = await _inbound(store, "P-WAITING", acknowledged=True, fed=False)
+    fed = await _inbound(store, "P-FED", acknowledged=True)
+    before = await _snapshot(store, {"waiting": waiting})
+    clock.advance(400 * DAY)
+    cutoffs = Cutoffs(
+        messages=clock() - timedelta(days=365) if due != "payloads" else None,
+        payloads=clock() - timedelta(days=30) if due != "messages" else None,
+    )
+
+    dry = await store.purge(cutoffs, actor="test", dry_run=True)
+    run = await store.purge(cutoffs, actor="test")
+
+    assert await _snapshot(store, {"waiting": waiting}) == before  # row, payload and history
+    assert [m.message_id for m in await store.feed_pending(limit=10)] == [waiting]
+    if due == "payloads":
+        assert (await store.get_message(fed)).payload is None
+        assert run.counts == PurgeCounts(payloads=1)
+    else:
+        assert await store.get_message(fed) is None
+        assert run.counts == PurgeCounts(messages=1, events=2)
+    assert dry.counts == run.counts
+    assert (dry.kept_for_feed, run.kept_for_feed) == (1, 1)
+    assert (await store.purge_runs())[0].kept_for_feed == 1
+
+    # Customs has it: the next run takes it like any other.
+    assert await store.feed_mark_sent(waiting, at=clock(), detail="webhook 204")
+    later = await store.purge(cutoffs, actor="test")
+    assert later.kept_for_feed == 0 and await store.feed_pending(limit=10) == []
+    if due == "payloads":
+        assert later.counts == PurgeCounts(payloads=1) and (await store.get_message(waiting)).payload is None
+    else:
+        assert later.counts == PurgeCounts(messages=1, events=2) and await store.get_message(waiting) is None
+
+
+async def test_only_what_the_feed_will_hand_over_is_kept_for_it(store, clock):
+    """Before the operator's feed_since the feed never hands a permit over, and a gateway without a
+    feed hands over nothing: what only such a feed would want is not kept."""
+    early = await _inbound(store, "P-EARLY", acknowledged=True, fed=False)
+    clock.advance(10 * DAY)
+    late = await _inbound(store, "P-LATE", acknowledged=True, fed=False, at=clock())
+    since = clock() - timedelta(days=1)
+    clock.advance(400 * DAY)
+    cutoffs = Cutoffs(messages=clock() - timedelta(days=365))
+
+    run = await store.purge(cutoffs, actor="test", feed=FeedHold(since=since))
+
+    assert (run.counts.messages, run.kept_for_feed) == (1, 1)
+    assert await store.get_message(early) is None
+    assert await store.get_message(late) is not None
+
+    run = await store.purge(cutoffs, actor="test", feed=NO_FEED)
+    assert (run.counts.messages, run.kept_for_feed) == (1, 0)
+    assert await store.get_message(late) is None
 
 
 def _verification(vid: str, *, at=T0) -> VerificationRecord:
