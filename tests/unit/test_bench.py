@@ -169,8 +169,12 @@ async def test_e2e_through_the_hub_counts_delivery_at_the_hub():
     result = await e2e.run(e2e.Settings(paths=("hub",), **TINY_RUN), log=lambda _: None)
     _assert_delivered_everything(result, "hub")
     [entry] = result["runs"]
-    # CH held the hub's receipt before the hub held FR's
-    assert entry["peak"]["sender_ack_latency_ms"]["p50"] <= entry["peak"]["latency_ms"]["p50"]
+    # Counted at the hub (FR's receipt there), with CH's view of the hub's receipt beside it. The
+    # two are not ordered: once the hub has stored a message, its answer to CH and its push to FR
+    # race (comparing their medians failed on a loaded machine).
+    peak = entry["peak"]
+    assert peak["latency_ms"]["p50"] is not None and peak["sender_ack_latency_ms"]["p50"] is not None
+    assert peak["store_latency_ms"]["p50"] > 0  # FR's receipt reached the hub after CH made the message
 
 
 async def test_e2e_over_rabbitmq_delivers_and_deletes_its_queues():
