@@ -135,6 +135,7 @@ async def test_a_permit_that_waited_longer_than_the_backfill_through_an_outage_i
     with capture_logs() as logs:
         async with running(_worker(store, http, customs, feed_backfill_s=DAY.total_seconds())):
             await _until(lambda: len(customs.received) == 2)
+            await _marked(store)  # the worker stores each hand-over after customs' answer
             await asyncio.sleep(0.1)  # passes later, nothing more
 
     assert customs.received == [old, recent]  # the oldest first, each once
@@ -168,6 +169,7 @@ async def test_feed_since_is_the_only_bound_and_what_it_leaves_out_is_said(backe
     with capture_logs() as logs:
         async with running(_worker(store, http, customs, feed_since=now - 20 * DAY)):
             await _until(lambda: customs.received == [after])
+            await _marked(store, leaving=1)  # all but the one before feed_since: after's hand-over is stored
             await asyncio.sleep(0.1)
 
     assert customs.received == [after]
@@ -248,10 +250,11 @@ async def _execute(store: Store, sql: str) -> None:
         conn.close()
 
 
-async def _marked(store: Store, timeout: float = 10.0) -> None:
+async def _marked(store: Store, timeout: float = 10.0, *, leaving: int = 0) -> None:
+    """Wait until no more than ``leaving`` permits are pending (not marked as handed over)."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
-    while await store.feed_pending(limit=1):
+    while len(await store.feed_pending(limit=leaving + 1)) > leaving:
         assert loop.time() < deadline, "not marked as handed over"
         await asyncio.sleep(0.01)
 
