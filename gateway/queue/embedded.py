@@ -53,6 +53,10 @@ class EmbeddedQueue(DeliveryQueue):
         self._deliver = deliver
         try:
             while True:
+                # Cleared before looking, not on the way to sleep: a notify() that comes while
+                # claim_due or next_due_at is awaited is for something they may not have seen,
+                # and must cut the nap short instead of being cleared unseen.
+                self._wake.clear()
                 claimed = await self.run_once(deliver)
                 if claimed == 0:
                     await self._sleep()
@@ -131,7 +135,6 @@ class EmbeddedQueue(DeliveryQueue):
         due = await self.store.next_due_at()
         if due is not None:
             timeout = max(0.0, min(timeout, (due - datetime.now(timezone.utc)).total_seconds()))
-        self._wake.clear()
         await tasks.nap(self._wake, timeout)
 
     async def _deliver_guarded(self, deliver: Deliver, message: MessageRecord) -> None:

@@ -140,18 +140,33 @@ async def party_stores(kind: str, parties, prefix: str):
 STORES = ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)]
 
 
+RETRY = {"max_attempts": 4, "first_delay_s": 0.1, "factor": 2.0, "max_delay_s": 0.5}  # parked after 0.7 s of failures
+# For a test that brings a partner back and expects the message delivered, not parked: the
+# sender keeps trying for about 9 s, whatever the partner's start-up takes on a busy machine.
+PATIENT_RETRY = {"max_attempts": 20, "first_delay_s": 0.1, "factor": 2.0, "max_delay_s": 0.5}
+
+
+@contextlib.asynccontextmanager
+async def running_cluster(kind: str, root: Path, *, retry: dict = RETRY):
+    """CH, FR and KE on 127.0.0.1, each on its own store (``kind``), with ``retry`` to partners."""
+    async with party_stores(kind, PARTIES, "e2e") as store_urls:
+        net = build_network(root / "net", PARTIES, store_urls=store_urls, retry=retry)
+        async with Cluster(net).running(PARTIES) as c:
+            yield c
+
+
 @pytest.fixture(params=STORES)
 async def cluster(request, tmp_path):
     """CH, FR and KE on 127.0.0.1, each on its own store: SQLite files, or PostgreSQL schemas."""
-    async with party_stores(request.param, PARTIES, "e2e") as store_urls:
-        net = build_network(
-            tmp_path / "net",
-            PARTIES,
-            store_urls=store_urls,
-            retry={"max_attempts": 4, "first_delay_s": 0.1, "factor": 2.0, "max_delay_s": 0.5},
-        )
-        async with Cluster(net).running(PARTIES) as c:
-            yield c
+    async with running_cluster(request.param, tmp_path) as c:
+        yield c
+
+
+@pytest.fixture(params=STORES)
+async def patient_cluster(request, tmp_path):
+    """The same, with senders that retry for long enough to outlast a partner's restart."""
+    async with running_cluster(request.param, tmp_path, retry=PATIENT_RETRY) as c:
+        yield c
 
 
 @pytest.fixture
@@ -238,7 +253,7 @@ async def customs_network(
         yield CustomsCluster(
             build_network(
                 root, parties, store_urls=store_urls, extra="" if extra_for else customs_extra(feed), extra_for=extra_for,
-                retry={"max_attempts": 4, "first_delay_s": 0.1, "factor": 2.0, "max_delay_s": 0.5},
+                retry=RETRY,
             )
         )  # fmt: skip
 

@@ -13,6 +13,7 @@ import aiormq
 import pytest
 
 from domain.messages import MessageStatus
+from tests.conftest import eventually
 from tests.e2e.conftest import STORES, customs_network, customs_permit
 from tests.rabbit import AMQP_URL, TcpProxy, delete_everything, register, require_rabbit, unique_prefix
 
@@ -147,6 +148,7 @@ async def test_a_received_permit_reaches_customs_once_as_a_persistent_message_wi
     assert all(set(r) == {"rule", "points", "reason"} for r in item["risk"]["reasons"])
     assert item["verification_url"] == "/v1/verifications/CH/CH26-300001" and item["received_at"]
 
+    await _marked(cluster)  # the confirm reached FR: its mark follows the hand-over
     await asyncio.sleep(0.5)  # ten passes of the feed later: nothing more
     assert await customs.depth() == 0 and await _pending(cluster) == []
     # The gateway made the queue durable and quorum: declaring it otherwise would fail (PRECONDITION_FAILED).
@@ -171,6 +173,7 @@ async def test_a_broker_down_at_publish_time_loses_nothing_and_doubles_nothing(f
 
     await proxy.start()  # the broker is back on the same address
     await customs.take(3)
+    await _marked(cluster)
     await asyncio.sleep(0.5)
     assert [m.message_id for m in customs.received] == [first, second, third]
     assert await customs.depth() == 0 and await _pending(cluster) == []
@@ -192,6 +195,7 @@ async def test_a_queue_deleted_under_the_feed_is_declared_again_and_the_permit_n
     # Published to no queue: the broker returns it (mandatory) and the feed declares the queue again.
     [_, again] = await customs.take(2)
     assert again.message_id == message_id
+    await _marked(cluster)
     await asyncio.sleep(0.5)
     assert await customs.depth() == 0 and await _pending(cluster) == []
 
@@ -207,12 +211,14 @@ async def test_a_full_queue_customs_declared_refuses_the_publish_and_the_permit_
         await connection.close()
     first = await _deliver(cluster, "CH26-300040")
     second = await _deliver(cluster, "CH26-300041")
-    await asyncio.sleep(1.0)
+    await eventually(lambda: _pending(cluster), [second])  # the first went in, confirmed and marked
+    await asyncio.sleep(1.0)  # several passes of the second fail meanwhile
     assert await customs.depth() == 1 and await _pending(cluster) == [second]
 
     await customs.take(2)  # customs takes the first; the second goes in at a later pass
 
     assert [m.message_id for m in customs.received] == [first, second]
+    await _marked(cluster)
     await asyncio.sleep(0.5)
     assert await customs.depth() == 0 and await _pending(cluster) == []
 
@@ -228,6 +234,7 @@ async def test_a_restarted_gateway_does_not_publish_again_what_the_broker_confir
     second = await _deliver(cluster, "CH26-300051")
 
     await customs.take(2)
+    await _marked(cluster)
     await asyncio.sleep(0.5)
     assert [m.message_id for m in customs.received] == [first, second]
     assert await customs.depth() == 0

@@ -132,8 +132,11 @@ async def test_a_replayed_message_that_fails_again_is_parked_once_not_twice(rabb
     assert status == 202 and sorted(body["retried"]) == sorted(ids)
     for message_id in ids:  # its attempts were used up already: the first failure parks it again
         await eventually(lambda: _status(cluster, message_id), MessageStatus.SEND_FAILURE)
+    # The parking publish follows the stored SEND_FAILURE (and its confirm may take a while): wait
+    # for the new parking of each, then make sure nothing more comes (the old one was dropped).
+    await eventually(lambda: broker.depth(broker.parked), 3)
     await asyncio.sleep(0.5)
-    assert await broker.depth(broker.parked) == 3  # the new parking of each, the old one dropped
+    assert await broker.depth(broker.parked) == 3
     assert await broker.tapped() == Counter(ids)
 
     # One by one works the same way.

@@ -23,11 +23,11 @@ from tests.rabbit import register
 RETRY = {"max_attempts": 3, "first_delay_s": 0.3, "factor": 2.0, "max_delay_s": 5.0}
 
 
-def gateway_config(tmp_path, *, queue: dict | None = None, lease_s: float = 60.0):
+def gateway_config(tmp_path, *, queue: dict | None = None, lease_s: float = 60.0, poll_s: float = 0.1):
     (tmp_path / "FR.pem").write_text("not read: nothing is verified here\n")
     data = {
         "gateway": {"party": "CH", "data_dir": str(tmp_path)},
-        "delivery": {"poll_s": 0.1, "lease_s": lease_s, "concurrency": 8},
+        "delivery": {"poll_s": poll_s, "lease_s": lease_s, "concurrency": 8},
         "partner": [{"party": "FR", "endpoint": "http://127.0.0.1:9", "retry": RETRY, "certificates": [str(tmp_path / "FR.pem")]}],
     }
     if queue:

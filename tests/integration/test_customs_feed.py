@@ -35,6 +35,7 @@ class Customs:
         self.down = False
         self.delay_s = 0.0
         self.received: list[str] = []
+        self.received_at: list[datetime] = []  # when each of ``received`` came in
         self.refused = 0
         self._runner: web.AppRunner | None = None
 
@@ -51,6 +52,7 @@ class Customs:
                 self.refused += 1
                 return web.Response(status=503)
             self.received.append(item["message_id"])
+            self.received_at.append(datetime.now(UTC))
             return web.Response(status=204)
 
         app = web.Application()
@@ -133,6 +135,7 @@ async def test_a_permit_that_waited_longer_than_the_backfill_through_an_outage_i
     with capture_logs() as logs:
         async with running(_worker(store, http, customs, feed_backfill_s=DAY.total_seconds())):
             await _until(lambda: len(customs.received) == 2)
+            await _marked(store)  # the worker stores each hand-over after customs' answer
             await asyncio.sleep(0.1)  # passes later, nothing more
 
     assert customs.received == [old, recent]  # the oldest first, each once
@@ -166,6 +169,7 @@ async def test_feed_since_is_the_only_bound_and_what_it_leaves_out_is_said(backe
     with capture_logs() as logs:
         async with running(_worker(store, http, customs, feed_since=now - 20 * DAY)):
             await _until(lambda: customs.received == [after])
+            await _marked(store, leaving=1)  # all but the one before feed_since: after's hand-over is stored
             await asyncio.sleep(0.1)
 
     assert customs.received == [after]
@@ -199,16 +203,18 @@ async def test_gateway_processes_on_one_store_hand_each_permit_over_once_in_orde
 async def test_a_turn_held_by_a_process_that_went_quiet_lapses(backend, http, customs):
     stores = [await backend(), await backend()]
     now = datetime.now(UTC)
+    lapses = now + timedelta(seconds=0.5)
     # A process took the turn and stopped answering, without giving it up.
-    assert await stores[0].feed_take_turn("FR@crashed", now=now, until=now + timedelta(seconds=0.5))
+    assert await stores[0].feed_take_turn("FR@crashed", now=now, until=lapses)
     assert not await stores[1].feed_take_turn("FR@other", now=now, until=now + timedelta(seconds=60))
     first = await _received(stores[1], "P-1", at=now)
 
     async with running(_worker(stores[1], http, customs)):
-        await asyncio.sleep(0.2)
-        assert customs.received == []  # not its turn yet
         await _until(lambda: customs.received == [first])
 
+    # Not its turn before the held one lapsed: customs got it only after. (Checked on the time it
+    # arrived, not by looking a fixed while after the start, which a slow machine can outlast.)
+    assert customs.received_at[0] >= lapses
     assert await _holder(stores[1]) is None  # given up on the way out
 
 
@@ -244,10 +250,11 @@ async def _execute(store: Store, sql: str) -> None:
         conn.close()
 
 
-async def _marked(store: Store, timeout: float = 10.0) -> None:
+async def _marked(store: Store, timeout: float = 10.0, *, leaving: int = 0) -> None:
+    """Wait until no more than ``leaving`` permits are pending (not marked as handed over)."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
-    while await store.feed_pending(limit=1):
+    while len(await store.feed_pending(limit=leaving + 1)) > leaving:
         assert loop.time() < deadline, "not marked as handed over"
         await asyncio.sleep(0.01)
 

@@ -192,3 +192,36 @@ async def test_a_message_taken_at_accept_while_the_sender_stops_is_handed_back_n
     # Released at once (the lease is 60 s): a restart, or another instance, sends it now.
     assert held.status is MessageStatus.SEND_ENQUEUED and held.lease_until is None, held
     assert (await store.message_events(message_id))[-1].detail == "sender stopped; released for another attempt"
+
+
+class GatedStore(SqliteStore):
+    """Holds the answer to the queue's ``next_due_at`` (the read it makes on its way to sleep)
+    until let go: what is stored meanwhile comes after that read."""
+
+    def __init__(self, path) -> None:
+        super().__init__(path)
+        self.answered = asyncio.Event()
+        self.gate = asyncio.Event()
+
+    async def next_due_at(self):
+        due = await super().next_due_at()
+        self.answered.set()
+        await self.gate.wait()
+        return due
+
+
+async def test_a_wake_up_that_comes_while_the_queue_is_on_its_way_to_sleep_is_not_lost(tmp_path):
+    store = GatedStore(tmp_path / "store.db")
+    await store.open()
+    h = Harness(gateway_config(tmp_path, poll_s=60.0), store)  # only a wake-up can be in time
+    try:
+        await h.start()
+        await asyncio.wait_for(store.answered.wait(), 10)  # nothing due: "nothing" is its answer
+        [message_id] = await h.accept(1)  # stored, then notify(), before the queue naps
+        store.gate.set()
+
+        await h.wait([message_id], {MessageStatus.ACKNOWLEDGED}, timeout=10)
+    finally:
+        store.gate.set()
+        await h.stop()
+        await store.close()
