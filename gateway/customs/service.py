@@ -139,14 +139,14 @@ class _Lru(OrderedDict):
 
 class AuditLog:
     """Appends verifications in batches (group commit): the first caller starts a flusher, which
-    writes what is pending in one transaction, then whatever arrived meanwhile, until nothing is
-    left. Each caller returns once the transaction holding its record has committed, so a verdict
-    is never answered before it is in the audit history.
+    writes everything pending in one transaction, then whatever arrived meanwhile, until nothing
+    is left. Each caller returns once the transaction holding its record has committed, so a
+    verdict is never answered before it is in the audit history.
 
-    A transaction takes half of what waits (at most ``batch``), not all of it: otherwise clients
-    that came together are answered together, come back together, and all wait through the
-    same commit while the loop has nothing to do. With halves, the callers one commit answers are
-    at work on their next request while the next commit runs."""
+    Callers that came together are answered together and come back together, so the loop idles
+    through a commit under a closed-loop load; committing half of what waits instead (so that
+    some are at work while the rest commit) was measured and lost more to the extra commits than
+    it won (bench customs, 10,000 permits: 0.32-0.34 of bare against 0.34-0.36)."""
 
     def __init__(self, store: Store, batch: int) -> None:
         self.store = store
@@ -164,8 +164,7 @@ class AuditLog:
     async def _flush(self) -> None:
         try:
             while self._pending:
-                take = min(self.batch, (len(self._pending) + 1) // 2)
-                batch, self._pending = self._pending[:take], self._pending[take:]
+                batch, self._pending = self._pending[: self.batch], self._pending[self.batch :]
                 try:
                     await self.store.record_verifications([r for r, _ in batch])
                 except Exception as exc:  # noqa: BLE001 -- every caller of the batch hears of it
