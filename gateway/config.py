@@ -222,7 +222,7 @@ def parse_config(data: dict[str, Any], *, source: str = "config", base_dir: Path
         queue=_queue(data.get("queue", {}), source),
         start_delivery=bool(gw.get("start_delivery", True)),
         customs=customs,
-        retention=_retention(data.get("retention", {}), source, replay_window_s=replay_window_s, customs=customs),
+        retention=_retention(data.get("retention", {}), source, replay_window_s=replay_window_s),
     )
 
 
@@ -249,7 +249,7 @@ def _queue(raw: dict[str, Any], source: str) -> QueueConfig:
     return QueueConfig(url=url, prefetch=prefetch, confirm_timeout_s=timeout, prefix=prefix)
 
 
-def _retention(raw: Any, source: str, *, replay_window_s: float, customs: "CustomsConfig") -> RetentionConfig:
+def _retention(raw: Any, source: str, *, replay_window_s: float) -> RetentionConfig:
     if not isinstance(raw, dict):
         raise _bad(source, "[retention] must be a table.")
     known = (*RETENTION_DAYS, "interval_s", "batch")
@@ -289,13 +289,6 @@ def _retention(raw: Any, source: str, *, replay_window_s: float, customs: "Custo
                 f"twice gateway.replay_window_s (2 x {replay_window_s:g} s): a copy of an envelope would still pass "
                 "the replay window after its message was purged, and be accepted twice. Raise message_days or "
                 "lower replay_window_s.",
-            )
-        if customs.feed_enabled and kept_s <= customs.feed_backfill_s:
-            raise _bad(
-                source,
-                f"retention.message_days = {message_days} is not longer than customs.feed_backfill_s "
-                f"({customs.feed_backfill_s:g} s): a permit the pre-arrival feed has yet to send could be purged "
-                "before the feed warns that it is late. Raise message_days or lower feed_backfill_s.",
             )
     return policy
 
