@@ -824,39 +824,45 @@ _ENDORSEMENT_TEXT = (
 )
 
 
-def _text_values(permit: Permit) -> Iterator[object]:
-    """The values ``_texts`` judges, without their paths (a list it cannot walk comes as itself)."""
-    for attr, _ in _PARTIES:
+def _text_fields(permit: Permit, named: bool) -> Iterator[tuple[object, tuple[str, str] | bool]]:
+    """Every free-text field the CITESEPermit XML must carry: (value, (JSON path, what a sentence
+    calls it)), or (value, False) without ``named``, which spares the formatting when all that is
+    wanted is a look at the values."""
+    for attr, box in _PARTIES:
         party = getattr(permit, attr, None)
         if party is None:
             continue
-        for field, _ in _PARTY_TEXT:
-            yield getattr(party, field, None)
+        for field, what in _PARTY_TEXT:
+            yield getattr(party, field, None), named and (f"{attr}.{field}", f"{box}: {what}")
         address = getattr(party, "address", None)
-        for field, _ in _ADDRESS_TEXT if address is not None else ():
-            yield getattr(address, field, None)
-    yield from _listed(permit.special_conditions)
-    for field, _ in _PERMIT_TEXT:
-        yield getattr(permit, field)
-    for item in permit.items or ():
-        yield item.id
-        for field, _ in _ITEM_TEXT:
-            yield getattr(item, field)
-        for field, _ in _REF_TEXT:
+        for field, what in _ADDRESS_TEXT if address is not None else ():
+            yield getattr(address, field, None), named and (f"{attr}.address.{field}", f"{box}: {what}")
+    yield from _each(permit.special_conditions, named, "special_conditions", "Box 5: special condition")
+    for field, what in _PERMIT_TEXT:
+        yield getattr(permit, field), named and (field, what)
+    for i, item in enumerate(permit.items or ()):
+        p = label = ""
+        if named:  # the letter names the item in every sentence, unless it is the faulty text itself
+            p = f"items[{i}]"
+            clean = isinstance(item.id, str) and not text_problems(item.id, "", limit=None)
+            label = f"Item {item.id}" if clean and item.id else f"Item {i + 1}"
+        yield item.id, named and (f"{p}.id", f"{label}: the item letter")
+        for field, what in _ITEM_TEXT:
+            yield getattr(item, field), named and (f"{p}.{field}", f"{label}, {what}")
+        for field, what in _REF_TEXT:
             ref = getattr(item, field)
             if ref is not None:
-                yield ref.number
-        yield from _listed(item.marks)
+                yield ref.number, named and (f"{p}.{field}.number", f"{label}, {what}")
+        yield from _each(item.marks, named, f"{p}.marks", f"{label}, box 9: mark")
     e = permit.endorsement
-    for field, _ in _ENDORSEMENT_TEXT if e is not None else ():
-        yield getattr(e, field)
+    for field, what in _ENDORSEMENT_TEXT if e is not None else ():
+        yield getattr(e, field), named and (f"endorsement.{field}", what)
 
 
-def _listed(values: object) -> Iterator[object]:
+def _each(values: object, named: bool, path: str, what: str) -> Iterator[tuple[object, tuple[str, str] | bool]]:
     if isinstance(values, (tuple, list)):
-        yield from values
-    elif values is not None:
-        yield values
+        for i, value in enumerate(values):
+            yield value, named and (f"{path}[{i}]", f"{what} {i + 1}")
 
 
 def _texts(permit: Permit, out: list[Problem]) -> None:
@@ -865,45 +871,10 @@ def _texts(permit: Permit, out: list[Problem]) -> None:
     dates have their own rules above."""
     # Almost every permit's text is all fine: one look at all of it first, and paths and
     # sentences are worked out only when something is wrong (it was most of the rules' time).
-    values = [v for v in _text_values(permit) if v is not None]
+    values = [v for v, _ in _text_fields(permit, named=False) if v is not None]
     if all(type(v) is str for v in values) and _NOT_XML.search("".join(values)) is None:
         return
-
-    def check(value: object, path: str, what: str) -> None:
+    for value, (path, what) in _text_fields(permit, named=True):
         if value is not None:
             for sentence in text_problems(value, what, limit=None):
                 _report(out, "TEXT_INVALID", path, sentence)
-
-    def each(values: object, path: str, what: str) -> None:
-        if isinstance(values, (tuple, list)):
-            for i, value in enumerate(values):
-                check(value, f"{path}[{i}]", f"{what} {i + 1}")
-
-    for attr, box in _PARTIES:
-        party = getattr(permit, attr, None)
-        if party is None:
-            continue
-        for field, what in _PARTY_TEXT:
-            check(getattr(party, field, None), f"{attr}.{field}", f"{box}: {what}")
-        address = getattr(party, "address", None)
-        for field, what in _ADDRESS_TEXT if address is not None else ():
-            check(getattr(address, field, None), f"{attr}.address.{field}", f"{box}: {what}")
-    each(permit.special_conditions, "special_conditions", "Box 5: special condition")
-    for field, what in _PERMIT_TEXT:
-        check(getattr(permit, field), field, what)
-    for i, item in enumerate(permit.items or ()):
-        p = f"items[{i}]"
-        # The letter names the item in every sentence, unless it is the faulty text itself.
-        clean = isinstance(item.id, str) and not text_problems(item.id, "", limit=None)
-        label = f"Item {item.id}" if clean and item.id else f"Item {i + 1}"
-        check(item.id, f"{p}.id", f"{label}: the item letter")
-        for field, what in _ITEM_TEXT:
-            check(getattr(item, field), f"{p}.{field}", f"{label}, {what}")
-        for field, what in _REF_TEXT:
-            ref = getattr(item, field)
-            if ref is not None:
-                check(ref.number, f"{p}.{field}.number", f"{label}, {what}")
-        each(item.marks, f"{p}.marks", f"{label}, box 9: mark")
-    e = permit.endorsement
-    for field, what in _ENDORSEMENT_TEXT if e is not None else ():
-        check(getattr(e, field), f"endorsement.{field}", what)
