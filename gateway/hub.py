@@ -354,7 +354,7 @@ class HubDesk:
             # The member's puller and a retry of it (or a fetch) can race on one message: the
             # loser re-reads, and a message the winner settled is an acknowledgement repeated.
             message = await self.store.get_message(message_id)
-            settled = message is not None and message.status not in _SETTLED and await self._settle(message, member, error, body)
+            settled = message is not None and await self._settle(message, member, error, body)
         if settled:
             log.info("hub.acknowledged", message_id=message_id, member=member, refused=error is not None)
         return DeskAnswer(204, b"")
@@ -365,7 +365,7 @@ class HubDesk:
         if message.status in _SETTLED:
             return False  # acknowledged before: nothing changes
         if message.status is MessageStatus.SEND_ENQUEUED:
-            message = await self.store.transition(message_id, MessageStatus.SENDING, actor=actor, detail=f"acknowledged by {member} without a fetch")
+            await self.store.transition(message_id, MessageStatus.SENDING, actor=actor, detail=f"acknowledged by {member} without a fetch")
         if error is not None and error.retryable:
             await self.store.record_event(
                 message_id, actor=actor, detail=f"{member} could not take it yet: {error.message}", error_code=error.code
