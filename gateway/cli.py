@@ -132,19 +132,18 @@ def _judged_at(at: str) -> dict:
     with its offset, or ``none`` for no time rules."""
     from datetime import date, datetime, timezone
 
+    from adapters.permit_json import read_datetime
+
     if at == "now":
         return {"now": datetime.now(timezone.utc)}
     if at == "none":
         return {}
-    try:
-        if len(at) == 10:
+    if len(at) == 10:
+        try:
             return {"today": date.fromisoformat(at)}
-        moment = datetime.fromisoformat(at)
-    except ValueError:
-        raise EpixError(ErrorCode.JSON_MALFORMED, f"--at {at!r} is not now, none, a date (2026-07-05) or an instant with its offset.")
-    if moment.utcoffset() is None:
-        raise EpixError(ErrorCode.JSON_MALFORMED, f"--at {at!r} needs its offset (e.g. 2026-07-05T12:00:00+02:00).")
-    return {"now": moment}
+        except ValueError:
+            raise EpixError(ErrorCode.JSON_MALFORMED, f"--at {at!r} is not a real date (e.g. 2026-07-05).") from None
+    return {"now": read_datetime(at, "--at")}
 
 
 def cmd_sign(args) -> int:
