@@ -38,7 +38,10 @@ class Token:
 
 @dataclass(frozen=True, slots=True)
 class DeliveryConfig:
-    concurrency: int = 16
+    # Messages in flight at once. Under load each send waits behind the busy event loops at both
+    # ends, so more in flight keeps both gateways at work: 32 delivered 8-10% more than 16 on
+    # bench e2e direct/SQLite and direct/PostgreSQL (runs taken alternately), no worse elsewhere.
+    concurrency: int = 32
     batch: int = 64
     lease_s: float = 30.0
     poll_s: float = 0.5
@@ -239,9 +242,10 @@ def _queue(raw: dict[str, Any], source: str) -> QueueConfig:
     url = raw.get("url") or os.environ.get("EPIX_QUEUE_URL") or None
     if url is not None and not str(url).startswith(("amqp://", "amqps://")):
         raise _bad(source, "queue.url must be an amqp:// or amqps:// URL (leave it out for the embedded queue).")
-    prefetch = int(raw.get("prefetch", 16))
-    timeout = float(raw.get("confirm_timeout_s", 5.0))
-    prefix = str(raw.get("prefix", "epix"))
+    defaults = QueueConfig()
+    prefetch = int(raw.get("prefetch", defaults.prefetch))
+    timeout = float(raw.get("confirm_timeout_s", defaults.confirm_timeout_s))
+    prefix = str(raw.get("prefix", defaults.prefix))
     if prefetch < 1 or timeout <= 0:
         raise _bad(source, "queue.prefetch must be at least 1 and queue.confirm_timeout_s above 0.")
     if not prefix or not all(c.isalnum() or c in "-_." for c in prefix):
