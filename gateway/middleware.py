@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import re
-import uuid
 
 import structlog
 from aiohttp import web
@@ -16,6 +15,7 @@ from aiohttp import web
 from domain.errors import EpixError, ErrorCode
 from gateway import appkeys
 from gateway.config import Token
+from gateway.ids import new_hex
 from gateway.logs import get_logger
 
 log = get_logger("epix.http")
@@ -38,7 +38,7 @@ REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 @web.middleware
 async def request_context(request: web.Request, handler):
     given = request.headers.get("X-Request-Id", "")
-    request_id = given if REQUEST_ID.fullmatch(given) else uuid.uuid4().hex
+    request_id = given if REQUEST_ID.fullmatch(given) else new_hex()
     structlog.contextvars.clear_contextvars()
     structlog.contextvars.bind_contextvars(request_id=request_id, path=request.path, method=request.method)
     response = await handler(request)

@@ -22,6 +22,7 @@ from domain.errors import EpixError, ErrorCode
 from domain.messages import Action, Direction, MessageStatus
 from domain.model import Permit
 from gateway.config import GatewayConfig, Token
+from gateway.ids import new_uuid
 from gateway.security import Security
 from gateway.store.base import MessageRecord, PermitRecord, Store
 
@@ -194,7 +195,7 @@ class OutboundService:
         self, issuer: str, number: str, version: int, receiver: str, action: Action, via: str | None, payload: bytes, now: datetime
     ) -> MessageRecord:
         return MessageRecord(
-            message_id=str(uuid.uuid4()),
+            message_id=new_uuid(),
             conversation_id=conversation_id(issuer, number),
             direction=Direction.OUTBOUND,
             sender=self.config.party,

@@ -11,8 +11,6 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
-import os
-import uuid
 from collections import OrderedDict
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -36,6 +34,7 @@ from gateway.config import GatewayConfig, Token
 from gateway.customs.checks import CheckFacts, exporter_key, make_check, permit_json
 from gateway.customs.config import CustomsConfig, covers_country, covers_office, single_office
 from gateway.customs.verification import Facts, Verdict, judge
+from gateway.ids import new_uuid
 from gateway.logs import get_logger
 from gateway.outbound import DOCUMENT_TYPE, conversation_id
 from gateway.security import Security
@@ -99,26 +98,6 @@ class VerificationResult:
     facts: CheckFacts | None = None
 
 
-class _Ids:
-    """Random (version 4) UUIDs from the OS's CSPRNG, 256 per system call: one call per id was a
-    measurable share of a verification's time on a busy event loop."""
-
-    def __init__(self) -> None:
-        self._pool = b""
-        self._at = 0
-
-    def __call__(self) -> str:
-        if self._at >= len(self._pool):
-            self._pool, self._at = bytearray(os.urandom(4096)), 0
-        at, self._at = self._at, self._at + 16
-        raw = self._pool
-        raw[at + 6] = (raw[at + 6] & 0x0F) | 0x40  # version 4
-        raw[at + 8] = (raw[at + 8] & 0x3F) | 0x80  # RFC 4122 variant
-        h = raw[at : at + 16].hex()
-        return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
-
-
-new_id = _Ids()
 
 
 class _Lru(OrderedDict):
@@ -295,7 +274,7 @@ class CustomsService:
                 risk = assess(facts.risk, context, self.customs.risk, key=f"{issuer}/{number}")  # type: ignore[arg-type]
         verdict, reasons = judge(verdict_facts)
         result = VerificationResult(
-            new_id(), verdict, reasons, now, issuer, number, held, balances, signature, risk, check, facts
+            new_uuid(), verdict, reasons, now, issuer, number, held, balances, signature, risk, check, facts
         )
         await self.audit.append(
             VerificationRecord(
@@ -430,7 +409,7 @@ class CustomsService:
         route = self.config.agreements.route(record.issuer, DOCUMENT_TYPE, Action.ENDORSE)
         payload = self.security.sign(build_endorsement(notice))
         return MessageRecord(
-            message_id=str(uuid.uuid4()), conversation_id=conversation_id(record.issuer, record.number),
+            message_id=new_uuid(), conversation_id=conversation_id(record.issuer, record.number),
             direction=Direction.OUTBOUND, sender=self.config.party, receiver=route.receiver, document_type=DOCUMENT_TYPE,
             action=Action.ENDORSE, issuer=record.issuer, number=record.number, version=record.version,
             status=MessageStatus.SEND_ENQUEUED, attempts=0, next_attempt_at=now, lease_until=None,

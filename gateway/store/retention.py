@@ -235,6 +235,78 @@ RETENTION_TRIGGERS = {
 
 KEPT_FOR_FEED_DDL = ("ALTER TABLE retention_runs ADD COLUMN kept_for_feed INTEGER NOT NULL DEFAULT 0",)
 
+# --- schema: migration 11 -------------------------------------------------------------------------
+
+# The run log is the account of every removal, so it is guarded as the history it accounts for:
+# a run's record is never deleted; while it runs only its progress moves (the purging flag, the
+# counts, which only grow, and its end); once it has ended it never changes. Its actor, start and
+# cutoffs are fixed when it starts: the flag lets through only what is older than the cutoffs the
+# run was recorded with, so a flag raised by hand on a finished run, or a cutoff moved, lets
+# nothing through. A run starts with nothing counted. SQLite's REPLACE over a run is refused too
+# (as for the events, migration 9).
+_RUN_FIXED = ["run_id", "actor", "started_at", "message_cutoff", "payload_cutoff", "idempotency_cutoff", "verification_cutoff"]
+_RUN_COUNTS = ["messages", "events", "payloads", "idempotency_keys", "verifications", "batches", "kept_for_feed"]
+_RUNS_KEPT = "retention_runs is append-only: a run is never deleted, and once ended never changed"
+_RUNS_PROGRESS = "retention_runs is append-only: a running run moves only its flag, its counts (up) and its end"
+_RUNS_START = "retention_runs is append-only: a run starts unfinished, not purging, with nothing counted"
+
+
+def _run_moves_forward(sqlite: bool) -> str:
+    same = (
+        " AND ".join(f"NEW.{c} IS OLD.{c}" for c in _RUN_FIXED)
+        if sqlite
+        else f"({', '.join('NEW.' + c for c in _RUN_FIXED)}) IS NOT DISTINCT FROM ({', '.join('OLD.' + c for c in _RUN_FIXED)})"
+    )
+    grows = " AND ".join(f"NEW.{c} >= OLD.{c}" for c in _RUN_COUNTS)
+    return f"OLD.finished_at IS NULL AND {same} AND {grows}"
+
+
+_RUN_STARTS_CLEAN = "NEW.finished_at IS NULL AND NEW.purging = 0 AND " + " AND ".join(f"NEW.{c} = 0" for c in _RUN_COUNTS)
+
+RUNS_TRIGGERS = {
+    "sqlite": (
+        f"CREATE TRIGGER retention_runs_no_delete BEFORE DELETE ON retention_runs BEGIN SELECT RAISE(ABORT, '{_RUNS_KEPT}'); END",
+        f"""
+        CREATE TRIGGER retention_runs_ended_final BEFORE UPDATE ON retention_runs
+        WHEN OLD.finished_at IS NOT NULL BEGIN SELECT RAISE(ABORT, '{_RUNS_KEPT}'); END
+        """,
+        f"""
+        CREATE TRIGGER retention_runs_progress_only BEFORE UPDATE ON retention_runs
+        WHEN NOT ({_run_moves_forward(sqlite=True)}) BEGIN SELECT RAISE(ABORT, '{_RUNS_PROGRESS}'); END
+        """,
+        f"""
+        CREATE TRIGGER retention_runs_no_replace BEFORE INSERT ON retention_runs
+        WHEN EXISTS (SELECT 1 FROM retention_runs WHERE run_id = NEW.run_id) BEGIN SELECT RAISE(ABORT, '{_RUNS_KEPT}'); END
+        """,
+        f"""
+        CREATE TRIGGER retention_runs_start_clean BEFORE INSERT ON retention_runs
+        WHEN NOT ({_RUN_STARTS_CLEAN}) BEGIN SELECT RAISE(ABORT, '{_RUNS_START}'); END
+        """,
+    ),
+    "postgresql": (
+        f"""
+        CREATE FUNCTION retention_runs_guard() RETURNS trigger LANGUAGE plpgsql AS $$
+        BEGIN
+            IF TG_OP = 'INSERT' THEN
+                IF {_RUN_STARTS_CLEAN} THEN RETURN NEW; END IF;
+                RAISE EXCEPTION '{_RUNS_START}';
+            END IF;
+            IF OLD.finished_at IS NOT NULL THEN RAISE EXCEPTION '{_RUNS_KEPT}'; END IF;
+            IF {_run_moves_forward(sqlite=False)} THEN RETURN NEW; END IF;
+            RAISE EXCEPTION '{_RUNS_PROGRESS}';
+        END $$
+        """,
+        """
+        CREATE TRIGGER retention_runs_guard BEFORE INSERT OR UPDATE ON retention_runs
+        FOR EACH ROW EXECUTE FUNCTION retention_runs_guard()
+        """,
+        f"""
+        CREATE TRIGGER retention_runs_no_delete BEFORE DELETE OR TRUNCATE ON retention_runs
+        FOR EACH STATEMENT EXECUTE FUNCTION epix_refuse_change('{_RUNS_KEPT}')
+        """,
+    ),
+}
+
 # --- statements (PostgreSQL placeholders; SQLite reads them through schema.for_sqlite) ----------
 
 # A message is settled when it is final and, if it went through a hub, the hub reported its end.

@@ -19,7 +19,7 @@ from domain.messages import Action, Direction, MessageStatus
 
 from .base import Claim, MessageEvent, MessageRecord, PermitRecord, sources_of
 from .ledger import AUDIT_TRIGGERS, CHECKS_DDL, CHECKS_TRIGGERS, FEED_DDL, FEED_TRIGGERS, LEDGER_DDL
-from .retention import KEPT_FOR_FEED_DDL, RETENTION_DDL, RETENTION_TRIGGERS
+from .retention import KEPT_FOR_FEED_DDL, RETENTION_DDL, RETENTION_TRIGGERS, RUNS_TRIGGERS
 
 
 @dataclass(frozen=True, slots=True)
@@ -233,6 +233,11 @@ MIGRATIONS += (Migration(9, "events: an insert over a held event refused (SQLite
 
 # Retention keeps what the customs feed has yet to hand over; each run records how much (retention.py).
 MIGRATIONS += (Migration(10, "retention: runs record what they kept for the customs feed", KEPT_FOR_FEED_DDL),)
+
+# The retention run log guarded like the history it accounts for (retention.py).
+MIGRATIONS += (Migration(11, "retention: the run log append-only (a run only moves forward, and an ended one never)", ()),)
+for _dialect, _triggers in RUNS_TRIGGERS.items():
+    _DIALECT_EXTRAS[_dialect][11] = _triggers
 
 MIGRATIONS_TABLE = """
     CREATE TABLE IF NOT EXISTS schema_migrations (

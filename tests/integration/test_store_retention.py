@@ -26,6 +26,18 @@ from gateway.store.schema import FINAL_DELIVERY_STATUSES
 from tests.integration.records import T0, accept, message, permit, refused
 from tests.pg import PG_DSN, PgSchema
 
+
+def purging_by_hand(**cutoffs: str) -> list[str]:
+    """Statements that raise a retention run's flag by hand, as only the retention job should: a
+    new run with the given cutoffs (an ended run can no longer be changed, migration 11)."""
+    columns = ", ".join(f"{k}_cutoff" for k in cutoffs)
+    values = ", ".join(cutoffs.values())
+    return [
+        f"INSERT INTO retention_runs (run_id, actor, started_at, {columns}) VALUES (999, 'by-hand', '2026-11-23T14:00:00.000000+00:00', {values})",
+        "UPDATE retention_runs SET purging = 1 WHERE run_id = 999",
+    ]
+
+
 DAY = 86400.0
 
 
@@ -160,12 +172,12 @@ async def test_the_history_stays_append_only_outside_a_retention_run(backend, cl
     async def refused(statement: str, *, purging_run: bool = False) -> None:
         """The statement fails with the trigger's message; ``purging_run``: inside a transaction that
         sets a run's flag by hand, as only the retention job should."""
-        flag = "UPDATE retention_runs SET purging = 1, message_cutoff = '2100-01-01T00:00:00.000000+00:00'"
+        flag = purging_by_hand(message="'2100-01-01T00:00:00.000000+00:00'") if purging_run else []
         if backend.kind == "sqlite":
             conn = sqlite3.connect(store.path, isolation_level=None)
             conn.execute("BEGIN IMMEDIATE")
-            if purging_run:
-                conn.execute(flag)
+            for raising in flag:
+                conn.execute(raising)
             with pytest.raises(sqlite3.IntegrityError, match="append-only"):
                 conn.execute(statement)
             conn.execute("ROLLBACK")
@@ -174,8 +186,8 @@ async def test_the_history_stays_append_only_outside_a_retention_run(backend, cl
             async with store.pool.acquire() as conn:
                 with pytest.raises(asyncpg.RaiseError, match="append-only"):
                     async with conn.transaction():
-                        if purging_run:
-                            await conn.execute(flag)
+                        for raising in flag:
+                            await conn.execute(raising)
                         await conn.execute(statement)
 
     await refused(f"UPDATE message_events SET actor = 'forger' WHERE message_id = '{final}'")
@@ -199,7 +211,7 @@ async def test_an_insert_over_a_held_event_is_refused_whatever_its_conflict_clau
     await store.purge(Cutoffs(payloads=clock() - timedelta(days=30)), actor="test")  # a run exists, and is over
     before = await store.message_events(final)
     forged = f"({q.EVENT_COLUMNS}) VALUES ('{final}', 1, '2026-11-23T14:00:00.000000+00:00', 'ACKNOWLEDGED', 'forger', 'rewritten', NULL)"
-    purging = ["UPDATE retention_runs SET purging = 1, message_cutoff = '2100-01-01T00:00:00.000000+00:00'"]
+    purging = purging_by_hand(message="'2100-01-01T00:00:00.000000+00:00'")
     upsert = f"INSERT INTO message_events {forged} ON CONFLICT (message_id, seq) DO UPDATE SET actor = 'forger'"
 
     statements = [upsert]
@@ -359,7 +371,7 @@ async def test_the_verification_audit_is_append_only_but_for_a_retention_run(bac
     await store.record_verifications([_verification("v-new", at=clock())])
     await store.purge(Cutoffs(idempotency_keys=clock()), actor="test")  # a run exists, and is over
     between = "'2026-12-01T00:00:00.000000+00:00'"  # after v-old, before v-new
-    purging = [f"UPDATE retention_runs SET purging = 1, verification_cutoff = {between}"]  # by hand, as only a run should
+    purging = purging_by_hand(verification=between)
 
     await refused(store, "UPDATE verifications SET verdict = 'VALID', principal = 'forger' WHERE id = 'v-old'")
     await refused(store, "UPDATE verifications SET verdict = 'VALID' WHERE id = 'v-old'", first=purging)
@@ -447,3 +459,37 @@ async def test_a_run_that_stops_says_why_and_what_it_removed_stays_removed(backe
     assert run.finished_at == clock() and "verifications" in run.error
     assert run.counts == PurgeCounts(messages=1, events=3)
     assert await store.get_message(gone) is None
+
+
+async def test_the_run_log_only_moves_forward_and_an_ended_run_never_changes(backend, clock):
+    """Migration 11: the account of every removal is kept like the history it accounts for."""
+    store = await backend()
+    await _outbound(store, "P-ACK", MessageStatus.SENDING, MessageStatus.ACKNOWLEDGED)
+    clock.advance(400 * DAY)
+    await store.purge(Cutoffs(messages=clock() - timedelta(days=365)), actor="test")
+    (ended,) = await store.purge_runs()
+    assert ended.finished_at is not None and ended.counts.messages == 1
+
+    await refused(store, "DELETE FROM retention_runs")
+    await refused(store, f"UPDATE retention_runs SET messages = 0 WHERE run_id = {ended.run_id}")
+    await refused(store, f"UPDATE retention_runs SET purging = 1 WHERE run_id = {ended.run_id}")  # its flag neither
+    await refused(store, f"UPDATE retention_runs SET error = 'rewritten' WHERE run_id = {ended.run_id}")
+    # A run still going moves its flag and its counts up, and its cutoffs stay those it began with.
+    running = purging_by_hand(message="'2026-01-01T00:00:00.000000+00:00'")
+    await refused(store, "UPDATE retention_runs SET message_cutoff = '2100-01-01T00:00:00.000000+00:00' WHERE run_id = 999", first=running)
+    await refused(store, "UPDATE retention_runs SET actor = 'someone else' WHERE run_id = 999", first=running)
+    await refused(store, "UPDATE retention_runs SET messages = -1 WHERE run_id = 999", first=running)
+    # A run starts with nothing counted, unfinished and not purging.
+    start = "INSERT INTO retention_runs (run_id, actor, started_at{extra}) VALUES (998, 'by-hand', '2026-11-23T14:00:00.000000+00:00'{value})"
+    await refused(store, start.format(extra=", purging", value=", 1"))
+    await refused(store, start.format(extra=", messages", value=", 5"))
+    await refused(store, start.format(extra=", finished_at", value=", '2026-11-23T14:00:00.000000+00:00'"))
+    if backend.kind == "sqlite":
+        await refused(store, f"INSERT OR REPLACE INTO retention_runs (run_id, actor, started_at) VALUES ({ended.run_id}, 'forger', '2026-11-23T14:00:00.000000+00:00')")
+    else:
+        await refused(store, "TRUNCATE retention_runs")
+
+    assert await store.purge_runs() == [ended]
+    # The job itself still runs: a run that purges nothing is recorded and ends.
+    await store.purge(Cutoffs(messages=clock() - timedelta(days=365)), actor="test")
+    assert [r.run_id for r in await store.purge_runs()] == [ended.run_id + 1, ended.run_id]
