@@ -98,8 +98,6 @@ class VerificationResult:
     facts: CheckFacts | None = None
 
 
-
-
 class _Lru(OrderedDict):
     def __init__(self, size: int) -> None:
         super().__init__()

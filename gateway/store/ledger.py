@@ -521,7 +521,8 @@ _BALANCE_KEEPS = "permit_balances is append-only: a balance line is never delete
 _AUDIT_MAY_DELETE = "SELECT 1 FROM retention_runs r WHERE r.purging = 1 AND OLD.at < r.verification_cutoff"
 
 
-def _same(columns: list[str], *, sqlite: bool) -> str:
+def same_columns(columns: list[str], *, sqlite: bool) -> str:
+    """A trigger's condition that ``columns`` keep their values (NULL equal to NULL)."""
     if sqlite:
         return " AND ".join(f"NEW.{c} IS OLD.{c}" for c in columns)
     return f"({', '.join('NEW.' + c for c in columns)}) IS NOT DISTINCT FROM ({', '.join('OLD.' + c for c in columns)})"
@@ -545,7 +546,7 @@ AUDIT_TRIGGERS = {
         f"CREATE TRIGGER write_offs_no_delete BEFORE DELETE ON write_offs {_abort(_WRITE_OFF_KEEPS)}",
         f"""
         CREATE TRIGGER write_offs_reversal_only BEFORE UPDATE ON write_offs
-        WHEN NOT (OLD.reversed_at IS NULL AND NEW.reversed_at IS NOT NULL AND {_same(_WRITE_OFF_KEPT, sqlite=True)})
+        WHEN NOT (OLD.reversed_at IS NULL AND NEW.reversed_at IS NOT NULL AND {same_columns(_WRITE_OFF_KEPT, sqlite=True)})
         {_abort(_WRITE_OFF_KEEPS)}
         """,
         f"""
@@ -557,7 +558,7 @@ AUDIT_TRIGGERS = {
         f"CREATE TRIGGER permit_balances_no_delete BEFORE DELETE ON permit_balances {_abort(_BALANCE_KEEPS)}",
         f"""
         CREATE TRIGGER permit_balances_used_only BEFORE UPDATE ON permit_balances
-        WHEN NOT ({_same(_BALANCE_KEPT, sqlite=True)}) {_abort(_BALANCE_KEEPS)}
+        WHEN NOT ({same_columns(_BALANCE_KEPT, sqlite=True)}) {_abort(_BALANCE_KEEPS)}
         """,
         """
         CREATE TRIGGER permit_balances_no_replace BEFORE INSERT ON permit_balances
@@ -581,7 +582,7 @@ AUDIT_TRIGGERS = {
         f"""
         CREATE FUNCTION write_offs_reversal_only() RETURNS trigger LANGUAGE plpgsql AS $$
         BEGIN
-            IF OLD.reversed_at IS NULL AND NEW.reversed_at IS NOT NULL AND {_same(_WRITE_OFF_KEPT, sqlite=False)} THEN
+            IF OLD.reversed_at IS NULL AND NEW.reversed_at IS NOT NULL AND {same_columns(_WRITE_OFF_KEPT, sqlite=False)} THEN
                 RETURN NEW;
             END IF;
             RAISE EXCEPTION '{_WRITE_OFF_KEEPS}';
@@ -590,7 +591,7 @@ AUDIT_TRIGGERS = {
         f"""
         CREATE FUNCTION permit_balances_used_only() RETURNS trigger LANGUAGE plpgsql AS $$
         BEGIN
-            IF {_same(_BALANCE_KEPT, sqlite=False)} THEN RETURN NEW; END IF;
+            IF {same_columns(_BALANCE_KEPT, sqlite=False)} THEN RETURN NEW; END IF;
             RAISE EXCEPTION '{_BALANCE_KEEPS}';
         END $$
         """,

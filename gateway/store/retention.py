@@ -42,6 +42,8 @@ from typing import Any
 from domain.errors import EpixError, ErrorCode
 from domain.messages import MessageStatus
 
+from .ledger import same_columns
+
 RETENTION_ACTOR = "retention"  # the actor of the "payload removed" event in a message's history
 MAX_BATCH = 10_000
 
@@ -252,11 +254,7 @@ _RUNS_START = "retention_runs is append-only: a run starts unfinished, not purgi
 
 
 def _run_moves_forward(sqlite: bool) -> str:
-    same = (
-        " AND ".join(f"NEW.{c} IS OLD.{c}" for c in _RUN_FIXED)
-        if sqlite
-        else f"({', '.join('NEW.' + c for c in _RUN_FIXED)}) IS NOT DISTINCT FROM ({', '.join('OLD.' + c for c in _RUN_FIXED)})"
-    )
+    same = same_columns(_RUN_FIXED, sqlite=sqlite)
     grows = " AND ".join(f"NEW.{c} >= OLD.{c}" for c in _RUN_COUNTS)
     return f"OLD.finished_at IS NULL AND {same} AND {grows}"
 
