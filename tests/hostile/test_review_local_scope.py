@@ -11,6 +11,7 @@ from simulators.samples import make_permit
 from tests.e2e.conftest import Cluster
 from tests.hostile.http import send
 from tests.hostile.test_local_api_inputs import CUSTOMS, OFFICE, TOKENS
+from tests.integration.conftest import backend, clock, store  # noqa: F401 -- fixtures, once per store
 
 
 async def test_customs_tokens_cannot_read_permits_through_the_ma_permit_view(tmp_path):
@@ -46,3 +47,85 @@ async def test_customs_tokens_cannot_read_permits_through_the_ma_permit_view(tmp
         for operator in (False, True):
             status, view = await send(c.url("FR"), "GET", "/v1/permits/CH/CH26-000802", headers=c.headers("FR", operator=operator))
             assert status == 200 and view["permit"]["number"] == "CH26-000802"
+
+
+class _Hook:
+    """The MA system's webhook endpoint: answers ``status`` and notes which messages it was sent."""
+
+    def __init__(self) -> None:
+        self.status = 503
+        self.posted: list[str] = []
+
+    def post(self, url, *, data, headers, timeout):
+        self.posted.append(headers["X-Epix-Message-Id"])
+        hook = self
+
+        class _Answer:
+            status = hook.status
+
+            async def __aenter__(self):
+                return self
+
+            async def __aexit__(self, *exc):
+                return False
+
+        return _Answer()
+
+
+async def test_messages_the_webhook_gave_up_on_do_not_starve_the_ones_received_after_them(tmp_path):
+    """The MA system's webhook was down while 100 permits arrived: each is given up after its last
+    attempt and stays in the inbox (to be polled). Once the webhook is back, a permit received
+    later must still be pushed, although the 100 older ones fill a whole inbox page."""
+    from datetime import timedelta
+    from types import SimpleNamespace
+
+    from gateway.config import DeliveryConfig, WebhookConfig
+    from gateway.store.sqlite import SqliteStore
+    from gateway.webhook import WebhookNotifier
+    from tests.integration.records import T0, message
+    from tests.integration.test_store import inbound_permit
+
+    store = SqliteStore(tmp_path / "epix.sqlite3")
+    await store.open()
+    try:
+
+        async def receive(i: int) -> None:
+            p = inbound_permit(f"FR-2026-{i:04d}")
+            await store.store_inbound(p, message(p, receiver="CH", message_id=f"fr-{i:04d}", created_at=T0 + timedelta(seconds=i)), actor="receiver")
+
+        for i in range(100):
+            await receive(i)
+        config = SimpleNamespace(party="CH", webhook=WebhookConfig(url="http://ma.invalid/hook", max_attempts=1), delivery=DeliveryConfig())
+        hook = _Hook()
+
+        async def view(m):
+            return {"message_id": m.message_id}
+
+        notifier = WebhookNotifier(config, store, hook, view)
+        assert await notifier.run_once() == 0
+        assert len(hook.posted) == 100  # each tried once, and given up
+
+        hook.status, hook.posted = 200, []
+        await receive(100)
+        assert await notifier.run_once() == 1
+        assert hook.posted == ["fr-0100"]
+        assert (await store.get_message("fr-0100")).status is MessageStatus.DELIVERED
+        assert len(await store.inbox("CH", limit=1000)) == 100  # the given-up ones wait to be polled
+    finally:
+        await store.close()
+
+
+async def test_the_inbox_continues_after_a_page_on_both_stores(store):
+    """The cursor the webhook pages with: messages created in the same microsecond are neither
+    skipped nor seen twice."""
+    from tests.integration.records import T0, message
+    from tests.integration.test_store import inbound_permit
+
+    for i, at in enumerate([T0, T0, T0, T0.replace(second=1)]):
+        p = inbound_permit(f"FR-2026-{i:04d}")
+        await store.store_inbound(p, message(p, receiver="CH", message_id=f"fr-{i}", created_at=at), actor="receiver")
+    first = await store.inbox("CH", limit=2)
+    assert [m.message_id for m in first] == ["fr-0", "fr-1"]
+    rest = await store.inbox("CH", limit=2, after=(first[-1].created_at, first[-1].message_id))
+    assert [m.message_id for m in rest] == ["fr-2", "fr-3"]
+    assert await store.inbox("CH", after=(rest[-1].created_at, rest[-1].message_id)) == []
