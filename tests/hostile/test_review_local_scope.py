@@ -129,3 +129,39 @@ async def test_the_inbox_continues_after_a_page_on_both_stores(store):
     rest = await store.inbox("CH", limit=2, after=(first[-1].created_at, first[-1].message_id))
     assert [m.message_id for m in rest] == ["fr-2", "fr-3"]
     assert await store.inbox("CH", after=(rest[-1].created_at, rest[-1].message_id)) == []
+
+
+def test_two_tokens_under_one_name_or_with_one_secret_are_refused_at_start_up():
+    """Idempotency keys are kept per token name and every audit row names the token: two tokens
+    sharing a name would share (and refuse each other's) Idempotency-Key values and be one actor
+    in the history. Two entries with one secret would make the second one's role and countries
+    dead letters: the first always matches."""
+    import pytest
+
+    from domain.errors import EpixError, ErrorCode
+    from gateway.config import parse_config
+
+    def tokens(*entries):
+        return {"gateway": {"party": "CH"}, "token": list(entries)}
+
+    cases = [
+        (
+            tokens(
+                {"name": "ecites", "token": "secret-a", "role": "ma", "countries": ["CH"]},
+                {"name": "ecites", "token": "secret-b", "role": "operator", "countries": ["CH"]},
+            ),
+            "name ecites is given to tokens #1 and #2",
+        ),
+        (
+            tokens(
+                {"name": "ch-ma", "token": "s3cr3t-shared", "role": "ma", "countries": ["CH"]},
+                {"name": "ch-ops", "token": "s3cr3t-shared", "role": "operator", "countries": ["*"]},
+            ),
+            "tokens ch-ma and ch-ops have the same secret",
+        ),
+    ]
+    for data, words in cases:
+        with pytest.raises(EpixError) as info:
+            parse_config(data, source="gateway.toml")
+        assert info.value.code is ErrorCode.CONFIG_INVALID and words in info.value.detail, info.value.detail
+        assert "s3cr3t" not in info.value.detail  # the secret itself is never shown
