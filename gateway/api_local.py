@@ -192,6 +192,10 @@ def _check_permit_scope(request: web.Request, issuer: str, versions: list[Permit
 
 
 async def _versions(request: web.Request) -> tuple[str, str, list[PermitRecord]]:
+    # Customs reads permits through the verification, which answers only for permits addressed to
+    # the token (NOT_ADDRESSED_TO_YOU otherwise) and audits every question; this view would give
+    # any permit received here, its deliveries and signed XML, unaudited.
+    require_role(request, "ma", "operator")
     issuer, number = paths.permit_key(request)
     versions = await request.app[appkeys.STORE].get_permit_versions(issuer, number)
     if not versions:

@@ -164,6 +164,13 @@ def _tokens(raw: list[dict[str, Any]], source: str) -> tuple[Token, ...]:
         countries = frozenset(t.get("countries", []))
         if not countries:
             raise _bad(source, f"token {name}: countries must list at least one country (or '*').")
+        # The name keys a client's Idempotency-Key values and names it in every audit row; a
+        # secret matches only the first entry that holds it, leaving any later one unused.
+        for j, other in enumerate(tokens):
+            if other.name == name:
+                raise _bad(source, f"the name {name} is given to tokens #{j + 1} and #{i + 1}; each token needs its own.")
+            if hmac.compare_digest(other.sha256, digest):
+                raise _bad(source, f"tokens {other.name} and {name} have the same secret; give each its own.")
         tokens.append(Token(name=name, sha256=digest, role=t["role"], countries=countries))
     return tuple(tokens)
 

@@ -23,6 +23,7 @@ from gateway.store.base import MessageRecord, Store
 
 log = get_logger("epix.webhook")
 SIGNATURE_HEADER = "X-Epix-Signature"
+PAGE = 100  # inbox messages read at a time
 
 
 def signature(secret: str, body: bytes) -> str:
@@ -52,13 +53,22 @@ class WebhookNotifier:
     async def run_once(self) -> int:
         now = time.monotonic()
         sent = 0
-        for message in await self.store.inbox(self.config.party, limit=100):
-            if self._attempts.get(message.message_id, 0) >= self.config.webhook.max_attempts:
-                continue
-            if self._not_before.get(message.message_id, 0.0) > now:
-                continue
-            sent += await self._push(message)
-        return sent
+        after = None
+        while True:
+            page = await self.store.inbox(self.config.party, limit=PAGE, after=after)
+            given_up = 0
+            for message in page:
+                if self._attempts.get(message.message_id, 0) >= self.config.webhook.max_attempts:
+                    given_up += 1
+                    continue
+                if self._not_before.get(message.message_id, 0.0) > now:
+                    continue
+                sent += await self._push(message)
+            # Messages given up on stay in the inbox, oldest first: a full page of them (an outage
+            # of the MA system's endpoint) would otherwise hide every message received after them.
+            if len(page) < PAGE or not given_up:
+                return sent
+            after = (page[-1].created_at, page[-1].message_id)
 
     async def _push(self, message: MessageRecord) -> int:
         body = json.dumps(await self.view(message), default=str).encode("utf-8")

@@ -468,8 +468,11 @@ class Store(CustomsLedger, Retention, ABC):
         message id or by the same permit version and digest under another message id."""
 
     @abstractmethod
-    async def inbox(self, receiver: str, *, limit: int = 100) -> list[MessageRecord]:
-        """Inbound messages RECEIVED for ``receiver`` and not yet acknowledged, oldest first."""
+    async def inbox(
+        self, receiver: str, *, limit: int = 100, after: tuple[datetime, str] | None = None
+    ) -> list[MessageRecord]:
+        """Inbound messages RECEIVED for ``receiver`` and not yet acknowledged, oldest first; with
+        ``after`` (the created_at and message_id of the last one of a page), those after it."""
 
     @abstractmethod
     async def ack_inbox(self, message_id: str, *, actor: str) -> MessageRecord:

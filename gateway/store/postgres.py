@@ -433,9 +433,15 @@ class PostgresStore(PostgresLedger, PostgresRetention, Store):
             return None
         return None if row is None else q.message_from_row(row, _dec)
 
-    async def inbox(self, receiver: str, *, limit: int = 100) -> list[MessageRecord]:
+    async def inbox(
+        self, receiver: str, *, limit: int = 100, after: tuple[datetime, str] | None = None
+    ) -> list[MessageRecord]:
         check_page(MessageFilter(limit=limit))
-        return [q.message_from_row(r, _dec) for r in await self.pool.fetch(q.SELECT_INBOX, receiver, limit)]
+        if after is None:
+            rows = await self.pool.fetch(q.SELECT_INBOX, receiver, limit)
+        else:
+            rows = await self.pool.fetch(q.SELECT_INBOX_AFTER, receiver, _enc(after[0]), after[1], limit)
+        return [q.message_from_row(r, _dec) for r in rows]
 
     async def ack_inbox(self, message_id: str, *, actor: str) -> MessageRecord:
         return await ack_inbox_via(self, message_id, actor=actor)

@@ -336,6 +336,12 @@ SELECT_INBOX = f"""
     WHERE status = 'RECEIVED' AND receiver = $1 AND direction = 'inbound'
     ORDER BY created_at, message_id LIMIT $2
 """
+SELECT_INBOX_AFTER = f"""
+    SELECT {MESSAGE_COLUMNS} FROM messages
+    WHERE status = 'RECEIVED' AND receiver = $1 AND direction = 'inbound'
+      AND (created_at > $2 OR (created_at = $2 AND message_id > $3))
+    ORDER BY created_at, message_id LIMIT $4
+"""
 # The effects of a replacement or a cancellation on the permit they concern, in the same
 # transaction as the message that carries them.
 MARK_REPLACED = """

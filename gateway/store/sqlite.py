@@ -514,9 +514,14 @@ class SqliteStore(SqliteLedger, SqliteRetention, Store):
         held = as_stored(message, due=None)
         return await self._write(_store_inbound, permit, held, actor, _enc(self._clock()))
 
-    async def inbox(self, receiver: str, *, limit: int = 100) -> list[MessageRecord]:
+    async def inbox(
+        self, receiver: str, *, limit: int = 100, after: tuple[datetime, str] | None = None
+    ) -> list[MessageRecord]:
         check_page(MessageFilter(limit=limit))
-        rows = await self._read(_fetchall, _sql(q.SELECT_INBOX), (receiver, limit))
+        if after is None:
+            rows = await self._read(_fetchall, _sql(q.SELECT_INBOX), (receiver, limit))
+        else:
+            rows = await self._read(_fetchall, _sql(q.SELECT_INBOX_AFTER), (receiver, _enc(after[0]), after[1], limit))
         return [q.message_from_row(r, _dec) for r in rows]
 
     async def ack_inbox(self, message_id: str, *, actor: str) -> MessageRecord:
