@@ -144,6 +144,24 @@ def _table(cls, raw: dict[str, Any], name: str, source: str):
         raise _bad(source, f"[{name}] accepts {allowed}; got {', '.join(sorted(raw))}.") from None
 
 
+def _scope(raw: Any, name: str, source: str) -> frozenset[str]:
+    """A token's countries: '*', parties (FR, HUB-AF) and customs offices (FR/FRCDG). A string
+    alone is refused rather than read as its letters ("FR" as F and R would cover nothing)."""
+    from adapters.exchange_xml import is_party_id
+    from domain.rules import identifier_problems
+
+    if not isinstance(raw, list) or not raw or not all(isinstance(c, str) for c in raw):
+        raise _bad(source, f'token {name}: countries must list at least one country, as a list such as ["FR"] (or ["*"]).')
+    for entry in raw:
+        party, slash, office = entry.partition("/")
+        party_ok = is_party_id(party) and party.isupper()
+        office_ok = not slash or (bool(office) and not identifier_problems(office, "The office"))
+        if entry == "*" or (party_ok and office_ok):
+            continue
+        raise _bad(source, f"token {name}: {entry!r} in countries is not '*', a country such as FR, or an office such as FR/FRCDG.")
+    return frozenset(raw)
+
+
 def _tokens(raw: list[dict[str, Any]], source: str) -> tuple[Token, ...]:
     tokens = []
     for i, t in enumerate(raw):
@@ -152,6 +170,8 @@ def _tokens(raw: list[dict[str, Any]], source: str) -> tuple[Token, ...]:
             raise _bad(source, f"token {name}: role must be one of {ROLES}.")
         if "sha256" in t:
             digest = str(t["sha256"]).lower()
+            if len(digest) != 64 or any(c not in "0123456789abcdef" for c in digest):
+                raise _bad(source, f"token {name}: sha256 must be the 64 hex digits of the token's SHA-256.")
         elif "token" in t:
             digest = hashlib.sha256(str(t["token"]).encode()).hexdigest()
         elif "token_env" in t:
@@ -161,9 +181,7 @@ def _tokens(raw: list[dict[str, Any]], source: str) -> tuple[Token, ...]:
             digest = hashlib.sha256(value.encode()).hexdigest()
         else:
             raise _bad(source, f"token {name}: give sha256, token_env or token.")
-        countries = frozenset(t.get("countries", []))
-        if not countries:
-            raise _bad(source, f"token {name}: countries must list at least one country (or '*').")
+        countries = _scope(t.get("countries", []), name, source)
         # The name keys a client's Idempotency-Key values and names it in every audit row; a
         # secret matches only the first entry that holds it, leaving any later one unused.
         for j, other in enumerate(tokens):

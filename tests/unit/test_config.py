@@ -120,6 +120,11 @@ def test_config_tokens_are_hashed_and_scoped(cert, monkeypatch):
         ({"gateway": {"party": "CH"}, "token": [{"name": "t", "role": "king", "countries": ["CH"]}]}, "role must be"),
         ({"gateway": {"party": "CH"}, "token": [{"name": "t", "role": "ma", "countries": ["CH"]}]}, "give sha256"),
         ({"gateway": {"party": "CH"}, "token": [{"name": "t", "role": "ma", "token": "x"}]}, "countries must list"),
+        # A string alone would be read as its letters, F and R, and cover nothing.
+        ({"gateway": {"party": "CH"}, "token": [{"name": "t", "role": "ma", "token": "x", "countries": "FR"}]}, "as a list such as"),
+        ({"gateway": {"party": "CH"}, "token": [{"name": "t", "role": "ma", "token": "x", "countries": ["fr"]}]}, "'fr' in countries is not"),
+        ({"gateway": {"party": "CH"}, "token": [{"name": "t", "role": "customs", "token": "x", "countries": ["FR/"]}]}, "an office such as FR/FRCDG"),
+        ({"gateway": {"party": "CH"}, "token": [{"name": "t", "role": "ma", "sha256": "abc", "countries": ["CH"]}]}, "64 hex digits"),
         ({"gateway": {"party": "CH"}, "token": [{"name": "t", "role": "ma", "token_env": "NOPE_NOT_SET", "countries": ["CH"]}]}, "is not set"),
         ({"gateway": {"party": "CH"}, "keys": {"passphrase_env": "NOPE_NOT_SET"}}, "is not set"),
         ({"gateway": {"party": "CH", "prot": 1}}, "unknown setting(s) prot"),
