@@ -194,6 +194,8 @@ async def epix_soap(request: web.Request) -> web.Response:
     token = principal(request)
     try:
         soap = read_request(await request.read(), max_bytes=request.app[appkeys.CONFIG].max_body_bytes)
+        # As in a URL: a number no permit can have is refused before it is looked up or audited.
+        paths.checked_permit_key(soap.issuer or "", soap.number or "")
         if soap.operation == "ConfirmQuantities":
             e = soap.permit.endorsement
             if e is None or not e.lines:

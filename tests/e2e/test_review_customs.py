@@ -29,3 +29,18 @@ async def test_the_issuers_customs_cannot_reverse_or_extend_a_partners_endorseme
 
     assert (await customs.call("CH", "GET", path + "/quantities", token="ch-customs"))[1] == before
     assert [m.message_id for m in await customs.store("CH").list_messages(MessageFilter())] == messages
+
+
+async def test_a_soap_lookup_of_a_number_no_permit_can_have_is_refused_and_not_audited(customs):
+    # As on /v1/verifications: a number or issuer no permit can have is NOT_FOUND with the reason,
+    # and is not appended to the audit history (which is kept forever and never changed).
+    from adapters.ns import SOAP11
+    from adapters.xmlparse import parse_xml
+    from tests.e2e.test_soap import _get, _post
+
+    for issuer, number, words in (("CH", "X" * 100_000, "at most 64"), ("ZZZ", "CH26-1", "ISO 3166-1")):
+        status, xml = await _post(customs, _get("GetNonFinalCitesCertificate", number, issuer))
+        fault = parse_xml(xml).getroot().find(f".//{{{SOAP11}}}Fault")
+        assert status == 500 and fault.findtext("detail/code") == "NOT_FOUND", xml[:500]
+        assert words in fault.findtext("faultstring") and len(xml) < 2000, xml[:500]
+        assert await customs.store("FR").list_verifications(issuer, number) == []
