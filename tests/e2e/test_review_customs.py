@@ -3,6 +3,14 @@ failed first."""
 
 from __future__ import annotations
 
+import uuid
+from datetime import datetime, timezone
+from decimal import Decimal
+
+from adapters.exchange_xml import EndorsementNotice, build_endorsement, build_envelope
+from domain.messages import Action, EnvelopeHeader
+from domain.model import EndorsedLine, Endorsement
+from gateway.outbound import conversation_id
 from gateway.store.base import MessageFilter
 from tests.e2e.conftest import FINAL, customs_permit
 from tests.e2e.test_customs import _declaration
@@ -44,3 +52,40 @@ async def test_a_soap_lookup_of_a_number_no_permit_can_have_is_refused_and_not_a
         assert status == 500 and fault.findtext("detail/code") == "NOT_FOUND", xml[:500]
         assert words in fault.findtext("faultstring") and len(xml) < 2000, xml[:500]
         assert await customs.store("FR").list_verifications(issuer, number) == []
+
+
+async def _endorse_as(customs, party: str, permit, declaration: str, *, lines=(), reversal: bool = False):
+    """An endorsement of CH's ``permit`` made and signed by ``party``'s gateway, sent to CH."""
+    security, now = customs.security(party), datetime.now(timezone.utc)
+    notice = EndorsementNotice(
+        issuer="CH", number=permit.number, version=1, endorsed_by=party, declaration=declaration, office="XX1",
+        reversal=reversal, endorsement=Endorsement(date=now, port="Mombasa", lines=tuple(lines)),
+    )  # fmt: skip
+    header = EnvelopeHeader(
+        message_id=str(uuid.uuid4()), conversation_id=conversation_id("CH", permit.number), sender=party, receiver="CH",
+        document_type="CITESEPermit", document_number=permit.number, document_issuer="CH", document_version=1,
+        action=Action.ENDORSE, created_at=now,
+    )  # fmt: skip
+    body = security.sign(build_envelope(header, security.sign(build_endorsement(notice)), sent_at=now))
+    async with customs.http.post(f"{customs.url('CH')}/exchange/v1/messages", data=body, headers={"Content-Type": "application/xml"}) as resp:
+        return resp.status, await resp.read()
+
+
+async def test_only_the_exporting_or_importing_country_endorses_a_permit(customs):
+    # CH's permit goes to FR. KE's gateway is a pinned partner of CH, but KE's customs never saw
+    # the goods: its endorsement would write actual quantities on CH's record, and its reversal
+    # would give back what FR's customs reported under FR's declaration reference.
+    permit = customs_permit("CH26-300003")
+    await customs.deliver(permit)
+    status, w = await customs.write_off("FR", "CH", permit.number, _declaration("FR-DEC-K", {"A": "3"}))
+    assert status == 201, w
+    await customs.wait_status("FR", w["feedback_message_id"], FINAL)
+    path = f"/v1/permits/CH/{permit.number}/quantities"
+    _, before = await customs.call("CH", "GET", path, token="ch-customs")
+    assert before["lines"][0]["actual"] == "3"
+
+    status, answer = await _endorse_as(customs, "KE", permit, "KE-DEC-1", lines=[EndorsedLine("B", Decimal(5), "NAR")])
+    assert status == 403 and b"FORBIDDEN" in answer, answer
+    status, answer = await _endorse_as(customs, "KE", permit, "FR-DEC-K", reversal=True)
+    assert status == 403 and b"FORBIDDEN" in answer, answer
+    assert (await customs.call("CH", "GET", path, token="ch-customs"))[1] == before
