@@ -67,7 +67,8 @@ async def _endorse_as(customs, party: str, permit, declaration: str, *, lines=()
         action=Action.ENDORSE, created_at=now,
     )  # fmt: skip
     body = security.sign(build_envelope(header, security.sign(build_endorsement(notice)), sent_at=now))
-    async with customs.http.post(f"{customs.url('CH')}/exchange/v1/messages", data=body, headers={"Content-Type": "application/xml"}) as resp:
+    url, headers = f"{customs.url('CH')}/exchange/v1/messages", {"Content-Type": "application/xml"}
+    async with customs.http.post(url, data=body, headers=headers) as resp:
         return resp.status, await resp.read()
 
 
@@ -89,3 +90,16 @@ async def test_only_the_exporting_or_importing_country_endorses_a_permit(customs
     status, answer = await _endorse_as(customs, "KE", permit, "FR-DEC-K", reversal=True)
     assert status == 403 and b"FORBIDDEN" in answer, answer
     assert (await customs.call("CH", "GET", path, token="ch-customs"))[1] == before
+
+
+async def test_the_audit_history_of_a_permit_for_another_border_is_refused(customs):
+    # KE's customs verifying a CH->FR permit learn nothing about it (NOT_ADDRESSED_TO_YOU); its
+    # audit history would tell them its verdicts (cancelled, used up...), reasons and FR's offices.
+    permit = customs_permit("CH26-300004")
+    await customs.deliver(permit)
+    await customs.verify("FR", "CH", permit.number, token="fr-cdg")
+    path = f"/v1/verifications/CH/{permit.number}/history"
+    status, err = await customs.call("FR", "GET", path, token="ke-customs")
+    assert status == 403 and err["code"] == "FORBIDDEN" and err["message"], err
+    status, h = await customs.call("FR", "GET", path, token="fr-customs")
+    assert status == 200 and [v["office"] for v in h["verifications"]] == ["FRCDG"]
