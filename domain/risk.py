@@ -20,6 +20,7 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
+from domain import validity
 from domain.errors import EpixError, ErrorCode
 from domain.ledger import Balance, DrawLine
 from domain.model import Permit
@@ -119,9 +120,13 @@ def assess(permit: Permit, context: RiskContext, rules: RiskRules, *, key: str) 
     for role, country in countries.items():
         if country and country in rules.parties_of_concern:
             found.append(("party_of_concern", f"The {role} country {country} is on the list of parties of concern."))
-    days_left = (permit.valid_until - context.today).total_seconds() / 86400
+    # Whole days in the permit's own offset, as box 2 is read (domain.validity): the time of day
+    # its end carries is not when it stops being valid, so its last day counts in full.
+    last_day = permit.valid_until.date()
+    days_left = (last_day - validity.day_in(context.today, permit.valid_until.tzinfo)).days
     if 0 <= days_left <= rules.near_expiry_days:
-        found.append(("near_expiry", f"The permit expires in {days_left:.0f} day(s), within {rules.near_expiry_days}."))
+        sentence = f"The permit's last day of validity, {last_day.isoformat()}, is {days_left} day(s) away, within {rules.near_expiry_days}."
+        found.append(("near_expiry", sentence))
     if context.first_shipment:
         found.append(("first_shipment", "No earlier shipment of this exporter is on record."))
     by_item = {b.item_id: b for b in context.balances}

@@ -21,7 +21,7 @@ from domain.errors import EpixError, ErrorCode
 from gateway import appkeys, paths
 from gateway.customs import CUSTOMS
 from gateway.customs.config import covers_country, covers_office
-from gateway.customs.service import balance_view, dumps, require_customs, verification_json, write_off_view
+from gateway.customs.service import addressed_to, balance_view, dumps, require_customs, verification_json, write_off_view
 from gateway.middleware import principal
 
 routes = web.RouteTableDef()
@@ -72,8 +72,14 @@ async def verify(request: web.Request) -> web.Response:
 
 @routes.get(paths.VERIFICATION + "/history")
 async def history(request: web.Request) -> web.Response:
-    require_customs(principal(request))
-    records = await request.app[appkeys.STORE].list_verifications(*paths.permit_key(request))
+    token = principal(request)
+    require_customs(token)
+    issuer, number = paths.permit_key(request)
+    # Its verdicts and reasons say what a verification would not tell a token for another border.
+    held = await request.app[CUSTOMS].held(issuer, number)
+    if held is not None and not addressed_to(held.permit, token):
+        raise EpixError(ErrorCode.FORBIDDEN, f"Token {token.name!r} may not read the verifications of permit {issuer}/{number}.")
+    records = await request.app[appkeys.STORE].list_verifications(issuer, number)
     return _json(
         {
             "verifications": [
@@ -194,6 +200,8 @@ async def epix_soap(request: web.Request) -> web.Response:
     token = principal(request)
     try:
         soap = read_request(await request.read(), max_bytes=request.app[appkeys.CONFIG].max_body_bytes)
+        # As in a URL: a number no permit can have is refused before it is looked up or audited.
+        paths.checked_permit_key(soap.issuer or "", soap.number or "")
         if soap.operation == "ConfirmQuantities":
             e = soap.permit.endorsement
             if e is None or not e.lines:

@@ -66,18 +66,23 @@ def query_url(path: str, params: Mapping[str, object]) -> str:
 def permit_key(request: web.Request) -> tuple[str, str]:
     """(issuer, number) of the permit the URL names. A value no permit can have is refused here, as
     NOT_FOUND with the reason, before it reaches the store (PostgreSQL refuses a NUL outright)."""
-    issuer, number = request.match_info["issuer"], request.match_info["number"]
+    return checked_permit_key(request.match_info["issuer"], request.match_info["number"])
+
+
+def checked_permit_key(issuer: str, number: str) -> tuple[str, str]:
+    """``permit_key``'s refusal for an issuer and number given elsewhere than in the path (the SOAP
+    facade's parameters, which no URL length bounds: hence the values cut short in the message)."""
     if issuer not in ISSUERS:
         raise EpixError(
             ErrorCode.NOT_FOUND,
-            f"No permit is issued by {issuer!r}: the issuer is the ISO 3166-1 alpha-2 code of the issuing country, e.g. CH.",
+            f"No permit is issued by {shown(issuer)}: the issuer is the ISO 3166-1 alpha-2 code of the issuing country, e.g. CH.",
             issuer=issuer,
         )
     problems = rules.number_problems(number)
     if problems:
         raise EpixError(
             ErrorCode.NOT_FOUND,
-            f"No permit can have the number {number!r}. {problems[0].message} A number is sent as one "
+            f"No permit can have the number {shown(number)}. {problems[0].message} A number is sent as one "
             f"percent-encoded path segment: {permit_url('KE', 'KWS/CITES/2026/0012')}.",
             issuer=issuer,
             problems=[p.to_dict() for p in problems],

@@ -3,7 +3,8 @@ on our own permit's record.
 
 The endorsement is signed by the endorsing country's gateway, not by the hop that delivered it
 (a hub may relay it), so the signer is found from the pinned certificates and must be the party
-the notice names. It must be about a permit this gateway issued.
+the notice names. It must be about a permit this gateway issued, exported from or imported
+into the endorsing country.
 """
 
 from __future__ import annotations
@@ -57,6 +58,15 @@ async def endorsement_request(inbound: "InboundService", env: Envelope) -> Recei
     if not versions:
         raise EpixError(ErrorCode.NOT_FOUND, f"This gateway never issued permit {notice.issuer}/{notice.number}.")
     permit = permit_from_json(versions[-1].permit_json)
+    # Box 14 is filled by the customs the goods crossed: any other pinned partner would write
+    # quantities on our record, or reverse what the importing country's customs reported.
+    concerned = {permit.exporter.address.country, permit.importer.address.country}
+    if notice.endorsed_by not in concerned:
+        raise EpixError(
+            ErrorCode.FORBIDDEN,
+            f"Permit {notice.issuer}/{notice.number} goes from {permit.exporter.address.country} to "
+            f"{permit.importer.address.country}; {notice.endorsed_by}'s customs cannot endorse it.",
+        )
     e = notice.endorsement
     request = WriteOffRequest(
         issuer=notice.issuer,

@@ -20,6 +20,7 @@ from datetime import datetime
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
+from domain.errors import EpixError, ErrorCode
 from domain.ledger import Balance, DrawLine
 
 if TYPE_CHECKING:
@@ -746,6 +747,20 @@ def balances_from_rows(rows: Sequence[Any], permitted: Mapping[str, tuple[Decima
     """Balances in the permit's line order; a line with no row yet has nothing used."""
     used = {r[0]: Decimal(r[3]) for r in rows}
     return tuple(Balance(i, unit, qty, used.get(i, Decimal(0))) for i, (qty, unit) in permitted.items())
+
+
+def refuse_endorsed(rows: Sequence[WriteOffRecord], declaration: str, issuer: str, number: str) -> None:
+    """Customs here may not reverse, or add lines to, a declaration a partner's customs reported
+    in an endorsement: those rows are the issuer's evidence of what crossed the partner's border,
+    only the partner's own reversal gives them back, and it reverses the whole declaration."""
+    reported = next((r for r in rows if r.origin != "customs"), None)
+    if reported is not None:
+        raise EpixError(
+            ErrorCode.CONFLICT,
+            f"Declaration {declaration} on permit {issuer}/{number} was reported by a partner's customs in an endorsement "
+            f"(office {reported.office or 'not named'}); it is their record, and only their reversal gives it back.",
+            declaration=declaration,
+        )
 
 
 def held_by_line(rows: Sequence[WriteOffRecord]) -> dict[str, Any]:

@@ -49,7 +49,9 @@ class PostgresLedger(CustomsLedger):
         now = as_utc(self._clock())
         async with self.pool.acquire() as conn, conn.transaction():
             before = await _lock_balances(conn, request.issuer, request.number, request.permitted, now)
-            held = lq.held_by_line(await _declaration(conn, request.declaration, request.issuer, request.number))
+            rows = await _declaration(conn, request.declaration, request.issuer, request.number)
+            lq.refuse_endorsed(rows, request.declaration, request.issuer, request.number)
+            held = lq.held_by_line(rows)
             plan = rules.plan_write_off(request.declaration, request.lines, before, held)
             if plan.replayed:
                 return WriteOffOutcome(before, (), plan.repeated, None)
@@ -89,6 +91,7 @@ class PostgresLedger(CustomsLedger):
                     f"Declaration {declaration} wrote nothing off permit {issuer}/{number}.",
                     declaration=declaration,
                 )
+            lq.refuse_endorsed(rows, declaration, issuer, number)
             active = [r for r in rows if r.reversed_at is None]
             if not active:
                 return WriteOffOutcome(before, (), tuple(rules.DrawLine(r.item_id, r.quantity, r.unit) for r in rows), None)

@@ -203,7 +203,9 @@ def _write_off(
     conn: sqlite3.Connection, request: WriteOffRequest, message: MessageRecord | None, actor: str, now: str
 ) -> WriteOffOutcome:
     before = _balances(conn, request.issuer, request.number, request.permitted, now)
-    held = lq.held_by_line(_declaration(conn, request.declaration, request.issuer, request.number))
+    rows = _declaration(conn, request.declaration, request.issuer, request.number)
+    lq.refuse_endorsed(rows, request.declaration, request.issuer, request.number)
+    held = lq.held_by_line(rows)
     plan = rules.plan_write_off(request.declaration, request.lines, before, held)
     if plan.replayed:
         return WriteOffOutcome(before, (), plan.repeated, None)
@@ -235,6 +237,7 @@ def _reverse(
     rows = _declaration(conn, declaration, issuer, number)
     if not rows:
         raise _unknown_declaration(issuer, number, declaration)
+    lq.refuse_endorsed(rows, declaration, issuer, number)
     before = _balances(conn, issuer, number, permitted, now)
     active = [r for r in rows if r.reversed_at is None]
     if not active:
