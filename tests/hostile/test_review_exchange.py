@@ -1,0 +1,84 @@
+"""The partner-facing exchange held to docs/PROTOCOL.md where a partner implementing it from the
+document, or one that misbehaves, would otherwise be misled: messages arriving out of order, the
+same content under a new message id, a message id another party used."""
+
+from __future__ import annotations
+
+import random
+import uuid
+from datetime import datetime, timezone
+
+import pytest
+
+from adapters.cites_write import permit_to_xml
+from adapters.exchange_xml import Cancellation, build_cancellation, build_envelope, read_error, read_receipt
+from domain.messages import Action, Direction, EnvelopeHeader
+from gateway.outbound import conversation_id
+from simulators.samples import make_permit
+from tests.e2e.conftest import STORES, running_cluster
+
+
+@pytest.fixture(params=STORES)
+async def cluster(request, tmp_path):
+    async with running_cluster(request.param, tmp_path) as c:
+        yield c
+
+
+def _envelope(c, payload: bytes, *, number: str, action: Action = Action.ISSUE, sender: str = "CH", message_id=None):
+    header = EnvelopeHeader(
+        message_id=message_id or str(uuid.uuid4()),
+        conversation_id=conversation_id("CH", number),
+        sender=sender,
+        receiver="FR",
+        document_type="CITESEPermit",
+        document_number=number,
+        document_issuer="CH",
+        document_version=1,
+        action=action,
+        created_at=datetime.now(timezone.utc),
+    )
+    return header, c.security(sender).sign(build_envelope(header, payload, sent_at=datetime.now(timezone.utc)))
+
+
+async def _post(c, body: bytes):
+    async with c.http.post(
+        f"{c.url('FR')}/exchange/v1/messages", data=body, headers={"Content-Type": "application/xml"}
+    ) as resp:
+        return resp.status, await resp.read()
+
+
+def _permit(n: int, **kw):
+    return make_permit(random.Random(n), issuer="CH", importer_country="FR", number=f"CH26-9{n:05d}", **kw)
+
+
+async def _status(c, number: str) -> str:
+    [version] = [v for v in await c.store("FR").get_permit_versions("CH", number) if v.direction is Direction.INBOUND]
+    return version.status
+
+
+async def test_a_cancellation_that_overtakes_its_permit_still_cancels_it(cluster):
+    # The issue waited for a retry while the cancellation went through first (each message has
+    # its own retry clock): the receiver must not end up holding the cancelled permit as VALID.
+    c = cluster
+    permit = _permit(1)
+    notice = c.security("CH").sign(
+        build_cancellation(Cancellation("CH", permit.number, 1, "issued in error", datetime.now(timezone.utc)))
+    )
+    _, cancel = _envelope(c, notice, number=permit.number, action=Action.CANCEL)
+    assert (await _post(c, cancel))[0] == 200
+    _, issue = _envelope(c, c.security("CH").sign(permit_to_xml(permit)), number=permit.number)
+    assert (await _post(c, issue))[0] == 200
+    assert await _status(c, permit.number) == "CANCELLED"
+
+
+async def test_a_replacement_that_overtakes_the_permit_it_replaces_still_replaces_it(cluster):
+    c = cluster
+    original = _permit(2)
+    replacement = _permit(3, replaces=original.number)
+    _, new = _envelope(c, c.security("CH").sign(permit_to_xml(replacement)), number=replacement.number, action=Action.REPLACE)
+    assert (await _post(c, new))[0] == 200
+    _, old = _envelope(c, c.security("CH").sign(permit_to_xml(original)), number=original.number)
+    assert (await _post(c, old))[0] == 200
+    assert await _status(c, original.number) == "REPLACED"
+    [held] = [v for v in await c.store("FR").get_permit_versions("CH", original.number) if v.direction is Direction.INBOUND]
+    assert held.replaced_by == replacement.number
