@@ -172,6 +172,10 @@ class InboundService:
         else:
             is_new, stored = await self.store.store_inbound(permit_record, message, actor=f"partner:{h.sender}")
         log.info("inbound.received", message_id=h.message_id, sender=h.sender, action=h.action.value, new=is_new)
+        if not is_new and stored.message_id != h.message_id:
+            # Content already held under another message id: it takes effect once, but the sender
+            # accepts only a receipt naming its own MessageId; the other message's would never do.
+            return Answer(200, receipt, h.message_id, duplicate=True)
         return Answer(200, stored.receipt or receipt, h.message_id, duplicate=not is_new)
 
     async def _duplicate(self, existing: MessageRecord, env: Envelope) -> Answer:

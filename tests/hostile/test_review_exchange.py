@@ -4,6 +4,7 @@ same content under a new message id, a message id another party used."""
 
 from __future__ import annotations
 
+import hashlib
 import random
 import uuid
 from datetime import datetime, timezone
@@ -82,3 +83,37 @@ async def test_a_replacement_that_overtakes_the_permit_it_replaces_still_replace
     assert await _status(c, original.number) == "REPLACED"
     [held] = [v for v in await c.store("FR").get_permit_versions("CH", original.number) if v.direction is Direction.INBOUND]
     assert held.replaced_by == replacement.number
+
+
+def _receipt(c, body: bytes):
+    return read_receipt(c.security("CH").verify(body, "FR").signed_root)
+
+
+@pytest.mark.parametrize("action", [Action.ISSUE, Action.CANCEL])
+async def test_the_same_content_under_a_new_message_id_gets_a_receipt_for_that_id(cluster, action):
+    # A partner resends what it sent before under a new message id (PROTOCOL.md §2 step 7 has it
+    # issue again "under a new message"). The receiver takes nothing in twice, but the receipt
+    # must name the message it answers: a sender accepts only a receipt naming its MessageId and
+    # PayloadDigest, and a receipt for the earlier message would have it retry until parked.
+    c = cluster
+    permit = _permit(4)
+    if action is Action.CANCEL:
+        _, issue = _envelope(c, c.security("CH").sign(permit_to_xml(permit)), number=permit.number)
+        assert (await _post(c, issue))[0] == 200
+        payload = c.security("CH").sign(
+            build_cancellation(Cancellation("CH", permit.number, 1, "issued in error", datetime.now(timezone.utc)))
+        )
+    else:
+        payload = c.security("CH").sign(permit_to_xml(permit))
+    first, body1 = _envelope(c, payload, number=permit.number, action=action)
+    second, body2 = _envelope(c, payload, number=permit.number, action=action)
+    status1, answer1 = await _post(c, body1)
+    status2, answer2 = await _post(c, body2)
+    assert status1 == status2 == 200
+    assert _receipt(c, answer1).message_id == first.message_id
+    receipt = _receipt(c, answer2)
+    assert (receipt.message_id, receipt.payload_digest) == (second.message_id, "sha256:" + hashlib.sha256(payload).hexdigest())
+    # Still one effect.
+    assert len(await c.store("FR").get_permit_versions("CH", permit.number)) == 1
+    inbound = [m for m in await c.store("FR").messages_for_permit("CH", permit.number) if m.action is action]
+    assert [m.message_id for m in inbound] == [first.message_id]
