@@ -117,3 +117,46 @@ async def test_the_same_content_under_a_new_message_id_gets_a_receipt_for_that_i
     assert len(await c.store("FR").get_permit_versions("CH", permit.number)) == 1
     inbound = [m for m in await c.store("FR").messages_for_permit("CH", permit.number) if m.action is action]
     assert [m.message_id for m in inbound] == [first.message_id]
+
+
+def _error(c, party: str, body: bytes, *, reader: str = "CH"):
+    return read_error(c.security(reader).verify(body, party).signed_root)
+
+
+async def test_a_message_id_another_sender_used_is_a_conflict_not_its_receipt(cluster):
+    # KE copies CH's message (same id, same issuer-signed payload) under its own hop signature:
+    # that is not CH's message again, and KE must not be handed CH's receipt as if its own
+    # message had been stored.
+    c = cluster
+    payload = c.security("CH").sign(permit_to_xml(_permit(5)))
+    first, body = _envelope(c, payload, number=_permit(5).number)
+    assert (await _post(c, body))[0] == 200
+    _, copy = _envelope(c, payload, number=first.document_number, sender="KE", message_id=first.message_id)
+    status, answer = await _post(c, copy)
+    assert (status, _error(c, "FR", answer).code) == (409, "CONFLICT")
+    [held] = [m for m in await c.store("FR").messages_for_permit("CH", first.document_number)]
+    assert (held.message_id, held.sender) == (first.message_id, "CH")
+
+
+async def test_a_message_id_of_one_of_our_own_messages_is_a_conflict_not_a_silent_200(cluster):
+    # FR sends CH a message under the id of CH's own message to FR (a partner with its own id
+    # scheme, or a hostile one). Answering 200 would tell FR its message was stored while nothing
+    # was: the id is taken, which is CONFLICT.
+    c = cluster
+    status, submitted = await c.submit(_permit(6))
+    assert status == 202, submitted
+    [ours] = submitted["messages"]
+    fr_permit = make_permit(random.Random(6), issuer="FR", importer_country="CH", number="FR26-000006")
+    header = EnvelopeHeader(
+        message_id=ours["message_id"], conversation_id=conversation_id("FR", fr_permit.number), sender="FR",
+        receiver="CH", document_type="CITESEPermit", document_number=fr_permit.number, document_issuer="FR",
+        document_version=1, action=Action.ISSUE, created_at=datetime.now(timezone.utc),
+    )  # fmt: skip
+    payload = c.security("FR").sign(permit_to_xml(fr_permit))
+    body = c.security("FR").sign(build_envelope(header, payload, sent_at=datetime.now(timezone.utc)))
+    async with c.http.post(f"{c.url('CH')}/exchange/v1/messages", data=body, headers={"Content-Type": "application/xml"}) as resp:
+        status, answer = resp.status, await resp.read()
+    assert status == 409, answer
+    assert _error(c, "CH", answer, reader="FR").code == "CONFLICT"
+    assert await c.store("CH").get_permit_versions("FR", fr_permit.number) == []
+    assert (await c.store("CH").get_message(ours["message_id"])).direction is Direction.OUTBOUND
