@@ -55,7 +55,7 @@ from adapters.exchange_xml import (
 from adapters.ns import EXCHANGE
 from adapters.xmlparse import XmlLimits, parse_xml
 from domain.errors import EpixError, ErrorCode
-from domain.messages import Direction, MessageStatus
+from domain.messages import Action, Direction, MessageStatus
 from gateway.config import GatewayConfig
 from gateway.logs import get_logger
 from gateway.security import Security
@@ -177,9 +177,10 @@ class Relay:
                     ErrorCode.NOT_AUTHORISED_FOR_DOCUMENT,
                     f"The hub's agreement with {party} does not cover {h.document_type} / {h.action.value}.",
                 )
-        # The hub never changes the payload, but it refuses to carry one its issuer did not sign.
+        # The hub never changes the payload, but it refuses to carry one its issuer did not sign;
+        # an endorsement is signed by the endorsing country, the member sending it (§2), not the issuer.
         self.config.agreements.get(h.document_issuer)
-        self.security.verify(env.payload, h.document_issuer)
+        self.security.verify(env.payload, h.sender if h.action is Action.ENDORSE else h.document_issuer)
         now = _now()
         pull = target.delivery == "pull"
         message = message_from_header(

@@ -12,8 +12,17 @@ from datetime import datetime, timezone
 import pytest
 
 from adapters.cites_write import permit_to_xml
-from adapters.exchange_xml import Cancellation, build_cancellation, build_envelope, read_error, read_receipt
-from domain.messages import Action, Direction, EnvelopeHeader
+from adapters.exchange_xml import (
+    Cancellation,
+    EndorsementNotice,
+    build_cancellation,
+    build_endorsement,
+    build_envelope,
+    read_error,
+    read_receipt,
+)
+from domain.messages import Action, Direction, EnvelopeHeader, MessageStatus
+from domain.model import EndorsedLine, Endorsement
 from gateway.outbound import conversation_id
 from simulators.samples import make_permit
 from tests.e2e.conftest import STORES, running_cluster
@@ -160,3 +169,41 @@ async def test_a_message_id_of_one_of_our_own_messages_is_a_conflict_not_a_silen
     assert _error(c, "CH", answer, reader="FR").code == "CONFLICT"
     assert await c.store("CH").get_permit_versions("FR", fr_permit.number) == []
     assert (await c.store("CH").get_message(ours["message_id"])).direction is Direction.OUTBOUND
+
+
+# --- through a hub ------------------------------------------------------------------------------
+
+from tests.e2e.test_hub import _wait, hubnet  # noqa: E402,F401  (the hub network fixture)
+
+
+async def test_a_hub_relays_an_endorsement_signed_by_its_endorser(hubnet):
+    # PROTOCOL.md §2: an endorsement is signed by the endorsing country's gateway, not by the
+    # issuer. A hub checking every payload against DocumentIssuer refused each one a member sent
+    # back to an issuer through it.
+    c = hubnet
+    permit = make_permit(random.Random(8), issuer="CH", importer_country="KE", number="CH26-KE0008")
+    status, submitted = await c.submit(permit)
+    assert status == 202, submitted
+    [sent] = submitted["messages"]
+    await c.wait_status("CH", sent["message_id"], {MessageStatus.ACKNOWLEDGED})
+    item = permit.items[0]
+    notice = EndorsementNotice(
+        issuer="CH", number=permit.number, version=1, endorsed_by="KE", declaration="KE-DEC-1",
+        endorsement=Endorsement(datetime.now(timezone.utc), "KEMBA", (EndorsedLine(item.id, item.quantity, item.unit),)),
+    )  # fmt: skip
+    payload = c.security("KE").sign(build_endorsement(notice))
+    header = EnvelopeHeader(
+        message_id=str(uuid.uuid4()), conversation_id=conversation_id("CH", permit.number), sender="KE", receiver="CH",
+        document_type="CITESEPermit", document_number=permit.number, document_issuer="CH", document_version=1,
+        action=Action.ENDORSE, created_at=datetime.now(timezone.utc),
+    )  # fmt: skip
+    body = c.security("KE").sign(build_envelope(header, payload, sent_at=datetime.now(timezone.utc)))
+    async with c.http.post(f"{c.url('HUB')}/exchange/v1/messages", data=body, headers={"Content-Type": "application/xml"}) as resp:
+        status, answer = resp.status, await resp.read()
+    assert status == 200, answer
+    assert read_receipt(c.security("KE").verify(answer, "HUB").signed_root).status == "PendingDelivery"
+    # Pushed on to CH, which records it as the issuer.
+    relayed = await c.wait_status("HUB", header.message_id, {MessageStatus.ACKNOWLEDGED, MessageStatus.REJECTED})
+    assert relayed.status is MessageStatus.ACKNOWLEDGED, relayed.last_error_detail
+    held = await c.store("CH").get_message(header.message_id)
+    assert held is not None and held.action is Action.ENDORSE
