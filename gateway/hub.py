@@ -260,17 +260,21 @@ class HubDesk:
             verified = self.security.verify(body, member)
             return await handler(member, verified.signed_root, body)
         except EpixError as exc:
-            log.info("hub.refused", code=exc.code.name, member=member, detail=exc.detail)
-            signal = ErrorSignal(
-                message_id=None,
-                sender=self.config.party,
-                receiver=member if is_party_id(member) else None,
-                code=exc.code.name,
-                message=exc.detail[:512],
-                retryable=exc.code.retryable,
-                at=_now(),
-            )
-            return DeskAnswer(exc.status if exc.status >= 400 else 422, self.security.sign(build_error(signal)))
+            return self.refuse(exc, member)
+
+    def refuse(self, exc: EpixError, member: str | None = None) -> DeskAnswer:
+        """The desk's signed error signal for ``exc``."""
+        log.info("hub.refused", code=exc.code.name, member=member, detail=exc.detail)
+        signal = ErrorSignal(
+            message_id=None,
+            sender=self.config.party,
+            receiver=member if is_party_id(member) else None,
+            code=exc.code.name,
+            message=exc.detail[:512],
+            retryable=exc.code.retryable,
+            at=_now(),
+        )
+        return DeskAnswer(exc.status if exc.status >= 400 else 422, self.security.sign(build_error(signal)))
 
     async def _request(self, member: str, root, body: bytes) -> DeskAnswer:
         req = read_hub_request(root)

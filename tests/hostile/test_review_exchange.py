@@ -5,6 +5,7 @@ same content under a new message id, a message id another party used."""
 from __future__ import annotations
 
 import hashlib
+import io
 import random
 import uuid
 from datetime import datetime, timezone
@@ -207,3 +208,28 @@ async def test_a_hub_relays_an_endorsement_signed_by_its_endorser(hubnet):
     assert relayed.status is MessageStatus.ACKNOWLEDGED, relayed.last_error_detail
     held = await c.store("CH").get_message(header.message_id)
     assert held is not None and held.action is Action.ENDORSE
+
+
+# --- oversized bodies -----------------------------------------------------------------------------
+
+
+async def _chunks(size: int):
+    chunk = b"<ex:Envelope xmlns:ex='urn:epix-gateway:exchange:1'>" + b" " * (64 * 1024)
+    sent = 0
+    while sent < size:
+        yield chunk
+        sent += len(chunk)
+
+
+@pytest.mark.parametrize("path", ["/exchange/v1/messages", "/exchange/v1/hub/pull", "/exchange/v1/hub/ack"])
+@pytest.mark.parametrize("chunked", [True, False])
+async def test_an_oversized_body_gets_a_signed_xml_too_large_however_it_is_sent(cluster, path, chunked):
+    # PROTOCOL.md §2 and §6: refusals are signed error signals (413 for too large), whether the
+    # body announces its length or comes chunked without one.
+    c = cluster
+    size = 3 * 1024 * 1024  # over the default max_body_bytes (2 MiB)
+    data = _chunks(size) if chunked else io.BytesIO(b" " * size)
+    async with c.http.post(f"{c.url('FR')}{path}", data=data, headers={"Content-Type": "application/xml"}) as resp:
+        status, answer = resp.status, await resp.read()
+    assert status == 413, answer[:200]
+    assert _error(c, "FR", answer).code == "XML_TOO_LARGE"
