@@ -13,15 +13,26 @@ routes = web.RouteTableDef()
 XML = "application/xml"
 
 
+async def _read(request: web.Request, what: str) -> bytes:
+    """The body, or XML_TOO_LARGE: announced too long, or found so while read (a chunked body
+    has no length; aiohttp stops it at client_max_size)."""
+    limit = request.app[appkeys.CONFIG].max_body_bytes
+    too_large = EpixError(ErrorCode.XML_TOO_LARGE, f"The {what} is larger than {limit} bytes.")
+    if request.content_length is not None and request.content_length > limit:
+        raise too_large
+    try:
+        return await request.read()
+    except web.HTTPRequestEntityTooLarge:
+        raise too_large from None
+
+
 @routes.post("/exchange/v1/messages")
 async def receive(request: web.Request) -> web.Response:
-    config = request.app[appkeys.CONFIG]
     inbound = request.app[appkeys.INBOUND]
-    if request.content_length is not None and request.content_length > config.max_body_bytes:
-        err = EpixError(ErrorCode.XML_TOO_LARGE, f"The envelope is larger than {config.max_body_bytes} bytes.")
-        answer_body = inbound.error_document(err, None, None)
-        return web.Response(body=answer_body, status=413, content_type=XML)
-    body = await request.read()
+    try:
+        body = await _read(request, "envelope")
+    except EpixError as err:
+        return web.Response(body=inbound.error_document(err, None, None), status=err.status, content_type=XML)
     answer = await inbound.receive(body)
     outcome = "duplicate" if answer.duplicate else ("received" if answer.status == 200 else "refused")
     request.app[appkeys.METRICS].inbound.labels(outcome).inc()
@@ -64,12 +75,15 @@ async def directory(request: web.Request) -> web.Response:
 # --- pull and tracking (docs/PROTOCOL.md §6, §7): a member authenticates by signing its request --
 
 
-async def _desk_body(request: web.Request) -> tuple[HubDesk, bytes]:
-    config = request.app[appkeys.CONFIG]
-    desk = HubDesk(config, request.app[appkeys.STORE], request.app[appkeys.SECURITY])
-    if request.content_length is not None and request.content_length > config.max_body_bytes:
-        raise EpixError(ErrorCode.XML_TOO_LARGE, f"The request is larger than {config.max_body_bytes} bytes.")
-    return desk, await request.read()
+async def _at_desk(request: web.Request, operation) -> web.Response:
+    """``operation(desk, body)``; a body too large gets the desk's signed refusal (§6: its errors
+    are signed error signals like every other answer of the exchange)."""
+    desk = HubDesk(request.app[appkeys.CONFIG], request.app[appkeys.STORE], request.app[appkeys.SECURITY])
+    try:
+        body = await _read(request, "request")
+    except EpixError as err:
+        return _desk_response(desk.refuse(err))
+    return _desk_response(await operation(desk, body))
 
 
 def _desk_response(answer) -> web.Response:
@@ -81,19 +95,16 @@ def _desk_response(answer) -> web.Response:
 @routes.post(PULL_PATH)
 async def pull(request: web.Request) -> web.Response:
     """A signed HubRequest ``list`` (what is held for the member) or ``fetch`` (one held envelope)."""
-    desk, body = await _desk_body(request)
-    return _desk_response(await desk.request(body))
+    return await _at_desk(request, HubDesk.request)
 
 
 @routes.post(TRACK_PATH)
 async def track(request: web.Request) -> web.Response:
     """A signed HubRequest ``track``: the original sender asks where its relayed message is."""
-    desk, body = await _desk_body(request)
-    return _desk_response(await desk.request(body))
+    return await _at_desk(request, HubDesk.request)
 
 
 @routes.post(ACK_PATH)
 async def acknowledge(request: web.Request) -> web.Response:
     """The pulling member's own signed Receipt or Error for a fetched envelope; 204 when taken."""
-    desk, body = await _desk_body(request)
-    return _desk_response(await desk.acknowledge(body))
+    return await _at_desk(request, HubDesk.acknowledge)

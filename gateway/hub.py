@@ -55,7 +55,7 @@ from adapters.exchange_xml import (
 from adapters.ns import EXCHANGE
 from adapters.xmlparse import XmlLimits, parse_xml
 from domain.errors import EpixError, ErrorCode
-from domain.messages import Direction, MessageStatus
+from domain.messages import Action, Direction, MessageStatus
 from gateway.config import GatewayConfig
 from gateway.logs import get_logger
 from gateway.security import Security
@@ -177,9 +177,10 @@ class Relay:
                     ErrorCode.NOT_AUTHORISED_FOR_DOCUMENT,
                     f"The hub's agreement with {party} does not cover {h.document_type} / {h.action.value}.",
                 )
-        # The hub never changes the payload, but it refuses to carry one its issuer did not sign.
+        # The hub never changes the payload, but it refuses to carry one its issuer did not sign;
+        # an endorsement is signed by the endorsing country, the member sending it (§2), not the issuer.
         self.config.agreements.get(h.document_issuer)
-        self.security.verify(env.payload, h.document_issuer)
+        self.security.verify(env.payload, h.sender if h.action is Action.ENDORSE else h.document_issuer)
         now = _now()
         pull = target.delivery == "pull"
         message = message_from_header(
@@ -259,17 +260,21 @@ class HubDesk:
             verified = self.security.verify(body, member)
             return await handler(member, verified.signed_root, body)
         except EpixError as exc:
-            log.info("hub.refused", code=exc.code.name, member=member, detail=exc.detail)
-            signal = ErrorSignal(
-                message_id=None,
-                sender=self.config.party,
-                receiver=member if is_party_id(member) else None,
-                code=exc.code.name,
-                message=exc.detail[:512],
-                retryable=exc.code.retryable,
-                at=_now(),
-            )
-            return DeskAnswer(exc.status if exc.status >= 400 else 422, self.security.sign(build_error(signal)))
+            return self.refuse(exc, member)
+
+    def refuse(self, exc: EpixError, member: str | None = None) -> DeskAnswer:
+        """The desk's signed error signal for ``exc``."""
+        log.info("hub.refused", code=exc.code.name, member=member, detail=exc.detail)
+        signal = ErrorSignal(
+            message_id=None,
+            sender=self.config.party,
+            receiver=member if is_party_id(member) else None,
+            code=exc.code.name,
+            message=exc.detail[:512],
+            retryable=exc.code.retryable,
+            at=_now(),
+        )
+        return DeskAnswer(exc.status if exc.status >= 400 else 422, self.security.sign(build_error(signal)))
 
     async def _request(self, member: str, root, body: bytes) -> DeskAnswer:
         req = read_hub_request(root)

@@ -126,7 +126,7 @@ class InboundService:
                 message_id=h.message_id,
             )
         existing = await self.store.get_message(h.message_id)
-        if existing is not None and existing.direction is Direction.INBOUND:
+        if existing is not None:
             return await self._duplicate(existing, env)
         now = datetime.now(timezone.utc)
         check_replay_window(self.config, env.sent_at, "message", message_id=h.message_id)
@@ -172,9 +172,23 @@ class InboundService:
         else:
             is_new, stored = await self.store.store_inbound(permit_record, message, actor=f"partner:{h.sender}")
         log.info("inbound.received", message_id=h.message_id, sender=h.sender, action=h.action.value, new=is_new)
-        return Answer(200, stored.receipt or receipt, h.message_id, duplicate=not is_new)
+        if not is_new and stored.message_id != h.message_id:
+            # Content already held under another message id: it takes effect once, but the sender
+            # accepts only a receipt naming its own MessageId; the other message's would never do.
+            return Answer(200, receipt, h.message_id, duplicate=True)
+        if not is_new:  # the same id stored meanwhile by a concurrent delivery
+            return await self._duplicate(stored, env)
+        return Answer(200, stored.receipt or receipt, h.message_id)
 
     async def _duplicate(self, existing: MessageRecord, env: Envelope) -> Answer:
+        # Only the message itself again gets its receipt: an id one of our own messages carries,
+        # or one another sender used, is taken, and a 200 would say a message was stored that was not.
+        if existing.direction is not Direction.INBOUND or existing.sender != env.header.sender:
+            raise EpixError(
+                ErrorCode.CONFLICT,
+                f"Message id {existing.message_id} is already used here by another message.",
+                message_id=existing.message_id,
+            )
         if existing.payload_digest != env.digest:
             raise EpixError(
                 ErrorCode.CONFLICT,

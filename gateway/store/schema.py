@@ -239,6 +239,11 @@ MIGRATIONS += (Migration(11, "retention: the run log append-only (a run only mov
 for _dialect, _triggers in RUNS_TRIGGERS.items():
     _DIALECT_EXTRAS[_dialect][11] = _triggers
 
+# A permit received is looked up by the one it replaces (schema.MARK_REPLACED_BEFORE): a
+# replacement may arrive before the permit it replaces.
+_V12 = ("CREATE INDEX permits_replaces ON permits (issuer, replaces) WHERE replaces IS NOT NULL",)
+MIGRATIONS += (Migration(12, "permits: looked up by the permit they replace", _V12),)
+
 MIGRATIONS_TABLE = """
     CREATE TABLE IF NOT EXISTS schema_migrations (
         version    INTEGER PRIMARY KEY,
@@ -351,6 +356,21 @@ MARK_REPLACED = """
 MARK_CANCELLED = """
     UPDATE permits SET status = 'CANCELLED'
     WHERE issuer = $1 AND number = $2 AND direction = $3 AND status = 'VALID'
+"""
+# The same effects for a permit that arrives after its cancellation or its replacement did: each
+# message has its own retry clock, so a partner's cancellation (or replacement) can overtake the
+# permit it concerns, which must not then be held as VALID.
+MARK_CANCELLED_BEFORE = """
+    UPDATE permits SET status = 'CANCELLED'
+    WHERE issuer = $1 AND number = $2 AND direction = $3 AND status = 'VALID'
+      AND EXISTS (SELECT 1 FROM messages m WHERE m.issuer = $1 AND m.number = $2 AND m.direction = $3 AND m.action = 'cancel')
+"""
+MARK_REPLACED_BEFORE = """
+    UPDATE permits SET status = 'REPLACED',
+        replaced_by = (SELECT r.number FROM permits r WHERE r.issuer = $1 AND r.replaces = $2 AND r.direction = $3
+                       ORDER BY r.created_at, r.number LIMIT 1)
+    WHERE issuer = $1 AND number = $2 AND direction = $3 AND status = 'VALID'
+      AND EXISTS (SELECT 1 FROM permits r WHERE r.issuer = $1 AND r.replaces = $2 AND r.direction = $3)
 """
 SELECT_COUNTS = "SELECT status, COUNT(*) FROM messages GROUP BY status"
 SELECT_NEXT_DUE = "SELECT MIN(due_at) FROM messages WHERE due_at IS NOT NULL"
@@ -536,4 +556,7 @@ def inbound_effects(permit: PermitRecord | None, message: MessageRecord) -> list
         effects.append((MARK_CANCELLED, (message.issuer, message.number, Direction.INBOUND.value)))
     if permit is not None and permit.replaces:
         effects.append((MARK_REPLACED, (permit.issuer, permit.replaces, permit.number, Direction.INBOUND.value)))
+    if permit is not None:
+        effects.append((MARK_CANCELLED_BEFORE, (permit.issuer, permit.number, Direction.INBOUND.value)))
+        effects.append((MARK_REPLACED_BEFORE, (permit.issuer, permit.number, Direction.INBOUND.value)))
     return effects
