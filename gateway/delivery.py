@@ -208,4 +208,12 @@ class DeliveryWorker:
             except EpixError:
                 pass
             return _Outcome(ErrorCode.PARTNER_REJECTED, f"HTTP {status} from {signer} ({snippet})", retryable=status in (408, 409))
+        if signal.message_id is not None and signal.message_id != message.message_id:
+            # A genuine refusal of another message (replayed, or a partner's mix-up) says nothing
+            # of this one: taking it would reject this message for good on someone else's fault.
+            return _Outcome(
+                ErrorCode.RECEIPT_INVALID,
+                f"HTTP {status} from {signer}: a signed error about message {signal.message_id}, not this one",
+                retryable=True,
+            )
         return _Outcome(signal.code, signal.describe(signer), retryable=signal.retryable)

@@ -1,0 +1,61 @@
+"""How the sender reads a partner's signed error signal (gateway/delivery.py)."""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+
+import pytest
+
+from adapters.exchange_xml import ErrorSignal, build_error
+from domain.messages import Action, Direction, MessageStatus
+from gateway.delivery import DeliveryWorker
+from gateway.metrics import Metrics
+from gateway.security import Security
+from gateway.store.base import MessageRecord
+from simulators.network import build_network
+
+NOW = datetime(2026, 12, 2, 9, 0, tzinfo=timezone.utc)
+
+
+@pytest.fixture(scope="module")
+def parties(tmp_path_factory):
+    net = build_network(tmp_path_factory.mktemp("net"), ("CH", "FR"))
+    load = lambda p: Security.load(party=p, keys_dir=net[p].dir, passphrase=None, agreements=net[p].config().agreements)  # noqa: E731
+    return net, load("CH"), load("FR")
+
+
+def _message(message_id: str) -> MessageRecord:
+    return MessageRecord(
+        message_id=message_id, conversation_id="c-1", direction=Direction.OUTBOUND, sender="CH", receiver="FR",
+        document_type="CITESEPermit", action=Action.ISSUE, issuer="CH", number="CH26-0000001", version=1,
+        status=MessageStatus.SENDING, attempts=0, next_attempt_at=None, lease_until=None, payload=b"<x/>",
+        payload_digest="d", created_at=NOW, updated_at=NOW, last_error_code=None, last_error_detail=None, via=None,
+        receipt=None,
+    )  # fmt: skip
+
+
+def _signal(fr: Security, about: str | None) -> bytes:
+    return fr.sign(build_error(ErrorSignal(about, "FR", "CH", "PERMIT_INVALID", "expired", retryable=False, at=NOW)))
+
+
+def test_a_signed_refusal_of_this_message_rejects_it_for_good(parties):
+    net, ch, fr = parties
+    worker = DeliveryWorker(net["CH"].config(), None, ch, None, Metrics("CH"))
+    outcome = worker._rejection(_message("m-1"), _signal(fr, "m-1"), 422, "FR")
+    assert (outcome.code, outcome.retryable) == ("PERMIT_INVALID", False)
+
+
+def test_a_signed_refusal_of_another_message_is_not_taken_for_this_one(parties):
+    net, ch, fr = parties
+    worker = DeliveryWorker(net["CH"].config(), None, ch, None, Metrics("CH"))
+    outcome = worker._rejection(_message("m-1"), _signal(fr, "m-other"), 422, "FR")
+    assert (outcome.code, outcome.retryable) == ("RECEIPT_INVALID", True)
+    assert "m-other" in outcome.detail
+
+
+def test_a_refusal_that_could_not_name_the_message_is_taken(parties):
+    """A partner that could not read our message id (an unreadable envelope) names none."""
+    net, ch, fr = parties
+    worker = DeliveryWorker(net["CH"].config(), None, ch, None, Metrics("CH"))
+    outcome = worker._rejection(_message("m-1"), _signal(fr, None), 400, "FR")
+    assert outcome.code == "PERMIT_INVALID" and not outcome.retryable
