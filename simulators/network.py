@@ -8,6 +8,8 @@ as separate processes with ``epix serve --config``.
 
 from __future__ import annotations
 
+import collections
+import random
 import secrets
 import socket
 from dataclasses import dataclass, field
@@ -21,8 +23,42 @@ from keys.pki import Algorithm, cert_to_pem, make_test_ca
 from keys.store import KeyStore
 
 
+def _ephemeral_low() -> int:
+    """Where the kernel's range of client (source) ports starts."""
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768  # Linux's default; macOS and the BSDs start higher, at 49152
+
+
+_LISTEN_FROM = 20000
+_handed_out: collections.deque[int] = collections.deque(maxlen=2000)
+_pick = random.Random()
+
+
 def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+    """A free port on 127.0.0.1 for a server started now or later, below the ephemeral range.
+
+    Servers here are often started after something began calling them (a gateway restarted, a
+    feed or webhook that comes up later). A client that keeps calling a port of the ephemeral
+    range while nothing listens there can be given that very port as its own source port and
+    connect to itself (TCP simultaneous open); the server then finds its port in use. No client
+    is ever given a port below the range. The last ports handed out are not handed out again, as
+    a server given one may not have bound it yet."""
+    high = _ephemeral_low()
+    if high - _LISTEN_FROM >= 1000:
+        for _ in range(200):
+            port = _pick.randrange(_LISTEN_FROM, high)
+            if port in _handed_out:
+                continue
+            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+                try:
+                    s.bind(("127.0.0.1", port))
+                except OSError:
+                    continue  # in use (a local service, a socket in TIME_WAIT)
+            _handed_out.append(port)
+            return port
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:  # no room below the range
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
 

@@ -131,3 +131,13 @@ def test_simulate_proxy_command_refuses_an_unknown_fault(capsys):
 
     assert main(["simulate", "proxy", "--target", "http://127.0.0.1:1", "--port", "1", "--fault", "melt:2"]) != 0
     assert "unknown fault 'melt'" in capsys.readouterr().err
+
+
+def test_free_ports_are_below_the_ephemeral_range_and_not_handed_out_twice():
+    """A server started after its clients began calling (a gateway restarted, a feed coming up
+    later) must not find its port taken by a client's own source port (see free_port)."""
+    from simulators.network import _ephemeral_low, free_port
+
+    ports = [free_port() for _ in range(300)]
+    assert len(set(ports)) == len(ports)
+    assert all(p < _ephemeral_low() for p in ports)
