@@ -112,4 +112,6 @@ def build_fault(error: EpixError) -> bytes:
     etree.SubElement(fault, "faultstring").text = error.detail
     detail = etree.SubElement(fault, "detail")
     etree.SubElement(detail, "code").text = error.code.name
+    if isinstance(error.context.get("verdict"), str):  # a verification's verdict, as the JSON API names it
+        etree.SubElement(detail, "verdict").text = error.context["verdict"]
     return etree.tostring(envelope, xml_declaration=True, encoding="UTF-8")

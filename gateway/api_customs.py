@@ -219,6 +219,12 @@ async def epix_soap(request: web.Request) -> web.Response:
         if result.verdict in (Verdict.NOT_FOUND, Verdict.NOT_ADDRESSED_TO_YOU, Verdict.SIGNATURE_INVALID, Verdict.STAMP_MISMATCH):
             code = ErrorCode.NOT_FOUND if result.verdict is not Verdict.SIGNATURE_INVALID else ErrorCode.SIGNATURE_INVALID
             raise EpixError(code, f"{result.verdict.value}: {' '.join(result.reasons)}", verdict=result.verdict.value)
+        if soap.operation == "GetNonFinalCitesCertificate" and result.verdict is not Verdict.VALID:
+            # The certificate a border checks a shipment against: one that can no longer be used
+            # (cancelled, replaced, expired, not yet valid, used up) must not come back looking
+            # usable, since EPIX's answer has no place to say so. The final certificate (actual
+            # quantities) stays available as the record of what was shipped.
+            raise EpixError(ErrorCode.CONFLICT, f"{result.verdict.value}: {' '.join(result.reasons)}", verdict=result.verdict.value)
         permit = result.held.permit
         if soap.operation == "GetFinalCitesCertificate":
             permit = await final_permit(request, result.held)

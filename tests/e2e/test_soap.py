@@ -16,7 +16,7 @@ from adapters.ns import EPIX_V2, SOAP11
 from adapters.xmlparse import parse_xml
 from domain.model import EndorsedLine, Endorsement
 from tests.conftest import ref_file
-from tests.e2e.conftest import customs_permit
+from tests.e2e.conftest import FINAL, customs_permit
 
 SOAP_NS = f'xmlns:soapenv="{SOAP11}" xmlns:v2="{EPIX_V2}"'
 
@@ -126,3 +126,26 @@ async def test_confirm_quantities_without_reference_for_a_64_character_number(cu
     assert len(w.declaration) <= 64 and w.declaration.startswith("EPIX-CH26-777") and w.quantity == a.quantity - 1
     _, v = await customs.verify("FR", "CH", permit.number)
     assert Decimal(v["permit"]["lines"][0]["remaining"]) == 1
+
+
+async def test_a_permit_that_can_no_longer_be_used_is_a_fault_not_a_certificate(customs):
+    """EPIX's answer has no place for a status, so a cancelled permit must not come back looking
+    usable to a border checking a shipment; the final certificate stays the record of use."""
+    permit = customs_permit("CH26-200005")
+    await customs.deliver(permit)
+    status, body = await customs.post_json("CH", f"/v1/permits/CH/{permit.number}/cancel", {"reason": "stolen"})
+    assert status == 202
+    await customs.wait_status("CH", body["messages"][0]["message_id"], FINAL)
+
+    status, xml = await _post(customs, _get("GetNonFinalCitesCertificate", permit.number))
+    fault = parse_xml(xml).getroot().find(f".//{{{SOAP11}}}Fault")
+    assert status == 500 and fault is not None, xml
+    assert (fault.findtext("faultcode"), fault.findtext("detail/code"), fault.findtext("detail/verdict")) == (
+        "soapenv:Client", "CONFLICT", "CANCELLED",
+    )  # fmt: skip
+    assert fault.findtext("faultstring").startswith("CANCELLED: ") and b"<CITESEPermit" not in xml
+    status, xml = await _post(customs, _get("GetFinalCitesCertificate", permit.number))
+    assert status == 200 and read_permit(parse_xml(xml)).number == permit.number
+    # Both lookups are in the audit history, with the verdict each one got.
+    status, h = await customs.call("FR", "GET", f"/v1/verifications/CH/{permit.number}/history", token="fr-customs")
+    assert [v["verdict"] for v in h["verifications"]] == ["CANCELLED", "CANCELLED"]
