@@ -16,15 +16,21 @@ from tests.e2e.conftest import FINAL, customs_permit
 from tests.e2e.test_customs import _declaration
 
 
+async def _written_off_at_fr(customs, number: str, declaration: str, quantity: str):
+    """CH's permit delivered to FR, line A written off by FR's customs, the endorsement at CH."""
+    permit = customs_permit(number)
+    await customs.deliver(permit)
+    status, w = await customs.write_off("FR", "CH", permit.number, _declaration(declaration, {"A": quantity}))
+    assert status == 201, w
+    await customs.wait_status("FR", w["feedback_message_id"], FINAL)
+    return permit
+
+
 async def test_the_issuers_customs_cannot_reverse_or_extend_a_partners_endorsement(customs):
     # FR's customs write off a CH permit; the endorsement is CH's record of what crossed FR's
     # border. CH's own customs may not give it back (it is evidence, and FR's gateway would never
     # hear of it) nor add lines under FR's declaration (FR's reversal would then take them too).
-    permit = customs_permit("CH26-300001")
-    await customs.deliver(permit)
-    status, w = await customs.write_off("FR", "CH", permit.number, _declaration("FR-DEC-E", {"A": "2"}))
-    assert status == 201, w
-    await customs.wait_status("FR", w["feedback_message_id"], FINAL)
+    permit = await _written_off_at_fr(customs, "CH26-300001", "FR-DEC-E", "2")
     path = f"/v1/permits/CH/{permit.number}"
     _, before = await customs.call("CH", "GET", path + "/quantities", token="ch-customs")
     assert before["lines"][0]["actual"] == "2" and before["write_offs"][0]["origin"] == "endorsement"
@@ -76,11 +82,7 @@ async def test_only_the_exporting_or_importing_country_endorses_a_permit(customs
     # CH's permit goes to FR. KE's gateway is a pinned partner of CH, but KE's customs never saw
     # the goods: its endorsement would write actual quantities on CH's record, and its reversal
     # would give back what FR's customs reported under FR's declaration reference.
-    permit = customs_permit("CH26-300003")
-    await customs.deliver(permit)
-    status, w = await customs.write_off("FR", "CH", permit.number, _declaration("FR-DEC-K", {"A": "3"}))
-    assert status == 201, w
-    await customs.wait_status("FR", w["feedback_message_id"], FINAL)
+    permit = await _written_off_at_fr(customs, "CH26-300003", "FR-DEC-K", "3")
     path = f"/v1/permits/CH/{permit.number}/quantities"
     _, before = await customs.call("CH", "GET", path, token="ch-customs")
     assert before["lines"][0]["actual"] == "3"
