@@ -17,13 +17,12 @@ async def _read(request: web.Request, what: str) -> bytes:
     """The body, or XML_TOO_LARGE: announced too long, or found so while read (a chunked body
     has no length; aiohttp stops it at client_max_size)."""
     limit = request.app[appkeys.CONFIG].max_body_bytes
-    too_large = EpixError(ErrorCode.XML_TOO_LARGE, f"The {what} is larger than {limit} bytes.")
-    if request.content_length is not None and request.content_length > limit:
-        raise too_large
-    try:
-        return await request.read()
-    except web.HTTPRequestEntityTooLarge:
-        raise too_large from None
+    if request.content_length is None or request.content_length <= limit:
+        try:
+            return await request.read()
+        except web.HTTPRequestEntityTooLarge:
+            pass
+    raise EpixError(ErrorCode.XML_TOO_LARGE, f"The {what} is larger than {limit} bytes.")
 
 
 @routes.post("/exchange/v1/messages")
