@@ -254,9 +254,9 @@ _RUNS_START = "retention_runs is append-only: a run starts unfinished, not purgi
 
 
 def _run_moves_forward(sqlite: bool) -> str:
-    same = same_columns(_RUN_FIXED, sqlite=sqlite)
+    """A running run's update (an ended one is refused before this is asked)."""
     grows = " AND ".join(f"NEW.{c} >= OLD.{c}" for c in _RUN_COUNTS)
-    return f"OLD.finished_at IS NULL AND {same} AND {grows}"
+    return f"{same_columns(_RUN_FIXED, sqlite=sqlite)} AND {grows}"
 
 
 _RUN_STARTS_CLEAN = "NEW.finished_at IS NULL AND NEW.purging = 0 AND " + " AND ".join(f"NEW.{c} = 0" for c in _RUN_COUNTS)
@@ -270,7 +270,7 @@ RUNS_TRIGGERS = {
         """,
         f"""
         CREATE TRIGGER retention_runs_progress_only BEFORE UPDATE ON retention_runs
-        WHEN NOT ({_run_moves_forward(sqlite=True)}) BEGIN SELECT RAISE(ABORT, '{_RUNS_PROGRESS}'); END
+        WHEN OLD.finished_at IS NULL AND NOT ({_run_moves_forward(sqlite=True)}) BEGIN SELECT RAISE(ABORT, '{_RUNS_PROGRESS}'); END
         """,
         f"""
         CREATE TRIGGER retention_runs_no_replace BEFORE INSERT ON retention_runs
