@@ -10,7 +10,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from adapters.exchange_xml import is_party_id
 from domain.errors import EpixError, ErrorCode
+from domain.rules import identifier_problems
 from routing.agreements import Agreements, load_agreements, parse_agreements
 
 if TYPE_CHECKING:
@@ -147,9 +149,6 @@ def _table(cls, raw: dict[str, Any], name: str, source: str):
 def _scope(raw: Any, name: str, source: str) -> frozenset[str]:
     """A token's countries: '*', parties (FR, HUB-AF) and customs offices (FR/FRCDG). A string
     alone is refused rather than read as its letters ("FR" as F and R would cover nothing)."""
-    from adapters.exchange_xml import is_party_id
-    from domain.rules import identifier_problems
-
     if not isinstance(raw, list) or not raw or not all(isinstance(c, str) for c in raw):
         raise _bad(source, f'token {name}: countries must list at least one country, as a list such as ["FR"] (or ["*"]).')
     for entry in raw:
