@@ -21,7 +21,14 @@ from domain.errors import EpixError, ErrorCode
 from gateway import appkeys, paths
 from gateway.customs import CUSTOMS
 from gateway.customs.config import covers_country, covers_office
-from gateway.customs.service import addressed_to, balance_view, dumps, require_customs, verification_json, write_off_view
+from gateway.customs.service import (
+    balance_view,
+    dumps,
+    require_addressed,
+    require_customs,
+    verification_json,
+    write_off_view,
+)
 from gateway.middleware import principal
 
 routes = web.RouteTableDef()
@@ -77,8 +84,8 @@ async def history(request: web.Request) -> web.Response:
     issuer, number = paths.permit_key(request)
     # Its verdicts and reasons say what a verification would not tell a token for another border.
     held = await request.app[CUSTOMS].held(issuer, number)
-    if held is not None and not addressed_to(held.permit, token):
-        raise EpixError(ErrorCode.FORBIDDEN, f"Token {token.name!r} may not read the verifications of permit {issuer}/{number}.")
+    if held is not None:
+        require_addressed(held, token)
     records = await request.app[appkeys.STORE].list_verifications(issuer, number)
     return _json(
         {

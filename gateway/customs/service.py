@@ -53,6 +53,15 @@ def addressed_to(permit: Permit, token: Token) -> bool:
     return concerns(token, (permit.exporter.address.country, permit.importer.address.country, permit.issuing_country))
 
 
+def require_addressed(held: "Held", token: Token) -> None:
+    if not addressed_to(held.permit, token):
+        raise EpixError(
+            ErrorCode.FORBIDDEN,
+            f"Token {token.name!r} acts for {', '.join(sorted(token.countries))}; permit "
+            f"{held.record.issuer}/{held.record.number} is not addressed to any of them.",
+        )
+
+
 def concerns(token: Token, countries: tuple[str | None, ...]) -> bool:
     return token.role == "operator" or any(covers_country(token.countries, c) for c in countries)
 
@@ -325,12 +334,7 @@ class CustomsService:
         held = await self.held(issuer, number)
         if held is None:
             raise EpixError(ErrorCode.NOT_FOUND, f"No permit {issuer}/{number} is known to this gateway.", issuer=issuer, number=number)
-        if not addressed_to(held.permit, token):
-            raise EpixError(
-                ErrorCode.FORBIDDEN,
-                f"Token {token.name!r} acts for {', '.join(sorted(token.countries))}; permit {issuer}/{number} "
-                "is not addressed to any of them.",
-            )
+        require_addressed(held, token)
         return held
 
     async def write_off(self, issuer: str, number: str, body: dict[str, Any], *, token: Token) -> tuple[WriteOffOutcome, Assessment, Held]:
