@@ -112,6 +112,15 @@ class InboundService:
                 claimed=claimed_sender,
                 relayed_by=relayed_by,
             )
+        # Where the agreement names the hub a partner is reached through, that hub alone speaks for it.
+        via = self.config.agreements.get(claimed_sender).via
+        if via is not None and relayed_by != via:
+            raise EpixError(
+                ErrorCode.SENDER_MISMATCH,
+                f"The agreement with {claimed_sender} routes its messages through {via}, not {relayed_by}.",
+                claimed=claimed_sender,
+                relayed_by=relayed_by,
+            )
         return relayed_by
 
     async def _accept(self, env: Envelope) -> Answer:

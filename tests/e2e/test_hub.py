@@ -29,6 +29,8 @@ from gateway import appkeys
 from gateway.hub import ACK_PATH, PULL_PATH, TRACK_PATH
 from gateway.outbound import conversation_id
 from gateway.security import Security
+from keys.pki import Algorithm, make_test_ca
+from keys.store import KeyStore
 from gateway.store import MessageFilter
 from simulators.network import build_network
 from simulators.samples import make_permit
@@ -242,6 +244,27 @@ async def test_a_member_posing_as_another_is_refused_by_the_hub(hubnet):
     envelope = _envelope(c.security("CH"), sender="CH", receiver="ZZ", payload=signed, number=permit.number)
     status, answer = await _post(c, "HUB", "/exchange/v1/messages", envelope)
     assert read_error(parse_xml(answer).getroot()).code == "MISADDRESSED"
+
+
+async def test_only_the_hub_of_the_agreement_relays_for_a_partner(tmp_path):
+    # KE knows a second hub; its agreement with CH says CH comes via HUB.
+    hub2 = KeyStore(tmp_path / "HUB2").init_party("HUB2", Algorithm.RSA2048, ca=make_test_ca("second hub CA"))
+    second_hub = f'[[partner]]\nparty = "HUB2"\nrole = "hub"\nendpoint = "http://127.0.0.1:9"\ncertificates = ["{hub2.cert}"]\n'
+    net = build_network(tmp_path / "net", ("CH", "FR", "KE"), hub="HUB", via={"KE": "HUB"}, extra_for={"KE": second_hub})
+    async with Cluster(net).running(("CH", "FR", "KE", "HUB")) as c:
+        permit = _permit("KE", 6)
+        signed = c.security("CH").sign(permit_to_xml(permit))
+        as_hub2 = Security.load(party="HUB2", keys_dir=tmp_path / "HUB2", passphrase=None, agreements=net["KE"].config().agreements)
+        envelope = _envelope(as_hub2, sender="CH", receiver="KE", payload=signed, number=permit.number, relayed_by="HUB2")
+        status, answer = await _post(c, "KE", "/exchange/v1/messages", envelope)
+        error = read_error(parse_xml(answer).getroot())
+        assert (status, error.code) == (403, "SENDER_MISMATCH")
+        assert "through HUB, not HUB2" in error.message
+        assert await c.store("KE").get_message(str(parse_xml(envelope).getroot().findtext(".//{*}MessageId"))) is None
+        # The hub of the agreement still relays.
+        envelope = _envelope(c.security("HUB"), sender="CH", receiver="KE", payload=signed, number=permit.number, relayed_by="HUB")
+        status, _ = await _post(c, "KE", "/exchange/v1/messages", envelope)
+        assert status == 200
 
 
 async def test_only_the_original_sender_may_track_a_message(hubnet):
