@@ -128,6 +128,19 @@ async def _read_body(request: web.Request) -> bytes:
     return body
 
 
+async def _optional_json(request: web.Request, what: str):
+    """An optional JSON body: None when there is none; refused when it is some other type."""
+    body = await request.read()
+    if not body:
+        return None
+    if _media_type(request) not in JSON_TYPES:
+        raise EpixError(
+            ErrorCode.UNSUPPORTED_MEDIA_TYPE,
+            f"Send the {what} as application/json, not {_media_type(request) or 'an unnamed type'}.",
+        )
+    return read_json(body)
+
+
 def _permit_from_body(request: web.Request, body: bytes, max_bytes: int):
     media = _media_type(request)
     if media in JSON_TYPES:
@@ -167,9 +180,8 @@ async def cancel_permit(request: web.Request) -> web.Response:
     token = require_role(request, "ma", "operator")
     issuer, number = paths.permit_key(request)
     reason = "Cancelled by the issuing Management Authority."
-    body = await request.read()
-    if body:
-        data = read_json(body)
+    data = await _optional_json(request, "cancellation")
+    if data is not None:
         if not isinstance(data, dict) or not isinstance(data.get("reason", reason), str):
             raise EpixError(ErrorCode.JSON_MALFORMED, "The cancellation body must be JSON like {\"reason\": \"...\"}.")
         reason = (data.get("reason") or reason).strip()[:500] or reason
@@ -418,8 +430,8 @@ async def retry_many(request: web.Request) -> web.Response:
     The store says what is parked; on RabbitMQ the parking queues only mirror it, and lose the
     replayed messages' entries once they are queued again (``unparked``)."""
     token = require_role(request, "operator")
-    body = await request.read()
-    query = read_json(body) if body else {}
+    query = await _optional_json(request, "retry selection")
+    query = {} if query is None else query
     if not isinstance(query, dict) or set(query) - {"status", "receiver", "limit"}:
         raise EpixError(
             ErrorCode.JSON_MALFORMED,

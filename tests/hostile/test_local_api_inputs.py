@@ -170,6 +170,10 @@ async def test_hostile_json_bodies_are_refused_with_the_reason(gw):
         ("FR", "POST", reversal, cus, b'{"reason": "entered twice\\u0001"}', *bad, "U+0001"),
         ("FR", "POST", reversal, cus, b'{"reason": 5}', *bad, '{"reason": "entered twice"}'),
         ("FR", "POST", reversal, {**CUSTOMS, "Content-Type": "text/plain"}, b"twice", 415, "UNSUPPORTED_MEDIA_TYPE", "reversal"),
+        ("CH", "POST", f"/v1/permits/CH/{NUMBER}/cancel", {**gw.headers("CH"), "Content-Type": "text/plain"}, b"stolen", 415,
+         "UNSUPPORTED_MEDIA_TYPE", "cancellation as application/json, not text/plain"),
+        ("CH", "POST", "/v1/messages/retry", {**_ops(gw), "Content-Type": "application/xml"}, b"<a/>", 415,
+         "UNSUPPORTED_MEDIA_TYPE", "retry selection"),
     ])  # fmt: skip
 
 
