@@ -305,6 +305,7 @@ def _enum_param(request: web.Request, name: str, enum):
 
 
 FILTERS = ("status", "direction", "sender", "receiver", "issuer", "number")  # kept in the next link
+MESSAGE_QUERY = frozenset((*FILTERS, "limit", "before", "before_id"))
 
 
 def _count(query, name: str, *, default: int, maximum: int) -> int:
@@ -342,6 +343,13 @@ def _check_filters(filters: dict[str, str]) -> None:
 async def list_messages(request: web.Request) -> web.Response:
     _message_scope(request)
     q = request.query
+    unknown = sorted(set(q) - MESSAGE_QUERY)
+    if unknown:  # a misspelt filter would otherwise list every message as if it matched
+        raise EpixError(
+            ErrorCode.JSON_MALFORMED,
+            f"Unknown query parameter {paths.shown(unknown[0])}: the list takes {', '.join(sorted(MESSAGE_QUERY))}.",
+            field=unknown[0][:64],
+        )
     limit = _count(q, "limit", default=100, maximum=MAX_PAGE)
     before = read_datetime(q["before"], "before") if "before" in q else None
     before_id = q.get("before_id")

@@ -103,6 +103,8 @@ async def test_hostile_query_parameters_are_refused_with_the_reason(gw):
         ("CH", "GET", "/v1/messages?number=" + "N" * 65, op, b"", *bad, "at most 64"),
         ("CH", "GET", "/v1/messages?status=sent", op, b"", *bad, "is not one of"),
         ("CH", "GET", "/v1/messages?direction=%00", op, b"", *bad, "is not one of"),
+        ("CH", "GET", "/v1/messages?statu=SEND_FAILURE", op, b"", *bad, "Unknown query parameter 'statu'"),
+        ("CH", "GET", "/v1/messages?limit=5&%00=1", op, b"", *bad, "Unknown query parameter"),
         ("FR", "GET", "/v1/inbox?limit=-1", fr, b"", *bad, "from 1 to 500"),
         ("FR", "GET", "/v1/inbox?limit=abc", fr, b"", *bad, "whole number"),
         ("FR", "GET", f"/v1/verifications/CH/{NUMBER}?office=%00", CUSTOMS, b"", *bad, "U+0000"),
