@@ -763,6 +763,21 @@ def refuse_endorsed(rows: Sequence[WriteOffRecord], declaration: str, issuer: st
         )
 
 
+def refuse_foreign(rows: Sequence[WriteOffRecord], request: WriteOffRequest) -> None:
+    """A declaration is one office's: another office (or a partner's endorsement) may neither
+    add lines under its reference nor replay it as its own."""
+    refuse_endorsed(rows, request.declaration, request.issuer, request.number)
+    other = next((r for r in rows if r.office != request.office), None)
+    if other is not None:
+        raise EpixError(
+            ErrorCode.CONFLICT,
+            f"Declaration {request.declaration} on permit {request.issuer}/{request.number} was written off by office "
+            f"{other.office or '(none named)'}; office {request.office or '(none named)'} cannot add lines under it: "
+            "give the declaration its own reference.",
+            declaration=request.declaration,
+        )
+
+
 def held_by_line(rows: Sequence[WriteOffRecord]) -> dict[str, Any]:
     from domain.ledger import HeldWriteOff
 

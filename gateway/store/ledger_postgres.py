@@ -50,7 +50,7 @@ class PostgresLedger(CustomsLedger):
         async with self.pool.acquire() as conn, conn.transaction():
             before = await _lock_balances(conn, request.issuer, request.number, request.permitted, now)
             rows = await _declaration(conn, request.declaration, request.issuer, request.number)
-            lq.refuse_endorsed(rows, request.declaration, request.issuer, request.number)
+            lq.refuse_foreign(rows, request)
             held = lq.held_by_line(rows)
             plan = rules.plan_write_off(request.declaration, request.lines, before, held)
             if plan.replayed:

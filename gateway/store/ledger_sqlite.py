@@ -204,7 +204,7 @@ def _write_off(
 ) -> WriteOffOutcome:
     before = _balances(conn, request.issuer, request.number, request.permitted, now)
     rows = _declaration(conn, request.declaration, request.issuer, request.number)
-    lq.refuse_endorsed(rows, request.declaration, request.issuer, request.number)
+    lq.refuse_foreign(rows, request)
     held = lq.held_by_line(rows)
     plan = rules.plan_write_off(request.declaration, request.lines, before, held)
     if plan.replayed:

@@ -128,6 +128,21 @@ async def test_same_declaration_and_line_with_another_quantity_is_a_conflict(sto
     assert await store.used_quantities("CH", "CH26-000001") == {"A": Decimal("30"), "B": Decimal("0")}
 
 
+async def test_another_office_cannot_add_lines_under_a_declaration(store):
+    from dataclasses import replace
+
+    await store.write_off(_request("D1", {"A": "30"}), None, actor="c")
+    for lines in ({"A": "30", "B": "1"}, {"B": "1"}, {"A": "30"}):
+        with pytest.raises(EpixError) as e:
+            await store.write_off(replace(_request("D1", lines), office="FRORY"), _endorse_message(), actor="ory")
+        assert e.value.code is ErrorCode.CONFLICT and "written off by office FRCDG; office FRORY cannot" in e.value.detail
+    assert await store.used_quantities("CH", "CH26-000001") == {"A": Decimal("30"), "B": Decimal("0")}
+    assert [(w.item_id, w.office) for w in await store.list_write_offs("CH", "CH26-000001")] == [("A", "FRCDG")]
+    # Its own office still adds a line.
+    more = await store.write_off(_request("D1", {"A": "30", "B": "1"}), None, actor="c")
+    assert [line.item_id for line in more.new] == ["B"]
+
+
 async def test_reversal_gives_the_quantity_back_once(store):
     await store.write_off(_request("D1", {"A": "30", "B": "2"}), None, actor="c")
     await store.write_off(_request("D2", {"A": "5"}), None, actor="c")
