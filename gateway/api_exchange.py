@@ -41,7 +41,12 @@ async def receive(request: web.Request) -> web.Response:
 @routes.get("/exchange/v1/messages/{message_id}")
 async def tracking(request: web.Request) -> web.Response:
     """The signed receipt of a message we received: lets a sender recover a lost answer."""
-    message = await request.app[appkeys.STORE].get_message(paths.message_key(request))
+    store, message_id = request.app[appkeys.STORE], paths.message_key(request)
+    message = await store.get_message(message_id)
+    if message is None:  # perhaps content resent under a new id: it has a receipt of its own
+        alias = await store.get_alias(message_id)
+        if alias is not None:
+            return web.Response(body=alias.receipt, content_type=XML)
     if message is None or message.direction is not Direction.INBOUND or message.receipt is None:
         raise EpixError(ErrorCode.NOT_FOUND, "No message with that id was received here.")
     return web.Response(body=message.receipt, content_type=XML)

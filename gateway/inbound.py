@@ -39,7 +39,7 @@ from gateway.customs.feedback import endorsement_request
 from gateway.hub import Relay, check_remembered, check_replay_window
 from gateway.logs import get_logger
 from gateway.security import Security
-from gateway.store.base import MessageRecord, PermitRecord, Store, message_from_header
+from gateway.store.base import MessageAlias, MessageRecord, PermitRecord, Store, message_from_header
 
 if TYPE_CHECKING:
     from gateway.delivery import DeliveryWorker
@@ -137,6 +137,9 @@ class InboundService:
         existing = await self.store.get_message(h.message_id)
         if existing is not None:
             return await self._duplicate(existing, env)
+        alias = await self.store.get_alias(h.message_id)
+        if alias is not None:
+            return self._resent(alias, env)
         now = datetime.now(timezone.utc)
         check_replay_window(self.config, env.sent_at, "message", message_id=h.message_id)
         check_remembered(self.config, h.created_at, message_id=h.message_id)
@@ -184,10 +187,22 @@ class InboundService:
         if not is_new and stored.message_id != h.message_id:
             # Content already held under another message id: it takes effect once, but the sender
             # accepts only a receipt naming its own MessageId; the other message's would never do.
-            return Answer(200, receipt, h.message_id, duplicate=True)
+            # The id keeps that receipt: the same id again, or tracked, answers with it.
+            alias = await self.store.record_alias(
+                MessageAlias(h.message_id, h.sender, stored.message_id, env.digest, receipt, now)
+            )
+            return self._resent(alias, env)
         if not is_new:  # the same id stored meanwhile by a concurrent delivery
             return await self._duplicate(stored, env)
         return Answer(200, stored.receipt or receipt, h.message_id)
+
+    def _resent(self, alias: MessageAlias, env: Envelope) -> Answer:
+        if alias.sender != env.header.sender or alias.payload_digest != env.digest:
+            taken = "is already used here by another message" if alias.sender != env.header.sender else (
+                "was already received with different content"
+            )
+            raise EpixError(ErrorCode.CONFLICT, f"Message id {alias.message_id} {taken}.", message_id=alias.message_id)
+        return Answer(200, alias.receipt, alias.message_id, duplicate=True)
 
     async def _duplicate(self, existing: MessageRecord, env: Envelope) -> Answer:
         # Only the message itself again gets its receipt: an id one of our own messages carries,

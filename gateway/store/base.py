@@ -99,6 +99,20 @@ class Unpublished:
 
 
 @dataclass(frozen=True, slots=True)
+class MessageAlias:
+    """A message id a sender gave content already held under another of its messages: the
+    content takes effect once (``original_id``), and this id keeps the receipt it was answered
+    with, for the same id again and for tracking."""
+
+    message_id: str
+    sender: str
+    original_id: str
+    payload_digest: str
+    receipt: bytes
+    received_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
 class DeliveryReportRecord:
     """What a hub last said about a message relayed through it (ePhyto Hub tracking status)."""
 
@@ -411,6 +425,13 @@ class Store(CustomsLedger, Retention, ABC):
 
     @abstractmethod
     async def get_message(self, message_id: str) -> MessageRecord | None: ...
+
+    @abstractmethod
+    async def record_alias(self, alias: MessageAlias) -> MessageAlias:
+        """Keep ``alias`` unless its id is held already; either way, the one held."""
+
+    @abstractmethod
+    async def get_alias(self, message_id: str) -> MessageAlias | None: ...
 
     @abstractmethod
     async def list_messages(self, f: MessageFilter) -> list[MessageRecord]:

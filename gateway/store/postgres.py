@@ -31,6 +31,7 @@ from .base import (
     Clock,
     DeliveryReportRecord,
     MessageEvent,
+    MessageAlias,
     MessageFilter,
     MessageRecord,
     PermitRecord,
@@ -309,6 +310,16 @@ class PostgresStore(PostgresLedger, PostgresRetention, Store):
     async def get_message(self, message_id: str) -> MessageRecord | None:
         row = await self.pool.fetchrow(q.SELECT_MESSAGE, message_id)
         return None if row is None else q.message_from_row(row, _dec)
+
+    async def record_alias(self, alias: MessageAlias) -> MessageAlias:
+        async with self.pool.acquire() as conn, conn.transaction():
+            await conn.execute(q.INSERT_ALIAS, *q.alias_values(alias, _enc))
+            row = await conn.fetchrow(q.SELECT_ALIAS, alias.message_id)
+        return q.alias_from_row(row, _dec)
+
+    async def get_alias(self, message_id: str) -> MessageAlias | None:
+        row = await self.pool.fetchrow(q.SELECT_ALIAS, message_id)
+        return None if row is None else q.alias_from_row(row, _dec)
 
     async def list_messages(self, f: MessageFilter) -> list[MessageRecord]:
         check_page(f)

@@ -244,6 +244,38 @@ for _dialect, _triggers in RUNS_TRIGGERS.items():
 _V12 = ("CREATE INDEX permits_replaces ON permits (issuer, replaces) WHERE replaces IS NOT NULL",)
 MIGRATIONS += (Migration(12, "permits: looked up by the permit they replace", _V12),)
 
+# A message id a partner gave content held under another of its messages (a resend under a new
+# id): kept with the receipt it was answered with, and gone with the message it names.
+_V13 = (
+    """
+    CREATE TABLE message_aliases (
+        message_id     TEXT PRIMARY KEY,
+        sender         TEXT NOT NULL,
+        original_id    TEXT NOT NULL REFERENCES messages (message_id) ON DELETE CASCADE,
+        payload_digest TEXT NOT NULL,
+        receipt        {blob} NOT NULL,
+        received_at    {ts} NOT NULL
+    )
+    """,
+    "CREATE INDEX message_aliases_original ON message_aliases (original_id)",
+)
+MIGRATIONS += (Migration(13, "messages: ids a partner resent held content under, with their receipts", _V13),)
+
+ALIAS_COLUMNS = "message_id, sender, original_id, payload_digest, receipt, received_at"
+INSERT_ALIAS = f"INSERT INTO message_aliases ({ALIAS_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (message_id) DO NOTHING"
+SELECT_ALIAS = f"SELECT {ALIAS_COLUMNS} FROM message_aliases WHERE message_id = $1"
+
+
+def alias_values(alias, enc) -> tuple:
+    return (alias.message_id, alias.sender, alias.original_id, alias.payload_digest, alias.receipt, enc(alias.received_at))
+
+
+def alias_from_row(row, dec):
+    from .base import MessageAlias
+
+    return MessageAlias(row[0], row[1], row[2], row[3], bytes(row[4]), dec(row[5]))
+
+
 MIGRATIONS_TABLE = """
     CREATE TABLE IF NOT EXISTS schema_migrations (
         version    INTEGER PRIMARY KEY,

@@ -52,6 +52,7 @@ from .base import (
     Clock,
     DeliveryReportRecord,
     MessageEvent,
+    MessageAlias,
     MessageFilter,
     MessageRecord,
     PermitRecord,
@@ -439,6 +440,15 @@ class SqliteStore(SqliteLedger, SqliteRetention, Store):
         row = self._read_now(_fetchone, _sql(q.SELECT_MESSAGE), (message_id,))
         return None if row is None else q.message_from_row(row, _dec)
 
+    async def record_alias(self, alias: MessageAlias) -> MessageAlias:
+        row = await self._write(_insert_alias, q.alias_values(alias, _enc))
+        return q.alias_from_row(row, _dec)
+
+    async def get_alias(self, message_id: str) -> MessageAlias | None:
+        # A primary-key lookup on every new inbound message, as get_message: on the loop.
+        row = self._read_now(_fetchone, _sql(q.SELECT_ALIAS), (message_id,))
+        return None if row is None else q.alias_from_row(row, _dec)
+
     async def list_messages(self, f: MessageFilter) -> list[MessageRecord]:
         check_page(f)
         sql, args = q.list_query(
@@ -572,6 +582,11 @@ class SqliteStore(SqliteLedger, SqliteRetention, Store):
 
 
 # --- the functions below run on a connection's thread --------------------------------------------
+
+
+def _insert_alias(conn: sqlite3.Connection, values: tuple[Any, ...]) -> Any:
+    conn.execute(_sql(q.INSERT_ALIAS), values)
+    return conn.execute(_sql(q.SELECT_ALIAS), values[:1]).fetchone()
 
 
 def _fetchone(conn: sqlite3.Connection, sql: str, args: tuple[Any, ...]) -> Any:

@@ -127,6 +127,17 @@ async def test_the_same_content_under_a_new_message_id_gets_a_receipt_for_that_i
     assert len(await c.store("FR").get_permit_versions("CH", permit.number)) == 1
     inbound = [m for m in await c.store("FR").messages_for_permit("CH", permit.number) if m.action is action]
     assert [m.message_id for m in inbound] == [first.message_id]
+    # The new id keeps its receipt: sent again, or tracked, it answers with the very same bytes.
+    assert await _post(c, body2) == (200, answer2)
+    async with c.http.get(f"{c.url('FR')}/exchange/v1/messages/{second.message_id}") as resp:
+        assert (resp.status, await resp.read()) == (200, answer2)
+    # Other content under that id is refused, and changes nothing.
+    other = _permit(5)
+    _, body3 = _envelope(c, c.security("CH").sign(permit_to_xml(other)), number=other.number, message_id=second.message_id)
+    status3, answer3 = await _post(c, body3)
+    assert (status3, _error(c, "FR", answer3).code) == (409, "CONFLICT")
+    assert await c.store("FR").get_permit_versions("CH", other.number) == []
+    assert await _post(c, body2) == (200, answer2)
 
 
 def _error(c, party: str, body: bytes, *, reader: str = "CH"):

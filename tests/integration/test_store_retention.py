@@ -15,7 +15,7 @@ import pytest
 from domain.errors import EpixError, ErrorCode
 from domain.messages import Direction, MessageStatus
 from gateway.store import Store
-from gateway.store.base import DeliveryReportRecord
+from gateway.store.base import DeliveryReportRecord, MessageAlias
 from gateway.store import ledger as lq
 from gateway.store import schema as q
 from gateway.store.ledger import VerificationRecord
@@ -144,6 +144,23 @@ async def test_old_final_messages_go_with_their_history_and_nothing_else_does(st
     # Permits are the legal record: every one is still held, whatever became of its messages.
     for issuer, number in (("CH", "P-ACK"), ("CH", "P-REJ"), ("FR", "P-DEL"), ("CH", "P-HUB1")):
         assert len(await store.get_permit_versions(issuer, number)) == 1
+
+
+async def test_an_id_resent_under_goes_with_the_message_it_names(store, clock):
+    kept = await _inbound(store, "P-ALIAS-KEEP", acknowledged=False)
+    gone = await _inbound(store, "P-ALIAS-GONE", acknowledged=True)
+    first = MessageAlias("resent-1", "FR", gone, "sha256:" + "1" * 64, b"<Receipt n='1'/>", T0)
+    assert await store.record_alias(first) == first
+    assert await store.record_alias(replace(first, receipt=b"<Receipt n='2'/>")) == first  # the first answer stays
+    other = MessageAlias("resent-2", "FR", kept, "sha256:" + "2" * 64, b"<Receipt n='3'/>", T0)
+    await store.record_alias(other)
+    assert await store.get_alias("never-sent") is None
+    clock.advance(400 * DAY)
+
+    await store.purge(Cutoffs(messages=clock() - timedelta(days=365)), actor="test")
+
+    assert await store.get_message(gone) is None and await store.get_alias("resent-1") is None
+    assert await store.get_alias("resent-2") == other
 
 
 async def test_age_counts_from_the_last_change_of_status(store, clock):
