@@ -270,6 +270,12 @@ class InboundService:
                 f"The envelope announces a cancellation of {h.document_issuer}/{h.document_number} "
                 f"but carries one for {notice.issuer}/{notice.number}.",
             )
+        if notice.version != h.document_version:
+            raise EpixError(
+                ErrorCode.ENVELOPE_INVALID,
+                f"The envelope announces a cancellation of version {h.document_version} of {h.document_issuer}/"
+                f"{h.document_number} but carries one for version {notice.version}.",
+            )
 
     def error_document(self, exc: EpixError, message_id: str | None, receiver: str | None) -> bytes:
         signal = ErrorSignal(

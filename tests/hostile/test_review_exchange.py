@@ -144,6 +144,19 @@ def _error(c, party: str, body: bytes, *, reader: str = "CH"):
     return read_error(c.security(reader).verify(body, party).signed_root)
 
 
+async def test_a_cancellation_for_another_version_than_its_envelope_names_is_refused(cluster):
+    c = cluster
+    permit = _permit(7)
+    _, issue = _envelope(c, c.security("CH").sign(permit_to_xml(permit)), number=permit.number)
+    assert (await _post(c, issue))[0] == 200
+    notice = c.security("CH").sign(build_cancellation(Cancellation("CH", permit.number, 2, "in error", datetime.now(timezone.utc))))
+    _, body = _envelope(c, notice, number=permit.number, action=Action.CANCEL)  # the envelope says version 1
+    status, answer = await _post(c, body)
+    error = _error(c, "FR", answer)
+    assert (status, error.code) == (422, "ENVELOPE_INVALID") and "version 1" in error.message and "version 2" in error.message
+    assert await _status(c, permit.number) == "VALID"
+
+
 async def test_a_message_id_another_sender_used_is_a_conflict_not_its_receipt(cluster):
     # KE copies CH's message (same id, same issuer-signed payload) under its own hop signature:
     # that is not CH's message again, and KE must not be handed CH's receipt as if its own
