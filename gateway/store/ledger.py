@@ -778,6 +778,21 @@ def refuse_foreign(rows: Sequence[WriteOffRecord], request: WriteOffRequest) -> 
         )
 
 
+def refuse_other_reporter(rows: Sequence[WriteOffRecord], request: WriteOffRequest, actor: str) -> None:
+    """On the issuer's side, an endorsement's declaration is the reporting office's: rows under
+    the same reference written off here, or reported by another office or partner, are not its
+    to add to or to reverse."""
+    other = next((r for r in rows if r.origin != "endorsement" or r.office != request.office or r.actor != actor), None)
+    if other is not None:
+        by = "its own customs" if other.origin != "endorsement" else f"{other.actor}, office {other.office or '(none named)'}"
+        raise EpixError(
+            ErrorCode.CONFLICT,
+            f"Declaration {request.declaration} on permit {request.issuer}/{request.number} is already held here from "
+            f"{by}; an endorsement from {actor}, office {request.office or '(none named)'}, cannot be recorded under it.",
+            declaration=request.declaration,
+        )
+
+
 def held_by_line(rows: Sequence[WriteOffRecord]) -> dict[str, Any]:
     from domain.ledger import HeldWriteOff
 

@@ -241,6 +241,7 @@ async def _insert_outbound(conn, message: MessageRecord, actor: str, now: dateti
 async def _apply_endorsement(conn, request: WriteOffRequest, message_id: str, reversal: bool, actor: str, now: datetime) -> None:
     before = await _lock_balances(conn, request.issuer, request.number, request.permitted, now)
     held = await _declaration(conn, request.declaration, request.issuer, request.number)
+    lq.refuse_other_reporter(held, request, actor)
     if reversal:
         active = [r for r in held if r.reversed_at is None]
         await conn.execute(lq.REVERSE_DECLARATION, request.declaration, request.issuer, request.number, now)

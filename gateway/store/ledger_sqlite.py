@@ -258,6 +258,7 @@ def _record_endorsement(
         return False, stored
     before = _balances(conn, request.issuer, request.number, request.permitted, now)
     held = _declaration(conn, request.declaration, request.issuer, request.number)
+    lq.refuse_other_reporter(held, request, actor)
     if reversal:
         active = [r for r in held if r.reversed_at is None]
         conn.execute(_sql(lq.REVERSE_DECLARATION), (request.declaration, request.issuer, request.number, now))

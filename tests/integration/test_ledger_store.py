@@ -274,6 +274,29 @@ async def test_issuer_records_endorsements_once_and_their_reversal(store):
     assert (await store.used_quantities("CH", "CH26-000001"))["A"] == Decimal("30")
 
 
+async def test_an_endorsement_touches_only_what_its_own_office_reported(store):
+    from dataclasses import replace
+
+    await store.write_off(_request("D1", {"A": "10"}), None, actor="ch-customs")  # the issuer's own customs
+    await store.record_endorsement(_request("D2", {"A": "20"}), _endorse_message(direction=Direction.INBOUND), reversal=False, actor="partner:FR")
+    cases = [
+        (_request("D1", {"B": "1"}), False, "partner:FR", "already held here from its own customs"),
+        (_request("D1", {}), True, "partner:FR", "already held here from its own customs"),
+        (replace(_request("D2", {"B": "1"}), office="FRORY"), False, "partner:FR", "partner:FR, office FRCDG"),
+        (_request("D2", {}), True, "partner:KE", "an endorsement from partner:KE"),
+    ]
+    for request, reversal, actor, words in cases:
+        message = _endorse_message(direction=Direction.INBOUND)
+        with pytest.raises(EpixError) as e:
+            await store.record_endorsement(request, message, reversal=reversal, actor=actor)
+        assert e.value.code is ErrorCode.CONFLICT and words in e.value.detail, e.value.detail
+        assert await store.get_message(message.message_id) is None  # the message is refused with it
+    assert await store.used_quantities("CH", "CH26-000001") == {"A": Decimal("30"), "B": Decimal("0")}
+    # The reporting office's own reversal still gives its quantity back.
+    await store.record_endorsement(_request("D2", {}), _endorse_message(direction=Direction.INBOUND), reversal=True, actor="partner:FR")
+    assert await store.used_quantities("CH", "CH26-000001") == {"A": Decimal("10"), "B": Decimal("0")}
+
+
 async def test_verification_audit_and_exporter_history(store):
     records = [
         VerificationRecord(str(uuid.uuid4()), "CH", "CH26-000001", v, (f"because {v}",), "fr-customs", "FRCDG", True, T0 + timedelta(seconds=i))
