@@ -34,6 +34,7 @@ from gateway.middleware import principal
 routes = web.RouteTableDef()
 XML = "application/xml"
 MAX_STAMP = 128
+VERIFY_QUERY = frozenset(("stamp", "office", "format"))
 
 
 def _json(data, status: int = 200) -> web.Response:
@@ -64,6 +65,7 @@ def _office(request: web.Request) -> str | None:
 
 @routes.get(paths.VERIFICATION)
 async def verify(request: web.Request) -> web.Response:
+    paths.refuse_unknown_query(request, VERIFY_QUERY, "a verification")
     stamp = request.query.get("stamp")
     if stamp is not None and len(stamp) > MAX_STAMP:
         raise EpixError(ErrorCode.JSON_MALFORMED, f"The security stamp is at most {MAX_STAMP} characters.")

@@ -5,7 +5,7 @@ from __future__ import annotations
 from aiohttp import web
 
 from domain.errors import EpixError, ErrorCode
-from gateway import appkeys
+from gateway import appkeys, paths
 from gateway.middleware import require_role
 from gateway.retention import policy_view, run_view
 
@@ -15,6 +15,7 @@ routes = web.RouteTableDef()
 @routes.get("/v1/retention")
 async def retention(request: web.Request) -> web.Response:
     require_role(request, "operator")
+    paths.refuse_unknown_query(request, frozenset(("limit",)), "the retention log")
     try:
         limit = int(request.query.get("limit", "20"))
     except ValueError:

@@ -47,6 +47,18 @@ def shown(value: str) -> str:
     return repr(value if len(value) <= 80 else value[:64] + "…")
 
 
+def refuse_unknown_query(request: web.Request, allowed: frozenset[str], what: str) -> None:
+    """A misspelt parameter would otherwise be ignored: a filter not applied, a stamp not checked."""
+    unknown = sorted(set(request.query) - allowed)
+    if unknown:
+        takes = ", ".join(sorted(allowed)) if allowed else "none"
+        raise EpixError(
+            ErrorCode.JSON_MALFORMED,
+            f"Unknown query parameter {shown(unknown[0])}: {what} takes {takes}.",
+            field=unknown[0][:64],
+        )
+
+
 def permit_url(issuer: str, number: str, *tail: str) -> str:
     """``/v1/permits/{issuer}/{number}[/tail...]``, ready to follow as it is."""
     return "/".join(("/v1/permits", segment(issuer), segment(number), *tail))

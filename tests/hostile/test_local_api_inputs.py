@@ -103,7 +103,7 @@ async def test_hostile_query_parameters_are_refused_with_the_reason(gw):
         ("CH", "GET", "/v1/messages?number=" + "N" * 65, op, b"", *bad, "at most 64"),
         ("CH", "GET", "/v1/messages?status=sent", op, b"", *bad, "is not one of"),
         ("CH", "GET", "/v1/messages?direction=%00", op, b"", *bad, "is not one of"),
-        ("CH", "GET", "/v1/messages?statu=SEND_FAILURE", op, b"", *bad, "Unknown query parameter 'statu'"),
+        ("CH", "GET", "/v1/messages?statu=SEND_FAILURE", op, b"", *bad, "Unknown query parameter 'statu': the message list takes before, before_id, direction"),
         ("CH", "GET", "/v1/messages?limit=5&%00=1", op, b"", *bad, "Unknown query parameter"),
         ("FR", "GET", "/v1/inbox?limit=-1", fr, b"", *bad, "from 1 to 500"),
         ("FR", "GET", "/v1/inbox?limit=abc", fr, b"", *bad, "whole number"),
@@ -113,6 +113,9 @@ async def test_hostile_query_parameters_are_refused_with_the_reason(gw):
         ("FR", "GET", f"/v1/verifications/CH/{NUMBER}?office=FRORY", OFFICE, b"", 403, "FORBIDDEN", "may not verify as office FRORY"),
         ("FR", "GET", f"/v1/verifications/CH/{NUMBER}?stamp=" + "1" * 129, CUSTOMS, b"", *bad, "at most 128"),
         ("FR", "GET", f"/v1/verifications/CH/{NUMBER}?format=pdf", CUSTOMS, b"", *bad, "json or xml"),
+        ("FR", "GET", f"/v1/verifications/CH/{NUMBER}?Stamp=123", CUSTOMS, b"", *bad, "Unknown query parameter 'Stamp': a verification takes format, office, stamp"),
+        ("FR", "GET", "/v1/inbox?limt=5", fr, b"", *bad, "Unknown query parameter 'limt': the inbox takes limit"),
+        ("CH", "GET", "/v1/retention?all=1", op, b"", *bad, "the retention log takes limit"),
         ("CH", "GET", "/v1/inbox?limit=501", ma, b"", *bad, "from 1 to 500"),
     ])  # fmt: skip
 
