@@ -219,6 +219,32 @@ def cmd_purge(args) -> int:
     return EXIT_OK
 
 
+def cmd_recheck(args) -> int:
+    from adapters.exchange_xml import is_party_id
+    from gateway.config import load_config
+    from gateway.store import open_store
+
+    config = load_config(Path(args.config))
+    if args.issuer is not None and not is_party_id(args.issuer):
+        print(f"--issuer {args.issuer!r} is not a party id (letters, digits, '.', '_', '-'; 2 to 64).", file=sys.stderr)
+        return EXIT_USAGE
+
+    async def run() -> int:
+        store = await open_store(config.store_url, config.data_dir)
+        try:
+            return await store.recheck_permits(args.issuer)
+        finally:
+            await store.close()
+
+    queued = asyncio.run(run())
+    whose = f"{args.issuer}'s" if args.issuer else "all"
+    print(
+        f"{queued:,} permit versions ({whose}) queued for a fresh signature check under the trust in {args.config}; "
+        "the gateway makes them in the background, and a verification meanwhile checks its permit itself."
+    )
+    return EXIT_OK
+
+
 # ----------------------------------------------------------------------------- parser
 
 
@@ -299,6 +325,13 @@ def build_parser() -> argparse.ArgumentParser:
     purge.add_argument("--config", required=True, help="the gateway configuration file (its store and [retention])")
     purge.add_argument("--dry-run", action="store_true", help="count what would go and change nothing")
     purge.set_defaults(func=cmd_purge)
+
+    recheck = sub.add_parser(
+        "recheck", help="check stored permits' signatures again, after a partner's certificate was withdrawn or added"
+    )
+    recheck.add_argument("--config", required=True, help="the gateway configuration file (its store)")
+    recheck.add_argument("--issuer", help="only this issuer's permits (party id)")
+    recheck.set_defaults(func=cmd_recheck)
 
     report = sub.add_parser("report", help="reports from the gateway's store").add_subparsers(dest="report_command", required=True, metavar="SUBCOMMAND")
     annual = report.add_parser("annual", help="CITES annual trade report rows (CSV) with actual quantities")

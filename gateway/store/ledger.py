@@ -210,6 +210,13 @@ class CustomsLedger(ABC):
         """Take versions off the queue without a check (the record is gone or unreadable)."""
 
     @abstractmethod
+    async def recheck_permits(self, issuer: str | None = None) -> int:
+        """Drop the checks of every stored version (of ``issuer``'s permits, if given) and queue
+        them again, in one transaction: after the trust in a signer changed (a certificate
+        withdrawn or added), no verdict rests on a check made under the old trust. Returns how
+        many versions were queued."""
+
+    @abstractmethod
     async def permits_created_between(self, start: datetime, end: datetime) -> list["PermitRecord"]:
         """Every permit version stored in [start, end), oldest first (the annual report)."""
 
@@ -450,6 +457,13 @@ SAVE_CHECK = f"""
     ON CONFLICT (issuer, number, version, direction) DO UPDATE SET {_CHECK_UPDATES}
 """
 DEQUEUE_CHECK = "DELETE FROM permit_check_queue WHERE issuer = $1 AND number = $2 AND version = $3 AND direction = $4"
+RECHECK_DROP = "DELETE FROM permit_checks WHERE CAST($1 AS TEXT) IS NULL OR issuer = CAST($1 AS TEXT)"
+RECHECK_QUEUE = """
+    INSERT INTO permit_check_queue (issuer, number, version, direction)
+    SELECT issuer, number, version, direction FROM permits WHERE CAST($1 AS TEXT) IS NULL OR issuer = CAST($1 AS TEXT)
+    ON CONFLICT DO NOTHING
+"""
+RECHECK_COUNT = "SELECT COUNT(*) FROM permit_check_queue WHERE CAST($1 AS TEXT) IS NULL OR issuer = CAST($1 AS TEXT)"
 SELECT_CHECKS_DUE = "SELECT issuer, number, version, direction FROM permit_check_queue LIMIT $1"
 # One statement for a verdict: the latest version held (the order get_permit_versions gives,
 # read from the primary key index alone: the version first, then the direction within it, which

@@ -165,6 +165,12 @@ class PostgresLedger(CustomsLedger):
         if keys:
             await self.pool.executemany(lq.DEQUEUE_CHECK, [tuple(k) for k in keys])
 
+    async def recheck_permits(self, issuer: str | None = None) -> int:
+        async with self.pool.acquire() as conn, conn.transaction():
+            await conn.execute(lq.RECHECK_DROP, issuer)
+            await conn.execute(lq.RECHECK_QUEUE, issuer)
+            return await conn.fetchval(lq.RECHECK_COUNT, issuer)
+
     async def permits_created_between(self, start: datetime, end: datetime) -> list[PermitRecord]:
         rows = await self.pool.fetch(lq.permits_between_sql(q.PERMIT_COLUMNS), as_utc(start), as_utc(end))
         return [q.permit_from_row(r, _dec) for r in rows]

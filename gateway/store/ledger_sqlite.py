@@ -101,6 +101,9 @@ class SqliteLedger(CustomsLedger):
         if keys:
             await self._write(_executemany, _sql(lq.DEQUEUE_CHECK), [tuple(k) for k in keys])
 
+    async def recheck_permits(self, issuer: str | None = None) -> int:
+        return await self._write(_recheck, issuer)
+
     async def permits_created_between(self, start: datetime, end: datetime) -> list[PermitRecord]:
         rows = await self._read(s._fetchall, _sql(lq.permits_between_sql(q.PERMIT_COLUMNS)), (s._enc(start), s._enc(end)))
         return [q.permit_from_row(r, s._dec) for r in rows]
@@ -141,6 +144,12 @@ def _queued(message: MessageRecord | None) -> MessageRecord | None:
 
 
 # --- on the writer thread ------------------------------------------------------------------------
+
+
+def _recheck(conn: sqlite3.Connection, issuer: str | None) -> int:
+    for statement in (lq.RECHECK_DROP, lq.RECHECK_QUEUE):
+        conn.execute(_sql(statement), (issuer,))
+    return conn.execute(_sql(lq.RECHECK_COUNT), (issuer,)).fetchone()[0]
 
 
 def _executemany(conn: sqlite3.Connection, sql: str, rows: list[tuple]) -> None:

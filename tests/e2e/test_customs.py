@@ -327,3 +327,30 @@ async def test_annual_report_uses_actual_quantities(customs):
     assert {r["trade"] for r in imports} == {"import"}
     text = to_csv(exports)
     assert text.splitlines()[0].startswith("year,trade,appendix,taxon,term,quantity,unit")
+
+
+async def test_a_withdrawn_signing_certificate_is_caught_once_the_permits_are_rechecked(customs, tmp_path):
+    from gateway import cli
+    from keys.pki import Algorithm, make_test_ca
+    from keys.store import KeyStore
+
+    permit = customs_permit("CH26-100090")
+    await customs.deliver(permit)
+    assert (await customs.verify("FR", "CH", permit.number))[1]["verdict"] == "VALID"
+    # FR's operator withdraws the certificate CH signed with, pins another one, and restarts FR.
+    other = KeyStore(tmp_path / "other").init_party("CH", Algorithm.RSA2048, ca=make_test_ca("another CA"))
+    config = customs.net["FR"].config_path
+    text = config.read_text(encoding="utf-8")
+    withdrawn = str(customs.net.root / "certs" / "CH.pem")
+    assert withdrawn in text
+    config.write_text(text.replace(withdrawn, str(other.cert)), encoding="utf-8")
+    await customs.stop("FR")
+    await customs.start("FR")
+    # The check stored when the permit arrived still stands, until the permits are checked again.
+    assert (await customs.verify("FR", "CH", permit.number))[1]["verdict"] == "VALID"
+
+    assert await asyncio.to_thread(cli.main, ["recheck", "--config", str(config), "--issuer", "CH"]) == 0
+
+    status, v = await customs.verify("FR", "CH", permit.number)
+    assert (status, v["verdict"]) == (200, "SIGNATURE_INVALID") and not v["signer"]["verified"], v
+    assert await asyncio.to_thread(cli.main, ["recheck", "--config", str(config), "--issuer", "c h"]) == 2
