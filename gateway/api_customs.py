@@ -15,10 +15,10 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from adapters.permit_json import read_json
 from domain import rules
 from domain.errors import EpixError, ErrorCode
 from gateway import appkeys, paths
+from gateway.bodies import json_body
 from gateway.customs import CUSTOMS
 from gateway.customs.config import covers_country, covers_office
 from gateway.customs.service import (
@@ -102,16 +102,10 @@ async def history(request: web.Request) -> web.Response:
     )
 
 
-async def _body(request: web.Request, what: str):
-    if request.content_type != "application/json":
-        raise EpixError(ErrorCode.UNSUPPORTED_MEDIA_TYPE, f"Send the {what} as application/json.")
-    return read_json(await request.read() or b"{}")
-
-
 @routes.post(paths.PERMIT + "/write-offs")
 async def write_off(request: web.Request) -> web.Response:
     issuer, number = paths.permit_key(request)
-    outcome, risk, _ = await request.app[CUSTOMS].write_off(issuer, number, await _body(request, "write-off"), token=principal(request))
+    outcome, risk, _ = await request.app[CUSTOMS].write_off(issuer, number, await json_body(request, "write-off"), token=principal(request))
     return _json(write_off_view(outcome, risk, issuer, number), status=200 if outcome.replayed else 201)
 
 
@@ -119,7 +113,8 @@ async def write_off(request: web.Request) -> web.Response:
 async def reverse(request: web.Request) -> web.Response:
     issuer, number = paths.permit_key(request)
     declaration = paths.declaration_key(request)
-    body = await _body(request, "reversal") if request.can_read_body else {}
+    body = await json_body(request, "reversal", optional=True)
+    body = {} if body is None else body
     if not isinstance(body, dict) or not isinstance(body.get("reason") or "", str):
         raise EpixError(ErrorCode.JSON_MALFORMED, 'The reversal body is optional JSON like {"reason": "entered twice"}.')
     reason = (body.get("reason") or "").strip()[:200] or None

@@ -12,13 +12,14 @@ from aiohttp import web
 
 from adapters.cites_read import read_permit
 from adapters.exchange_xml import is_party_id
-from adapters.permit_json import permit_from_json, read_datetime, read_json
+from adapters.permit_json import permit_from_json, read_datetime
 from adapters.schema import permit_schema
 from adapters.xmlparse import XmlLimits, parse_xml
 from domain import rules
 from domain.errors import EpixError, ErrorCode
 from domain.messages import Direction, MessageStatus
 from gateway import appkeys, paths
+from gateway.bodies import json_body
 from gateway.logs import get_logger
 from gateway.middleware import principal, require_role
 from gateway.outbound import Accepted
@@ -128,19 +129,6 @@ async def _read_body(request: web.Request) -> bytes:
     return body
 
 
-async def _optional_json(request: web.Request, what: str):
-    """An optional JSON body: None when there is none; refused when it is some other type."""
-    body = await request.read()
-    if not body:
-        return None
-    if _media_type(request) not in JSON_TYPES:
-        raise EpixError(
-            ErrorCode.UNSUPPORTED_MEDIA_TYPE,
-            f"Send the {what} as application/json, not {_media_type(request) or 'an unnamed type'}.",
-        )
-    return read_json(body)
-
-
 def _permit_from_body(request: web.Request, body: bytes, max_bytes: int):
     media = _media_type(request)
     if media in JSON_TYPES:
@@ -180,7 +168,7 @@ async def cancel_permit(request: web.Request) -> web.Response:
     token = require_role(request, "ma", "operator")
     issuer, number = paths.permit_key(request)
     reason = "Cancelled by the issuing Management Authority."
-    data = await _optional_json(request, "cancellation")
+    data = await json_body(request, "cancellation", optional=True)
     if data is not None:
         if not isinstance(data, dict) or not isinstance(data.get("reason", reason), str):
             raise EpixError(ErrorCode.JSON_MALFORMED, "The cancellation body must be JSON like {\"reason\": \"...\"}.")
@@ -433,7 +421,7 @@ async def retry_many(request: web.Request) -> web.Response:
     The store says what is parked; on RabbitMQ the parking queues only mirror it, and lose the
     replayed messages' entries once they are queued again (``unparked``)."""
     token = require_role(request, "operator")
-    query = await _optional_json(request, "retry selection")
+    query = await json_body(request, "retry selection", optional=True)
     query = {} if query is None else query
     if not isinstance(query, dict) or set(query) - {"status", "receiver", "limit"}:
         raise EpixError(
