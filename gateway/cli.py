@@ -200,7 +200,7 @@ def cmd_purge(args) -> int:
     from gateway.config import load_config
     from gateway.logs import configure_logging
     from gateway.retention import purge, report_lines
-    from gateway.store import open_store
+    from gateway.store import opened_store
 
     configure_logging(level="INFO")  # the run's log line on stderr, the report on stdout
     config = load_config(Path(args.config))
@@ -209,11 +209,8 @@ def cmd_purge(args) -> int:
         return EXIT_OK
 
     async def run():
-        store = await open_store(config.store_url, config.data_dir)
-        try:
+        async with opened_store(config.store_url, config.data_dir) as store:
             return await purge(store, config.retention, actor="epix purge", customs=config.customs, dry_run=args.dry_run)
-        finally:
-            await store.close()
 
     print("\n".join(report_lines(asyncio.run(run()), config.retention)))
     return EXIT_OK
@@ -222,7 +219,7 @@ def cmd_purge(args) -> int:
 def cmd_recheck(args) -> int:
     from adapters.exchange_xml import is_party_id
     from gateway.config import load_config
-    from gateway.store import open_store
+    from gateway.store import opened_store
 
     config = load_config(Path(args.config))
     if args.issuer is not None and not is_party_id(args.issuer):
@@ -230,11 +227,8 @@ def cmd_recheck(args) -> int:
         return EXIT_USAGE
 
     async def run() -> int:
-        store = await open_store(config.store_url, config.data_dir)
-        try:
+        async with opened_store(config.store_url, config.data_dir) as store:
             return await store.recheck_permits(args.issuer)
-        finally:
-            await store.close()
 
     queued = asyncio.run(run())
     whose = f"{args.issuer}'s" if args.issuer else "all"

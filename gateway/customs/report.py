@@ -73,10 +73,7 @@ def to_csv(rows: list[dict[str, str]]) -> str:
 
 
 async def annual_report(config, year: int) -> str:
-    from gateway.store import open_store
+    from gateway.store import opened_store
 
-    store = await open_store(config.store_url, config.data_dir)
-    try:
+    async with opened_store(config.store_url, config.data_dir) as store:
         return to_csv(await annual_rows(store, year, party=config.party))
-    finally:
-        await store.close()

@@ -2,11 +2,14 @@
 
 ``await open_store(None, data_dir)`` gives the embedded SQLite store in the data directory,
 ``await open_store("postgresql://…", data_dir)`` the shared PostgreSQL one, both opened (schema
-migrated); ``await store.close()`` at the end. ``store_for`` names the store without any I/O.
+migrated); ``await store.close()`` at the end, or ``async with opened_store(...)`` for both.
+``store_for`` names the store without any I/O.
 """
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
@@ -14,7 +17,7 @@ from domain.errors import EpixError, ErrorCode
 
 from .base import MessageEvent, MessageFilter, MessageRecord, PermitRecord, Store
 
-__all__ = ["MessageEvent", "MessageFilter", "MessageRecord", "PermitRecord", "Store", "open_store", "store_for"]
+__all__ = ["MessageEvent", "MessageFilter", "MessageRecord", "PermitRecord", "Store", "open_store", "opened_store", "store_for"]
 
 SQLITE_FILE = "epix.sqlite3"
 
@@ -62,3 +65,13 @@ async def open_store(url: str | None, data_dir: Path, *, schema: str | None = No
     store = store_for(url, data_dir, schema=schema)
     await store.open()
     return store
+
+
+@asynccontextmanager
+async def opened_store(url: str | None, data_dir: Path) -> AsyncIterator[Store]:
+    """``open_store`` for one piece of work (a command, a report), closed when it ends."""
+    store = await open_store(url, data_dir)
+    try:
+        yield store
+    finally:
+        await store.close()
