@@ -294,7 +294,6 @@ def _enum_param(request: web.Request, name: str, enum):
 
 FILTERS = ("status", "direction", "sender", "receiver", "issuer", "number")  # kept in the next link
 MESSAGE_QUERY = frozenset((*FILTERS, "limit", "before", "before_id"))
-LIMIT_QUERY = frozenset(("limit",))
 
 
 def _count(query, name: str, *, default: int, maximum: int) -> int:
@@ -466,7 +465,7 @@ async def inbox(request: web.Request) -> web.Response:
     party = request.app[appkeys.CONFIG].party
     if not token.covers(party) and token.role != "operator":
         raise EpixError(ErrorCode.FORBIDDEN, f"Token {token.name!r} may not read the inbox of {party}.")
-    paths.refuse_unknown_query(request, LIMIT_QUERY, "the inbox")
+    paths.refuse_unknown_query(request, paths.LIMIT_ONLY, "the inbox")
     limit = _count(request.query, "limit", default=100, maximum=500)
     store = request.app[appkeys.STORE]
     return _json({"messages": [await inbox_item(store, m) for m in await store.inbox(party, limit=limit)]})

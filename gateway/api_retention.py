@@ -15,7 +15,7 @@ routes = web.RouteTableDef()
 @routes.get("/v1/retention")
 async def retention(request: web.Request) -> web.Response:
     require_role(request, "operator")
-    paths.refuse_unknown_query(request, frozenset(("limit",)), "the retention log")
+    paths.refuse_unknown_query(request, paths.LIMIT_ONLY, "the retention log")
     try:
         limit = int(request.query.get("limit", "20"))
     except ValueError:

@@ -40,6 +40,7 @@ from gateway.hub import Relay, check_remembered, check_replay_window
 from gateway.logs import get_logger
 from gateway.security import Security
 from gateway.store.base import MessageAlias, MessageRecord, PermitRecord, Store, message_from_header
+from routing.agreements import Agreement
 
 if TYPE_CHECKING:
     from gateway.delivery import DeliveryWorker
@@ -83,9 +84,9 @@ class InboundService:
             message_id = str(ids[0]).strip() if ids else None
             if not claimed_sender:
                 raise EpixError(ErrorCode.ENVELOPE_INVALID, "The envelope names no sender (Header/From).")
-            self.config.agreements.get(claimed_sender)
+            agreement = self.config.agreements.get(claimed_sender)
             # The tree read for From is the one verified (one parse); verifying consumes it.
-            verified = self.security.verify(body, self._hop_party(tree, claimed_sender), parsed=tree)
+            verified = self.security.verify(body, self._hop_party(tree, agreement), parsed=tree)
             envelope = read_envelope(verified.signed_root)
             return await self._accept(envelope)
         except EpixError as exc:
@@ -98,9 +99,10 @@ class InboundService:
             )
             return Answer(exc.status if exc.status >= 400 else 422, self.error_document(exc, message_id, claimed_sender), message_id)
 
-    def _hop_party(self, tree, claimed_sender: str) -> str:
+    def _hop_party(self, tree, agreement: Agreement) -> str:
         """Whose signature the envelope must carry: From's, or that of the hub relaying for From
         (a hub partner of ours; the issuer's signature on the payload stays the end-to-end check)."""
+        claimed_sender = agreement.party
         relays = _RELAYED_BY(tree)
         relayed_by = str(relays[0]).strip() if relays else None
         if not relayed_by:
@@ -113,11 +115,10 @@ class InboundService:
                 relayed_by=relayed_by,
             )
         # Where the agreement names the hub a partner is reached through, that hub alone speaks for it.
-        via = self.config.agreements.get(claimed_sender).via
-        if via is not None and relayed_by != via:
+        if agreement.via is not None and relayed_by != agreement.via:
             raise EpixError(
                 ErrorCode.SENDER_MISMATCH,
-                f"The agreement with {claimed_sender} routes its messages through {via}, not {relayed_by}.",
+                f"The agreement with {claimed_sender} routes its messages through {agreement.via}, not {relayed_by}.",
                 claimed=claimed_sender,
                 relayed_by=relayed_by,
             )
@@ -198,9 +199,10 @@ class InboundService:
 
     def _resent(self, alias: MessageAlias, env: Envelope) -> Answer:
         if alias.sender != env.header.sender or alias.payload_digest != env.digest:
-            taken = "is already used here by another message" if alias.sender != env.header.sender else (
-                "was already received with different content"
-            )
+            if alias.sender != env.header.sender:
+                taken = "is already used here by another message"
+            else:
+                taken = "was already received with different content"
             raise EpixError(ErrorCode.CONFLICT, f"Message id {alias.message_id} {taken}.", message_id=alias.message_id)
         return Answer(200, alias.receipt, alias.message_id, duplicate=True)
 

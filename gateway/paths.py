@@ -47,14 +47,16 @@ def shown(value: str) -> str:
     return repr(value if len(value) <= 80 else value[:64] + "…")
 
 
+LIMIT_ONLY = frozenset(("limit",))  # the query a plain page takes
+
+
 def refuse_unknown_query(request: web.Request, allowed: frozenset[str], what: str) -> None:
     """A misspelt parameter would otherwise be ignored: a filter not applied, a stamp not checked."""
     unknown = sorted(set(request.query) - allowed)
     if unknown:
-        takes = ", ".join(sorted(allowed)) if allowed else "none"
         raise EpixError(
             ErrorCode.JSON_MALFORMED,
-            f"Unknown query parameter {shown(unknown[0])}: {what} takes {takes}.",
+            f"Unknown query parameter {shown(unknown[0])}: {what} takes {', '.join(sorted(allowed))}.",
             field=unknown[0][:64],
         )
 

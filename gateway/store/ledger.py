@@ -457,13 +457,14 @@ SAVE_CHECK = f"""
     ON CONFLICT (issuer, number, version, direction) DO UPDATE SET {_CHECK_UPDATES}
 """
 DEQUEUE_CHECK = "DELETE FROM permit_check_queue WHERE issuer = $1 AND number = $2 AND version = $3 AND direction = $4"
-RECHECK_DROP = "DELETE FROM permit_checks WHERE CAST($1 AS TEXT) IS NULL OR issuer = CAST($1 AS TEXT)"
-RECHECK_QUEUE = """
+_OF_ISSUER = "CAST($1 AS TEXT) IS NULL OR issuer = CAST($1 AS TEXT)"  # $1: one issuer, or NULL for all
+RECHECK_DROP = f"DELETE FROM permit_checks WHERE {_OF_ISSUER}"
+RECHECK_QUEUE = f"""
     INSERT INTO permit_check_queue (issuer, number, version, direction)
-    SELECT issuer, number, version, direction FROM permits WHERE CAST($1 AS TEXT) IS NULL OR issuer = CAST($1 AS TEXT)
+    SELECT issuer, number, version, direction FROM permits WHERE {_OF_ISSUER}
     ON CONFLICT DO NOTHING
 """
-RECHECK_COUNT = "SELECT COUNT(*) FROM permit_check_queue WHERE CAST($1 AS TEXT) IS NULL OR issuer = CAST($1 AS TEXT)"
+RECHECK_COUNT = f"SELECT COUNT(*) FROM permit_check_queue WHERE {_OF_ISSUER}"
 SELECT_CHECKS_DUE = "SELECT issuer, number, version, direction FROM permit_check_queue LIMIT $1"
 # One statement for a verdict: the latest version held (the order get_permit_versions gives,
 # read from the primary key index alone: the version first, then the direction within it, which

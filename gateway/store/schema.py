@@ -17,7 +17,7 @@ from typing import Any
 
 from domain.messages import Action, Direction, MessageStatus
 
-from .base import Claim, MessageEvent, MessageRecord, PermitRecord, sources_of
+from .base import Claim, MessageAlias, MessageEvent, MessageRecord, PermitRecord, sources_of
 from .ledger import AUDIT_TRIGGERS, CHECKS_DDL, CHECKS_TRIGGERS, FEED_DDL, FEED_TRIGGERS, LEDGER_DDL
 from .retention import KEPT_FOR_FEED_DDL, RETENTION_DDL, RETENTION_TRIGGERS, RUNS_TRIGGERS
 
@@ -266,13 +266,11 @@ INSERT_ALIAS = f"INSERT INTO message_aliases ({ALIAS_COLUMNS}) VALUES ($1, $2, $
 SELECT_ALIAS = f"SELECT {ALIAS_COLUMNS} FROM message_aliases WHERE message_id = $1"
 
 
-def alias_values(alias, enc) -> tuple:
+def alias_values(alias: MessageAlias, enc: Callable[[datetime], Any]) -> tuple:
     return (alias.message_id, alias.sender, alias.original_id, alias.payload_digest, alias.receipt, enc(alias.received_at))
 
 
-def alias_from_row(row, dec):
-    from .base import MessageAlias
-
+def alias_from_row(row: Any, dec: Callable[[Any], datetime]) -> MessageAlias:
     return MessageAlias(row[0], row[1], row[2], row[3], bytes(row[4]), dec(row[5]))
 
 
