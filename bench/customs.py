@@ -7,7 +7,10 @@ it is answered) holds N distinct inbound permits from CH; 32 concurrent clients 
 
 The stores are built once per size and kept in a cache directory (``$EPIX_BENCH_CACHE``, by
 default ``~/.cache/epix-bench``; file ``customs-<N>-g<generation>.sqlite3``): a million permits
-take a few minutes to write and about 11 GB of disk. Each permit is distinct (its own number;
+take a few minutes to write and about 11 GB of disk. The keys they were signed and checked with
+are kept beside them (``customs-keys-g<generation>/``), with the trust marks in each store: a
+gateway started on a store whose trust marks differ from its own trust checks every permit again
+(``CustomsLedger.retrust``), which the run refuses rather than measure. Each permit is distinct (its own number;
 parties, species, quantities and stamps from 256 CH-signed templates) and stored as receipt
 stores it: the permit row (JSON and signed XML) and its check (gateway/customs/checks.py: the
 signature verified, the summary, the risk inputs), which the receipt path makes once per
@@ -29,6 +32,7 @@ import asyncio
 import hashlib
 import os
 import random
+import shutil
 import sqlite3
 import statistics
 import tempfile
@@ -51,7 +55,7 @@ from simulators.samples import make_permit
 
 TOKEN = "bench-customs-token"
 HEADERS = {"Authorization": f"Bearer {TOKEN}"}
-GENERATION = 3  # bump when what is stored changes: older cached stores are then rebuilt
+GENERATION = 4  # bump when what is stored changes: older cached stores are then rebuilt
 TEMPLATES = 256
 PLACEHOLDER = "CH26-X@@@@@@"  # same length as CH26-0000000, so the XML stays the same size
 
@@ -108,8 +112,9 @@ def _templates(ch_security, service_make_check, now: datetime) -> list[tuple[byt
     return out
 
 
-def build_store(path: Path, size: int, templates, log: Callable[[str], None]) -> None:
-    """Write ``size`` permits with their checks (and a write-off on every tenth) into a new store."""
+def build_store(path: Path, size: int, templates, marks: dict[str, str], log: Callable[[str], None]) -> None:
+    """Write ``size`` permits with their checks (and a write-off on every tenth) into a new store,
+    with the trust ``marks`` the checks were made under (FR's; the gateway compares them at start)."""
     tmp = path.with_suffix(".building")
     for leftover in (tmp, Path(f"{tmp}-wal"), Path(f"{tmp}-shm")):
         leftover.unlink(missing_ok=True)
@@ -160,6 +165,8 @@ def build_store(path: Path, size: int, templates, log: Callable[[str], None]) ->
             done = min(size, lo + chunk)
             log(f"  {done:,} of {size:,} permits written ({time.perf_counter() - started:.0f} s)")
     conn.execute("DELETE FROM permit_check_queue")  # every permit has its check
+    mark_sql = q.for_sqlite(lq.SAVE_TRUST_MARK)
+    conn.executemany(mark_sql, [(party, mark, enc(datetime.now(timezone.utc))) for party, mark in marks.items()])
     conn.execute("PRAGMA journal_mode = WAL")
     conn.execute("ANALYZE")
     conn.close()
@@ -254,9 +261,25 @@ async def _bare_server() -> tuple[web.AppRunner, str]:
     return runner, f"http://127.0.0.1:{port}/v1/verifications/CH/"
 
 
-def _network(root: Path, db: Path | None):
+def _network(root: Path, db: Path | None, keys: Path | None = None):
+    """CH and FR's configuration; with ``keys`` (a network built before), its keys and
+    certificates instead of new ones: the cached stores' checks were made trusting them."""
     extra = f'\n[[token]]\nname = "bench-customs"\ntoken = "{TOKEN}"\nrole = "customs"\ncountries = ["FR"]\n'
-    return build_network(root, ("CH", "FR"), extra=extra, store_urls={"FR": f"sqlite://{db}"} if db else None)
+    net = build_network(root, ("CH", "FR"), extra=extra, store_urls={"FR": f"sqlite://{db}"} if db else None)
+    if keys is not None:
+        shutil.copy2(keys / "ca.pem", root / "ca.pem")
+        shutil.copytree(keys / "certs", root / "certs", dirs_exist_ok=True)
+        for party in ("CH", "FR"):
+            shutil.copytree(keys / party / "keys", root / party / "keys", dirs_exist_ok=True)
+    return net
+
+
+def _keys(cache: Path) -> Path:
+    """The keys every cached store of this generation was signed and checked with, made once."""
+    root = cache / f"customs-keys-g{GENERATION}"
+    if not (root / "certs" / "CH.pem").exists():
+        _network(root, None)
+    return root
 
 
 def prepare(settings: Settings, log: Callable[[str], None]) -> dict[int, Path]:
@@ -271,7 +294,7 @@ def prepare(settings: Settings, log: Callable[[str], None]) -> dict[int, Path]:
     missing = [n for n, p in paths.items() if not p.exists()]
     if missing:
         with tempfile.TemporaryDirectory(prefix="epix-bench-customs-keys-") as tmp:
-            net = _network(Path(tmp) / "net", None)
+            net = _network(Path(tmp) / "net", None, _keys(cache))
             ch = Security.load(party="CH", keys_dir=net["CH"].dir, passphrase=None, agreements=net["CH"].config().agreements)
             fr = Security.load(party="FR", keys_dir=net["FR"].dir, passphrase=None, agreements=net["FR"].config().agreements)
 
@@ -285,7 +308,7 @@ def prepare(settings: Settings, log: Callable[[str], None]) -> dict[int, Path]:
             for n in missing:
                 t0 = time.perf_counter()
                 log(f"building the store of {n:,} permits in {paths[n]} (once; kept for later runs) ...")
-                build_store(paths[n], n, templates, log)
+                build_store(paths[n], n, templates, fr.trust.marks(), log)
                 log(f"  built in {time.perf_counter() - t0:.0f} s, {paths[n].stat().st_size / 1e9:.2f} GB")
     return paths
 
@@ -303,6 +326,17 @@ async def _clear_audit(db: Path) -> None:
         await purge(store, policy, actor="bench", customs=None, now=datetime.now(timezone.utc) + timedelta(days=2))
     finally:
         await store.close()
+
+
+async def _rechecks_queued(db: Path) -> int:
+    def count() -> int:
+        conn = sqlite3.connect(db)
+        try:
+            return conn.execute("SELECT COUNT(*) FROM permit_check_queue").fetchone()[0]
+        finally:
+            conn.close()
+
+    return await asyncio.to_thread(count)
 
 
 async def _check_cost(gw, number: str) -> float:
@@ -340,9 +374,12 @@ async def run(settings: Settings, log: Callable[[str], None] = print) -> dict[st
             await _clear_audit(db)
             await asyncio.to_thread(warm, db)
             with tempfile.TemporaryDirectory(prefix="epix-bench-customs-") as tmp:
-                config = _network(Path(tmp) / "net", db)["FR"].config()
+                config = _network(Path(tmp) / "net", db, _keys(settings.cache()))["FR"].config()
                 gw = await GatewayProcess(config).start()
                 try:
+                    rechecks = await _rechecks_queued(db)
+                    if rechecks:  # the trust differs from the one the checks were made under
+                        raise RuntimeError(f"the cached store {db} queued {rechecks:,} checks again at start; delete it to rebuild")
                     base = f"http://127.0.0.1:{config.port}/v1/verifications/CH/"
                     url = lambda rng: base + number_of(rng.randrange(size))  # noqa: E731
                     bare_url = lambda rng: bare_base + number_of(rng.randrange(size))  # noqa: E731

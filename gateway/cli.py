@@ -321,7 +321,7 @@ def build_parser() -> argparse.ArgumentParser:
     purge.set_defaults(func=cmd_purge)
 
     recheck = sub.add_parser(
-        "recheck", help="check stored permits' signatures again, after a partner's certificate was withdrawn or added"
+        "recheck", help="check stored permits' signatures again now (a change of the trusted certificates is caught at start by itself)"
     )
     recheck.add_argument("--config", required=True, help="the gateway configuration file (its store)")
     recheck.add_argument("--issuer", help="only this issuer's permits (party id)")

@@ -18,6 +18,7 @@ subject, serial and fingerprint only.
 
 from __future__ import annotations
 
+import hashlib
 import os
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
@@ -318,6 +319,16 @@ class TrustStore:
     @property
     def anchors(self) -> tuple[x509.Certificate, ...]:
         return tuple(self._anchors)
+
+    def marks(self) -> dict[str, str]:
+        """Per party, a fingerprint of everything its signatures are checked against: its pinned
+        certificates and the CA anchors. Equal marks, equal verdicts on the same bytes (at the
+        same time); the store keeps them to see when the trust changed between two starts."""
+        anchors = sorted("anchor " + fingerprint(cert) for cert in self._anchors)
+        return {
+            party: hashlib.sha256("\n".join(sorted(self._pinned[party]) + anchors).encode("ascii")).hexdigest()
+            for party in self.parties()
+        }
 
     def pinned_party(self, cert: x509.Certificate) -> str | None:
         return self._owner.get(fingerprint(cert))

@@ -8,16 +8,20 @@ before they close.
 
 from __future__ import annotations
 
+from datetime import datetime, timezone
 from typing import TYPE_CHECKING, AsyncIterator
 
 from aiohttp import web
 
 from gateway import appkeys, tasks
+from gateway.logs import get_logger
 
 if TYPE_CHECKING:
     from gateway.customs.service import CustomsService
 
 CUSTOMS: web.AppKey["CustomsService"] = web.AppKey("customs")
+
+log = get_logger("epix.customs")
 
 
 async def customs_resources(app: web.Application) -> AsyncIterator[None]:
@@ -28,6 +32,11 @@ async def customs_resources(app: web.Application) -> AsyncIterator[None]:
     party = app[appkeys.CONFIG].party
     service = CustomsService(app[appkeys.CONFIG], app[appkeys.STORE], app[appkeys.SECURITY], app[appkeys.DELIVERY].wake)
     app[CUSTOMS] = service
+    # Before any verification reads a check: one made under a trust since changed (a partner's
+    # certificate withdrawn, added or replaced in the agreements) is dropped and made again.
+    trust = app[appkeys.SECURITY].trust
+    for issuer, queued in (await service.store.retrust(trust.marks(), now=datetime.now(timezone.utc))).items():
+        log.info("customs.trust_changed", issuer=issuer, rechecks_queued=queued)
     background = []
     # Precomputed checks only pay off where customs clients verify; without a customs token the
     # rare operator verification makes its check on demand, and the exchange path keeps its CPU.

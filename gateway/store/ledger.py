@@ -217,6 +217,13 @@ class CustomsLedger(ABC):
         many versions were queued."""
 
     @abstractmethod
+    async def retrust(self, marks: Mapping[str, str], *, now: datetime) -> dict[str, int]:
+        """Bring the stored checks in step with the trust ``marks`` (party -> fingerprint of what
+        is trusted for it), in one transaction: every issuer whose mark changed, is new, or is
+        gone has its checks dropped and queued again (as ``recheck_permits``), and the marks are
+        saved. Returns how many versions were queued, per issuer rechecked."""
+
+    @abstractmethod
     async def permits_created_between(self, start: datetime, end: datetime) -> list["PermitRecord"]:
         """Every permit version stored in [start, end), oldest first (the annual report)."""
 
@@ -466,6 +473,24 @@ RECHECK_QUEUE = f"""
 """
 RECHECK_COUNT = f"SELECT COUNT(*) FROM permit_check_queue WHERE {_OF_ISSUER}"
 SELECT_CHECKS_DUE = "SELECT issuer, number, version, direction FROM permit_check_queue LIMIT $1"
+# The trust each issuer's checks were made under (keys.store.TrustStore.marks): compared at every
+# start, so that a certificate withdrawn or added while the gateway was down re-queues that
+# issuer's checks before any verification reads them (gateway/customs/__init__.py).
+TRUST_MARKS_DDL = (
+    """
+    CREATE TABLE trust_marks (
+        party       TEXT PRIMARY KEY,
+        fingerprint TEXT NOT NULL,
+        recorded_at {ts} NOT NULL
+    )
+    """,
+)
+SELECT_TRUST_MARKS = "SELECT party, fingerprint FROM trust_marks"
+SAVE_TRUST_MARK = """
+    INSERT INTO trust_marks (party, fingerprint, recorded_at) VALUES ($1, $2, $3)
+    ON CONFLICT (party) DO UPDATE SET fingerprint = excluded.fingerprint, recorded_at = excluded.recorded_at
+"""
+DELETE_TRUST_MARK = "DELETE FROM trust_marks WHERE party = $1"
 # One statement for a verdict: the latest version held (the order get_permit_versions gives,
 # read from the primary key index alone: the version first, then the direction within it, which
 # spares SQLite a sort of "version DESC, direction ASC"), its check, its balance rows (one result

@@ -171,6 +171,25 @@ class PostgresLedger(CustomsLedger):
             await conn.execute(lq.RECHECK_QUEUE, issuer)
             return await conn.fetchval(lq.RECHECK_COUNT, issuer)
 
+    async def retrust(self, marks: Mapping[str, str], *, now: datetime) -> dict[str, int]:
+        queued = {}
+        async with self.pool.acquire() as conn, conn.transaction():
+            # One start at a time compares and rechecks: another replica starting on the same
+            # database waits here, then finds the marks already in step.
+            await conn.execute("LOCK TABLE trust_marks IN EXCLUSIVE MODE")
+            held = {r["party"]: r["fingerprint"] for r in await conn.fetch(lq.SELECT_TRUST_MARKS)}
+            for party in sorted(set(marks) | set(held)):
+                if marks.get(party) == held.get(party):
+                    continue
+                await conn.execute(lq.RECHECK_DROP, party)
+                await conn.execute(lq.RECHECK_QUEUE, party)
+                queued[party] = await conn.fetchval(lq.RECHECK_COUNT, party)
+                if party in marks:
+                    await conn.execute(lq.SAVE_TRUST_MARK, party, marks[party], as_utc(now))
+                else:
+                    await conn.execute(lq.DELETE_TRUST_MARK, party)
+        return queued
+
     async def permits_created_between(self, start: datetime, end: datetime) -> list[PermitRecord]:
         rows = await self.pool.fetch(lq.permits_between_sql(q.PERMIT_COLUMNS), as_utc(start), as_utc(end))
         return [q.permit_from_row(r, _dec) for r in rows]

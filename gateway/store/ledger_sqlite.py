@@ -104,6 +104,9 @@ class SqliteLedger(CustomsLedger):
     async def recheck_permits(self, issuer: str | None = None) -> int:
         return await self._write(_recheck, issuer)
 
+    async def retrust(self, marks: Mapping[str, str], *, now: datetime) -> dict[str, int]:
+        return await self._write(_retrust, dict(marks), s._enc(now))
+
     async def permits_created_between(self, start: datetime, end: datetime) -> list[PermitRecord]:
         rows = await self._read(s._fetchall, _sql(lq.permits_between_sql(q.PERMIT_COLUMNS)), (s._enc(start), s._enc(end)))
         return [q.permit_from_row(r, s._dec) for r in rows]
@@ -150,6 +153,20 @@ def _recheck(conn: sqlite3.Connection, issuer: str | None) -> int:
     for statement in (lq.RECHECK_DROP, lq.RECHECK_QUEUE):
         conn.execute(_sql(statement), (issuer,))
     return conn.execute(_sql(lq.RECHECK_COUNT), (issuer,)).fetchone()[0]
+
+
+def _retrust(conn: sqlite3.Connection, marks: dict[str, str], now: str) -> dict[str, int]:
+    held = dict(conn.execute(_sql(lq.SELECT_TRUST_MARKS)).fetchall())
+    queued = {}
+    for party in sorted(set(marks) | set(held)):
+        if marks.get(party) == held.get(party):
+            continue
+        queued[party] = _recheck(conn, party)
+        if party in marks:
+            conn.execute(_sql(lq.SAVE_TRUST_MARK), (party, marks[party], now))
+        else:
+            conn.execute(_sql(lq.DELETE_TRUST_MARK), (party,))
+    return queued
 
 
 def _executemany(conn: sqlite3.Connection, sql: str, rows: list[tuple]) -> None:

@@ -18,7 +18,7 @@ from typing import Any
 from domain.messages import Action, Direction, MessageStatus
 
 from .base import Claim, MessageAlias, MessageEvent, MessageRecord, PermitRecord, sources_of
-from .ledger import AUDIT_TRIGGERS, CHECKS_DDL, CHECKS_TRIGGERS, FEED_DDL, FEED_TRIGGERS, LEDGER_DDL
+from .ledger import AUDIT_TRIGGERS, CHECKS_DDL, CHECKS_TRIGGERS, FEED_DDL, FEED_TRIGGERS, LEDGER_DDL, TRUST_MARKS_DDL
 from .retention import KEPT_FOR_FEED_DDL, RETENTION_DDL, RETENTION_TRIGGERS, RUNS_TRIGGERS
 
 
@@ -260,6 +260,7 @@ _V13 = (
     "CREATE INDEX message_aliases_original ON message_aliases (original_id)",
 )
 MIGRATIONS += (Migration(13, "messages: ids a partner resent held content under, with their receipts", _V13),)
+MIGRATIONS += (Migration(14, "customs: the trust each issuer's permit checks were made under", TRUST_MARKS_DDL),)
 
 ALIAS_COLUMNS = "message_id, sender, original_id, payload_digest, receipt, received_at"
 INSERT_ALIAS = f"INSERT INTO message_aliases ({ALIAS_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (message_id) DO NOTHING"

@@ -329,7 +329,7 @@ async def test_annual_report_uses_actual_quantities(customs):
     assert text.splitlines()[0].startswith("year,trade,appendix,taxon,term,quantity,unit")
 
 
-async def test_a_withdrawn_signing_certificate_is_caught_once_the_permits_are_rechecked(customs, tmp_path):
+async def test_a_withdrawn_signing_certificate_is_caught_at_the_next_start(customs, tmp_path):
     from gateway import cli
     from keys.pki import Algorithm, make_test_ca
     from keys.store import KeyStore
@@ -337,7 +337,13 @@ async def test_a_withdrawn_signing_certificate_is_caught_once_the_permits_are_re
     permit = customs_permit("CH26-100090")
     await customs.deliver(permit)
     assert (await customs.verify("FR", "CH", permit.number))[1]["verdict"] == "VALID"
-    # FR's operator withdraws the certificate CH signed with, pins another one, and restarts FR.
+    # A restart with the same trust keeps the check made when the permit arrived.
+    await customs.stop("FR")
+    await customs.start("FR")
+    status, v = await customs.verify("FR", "CH", permit.number)
+    assert (status, v["verdict"]) == (200, "VALID") and v["signer"]["verified"], v
+    # FR's operator withdraws the certificate CH signed with, pins another one, and restarts FR:
+    # the check made under the old trust is not what the next verification reads.
     other = KeyStore(tmp_path / "other").init_party("CH", Algorithm.RSA2048, ca=make_test_ca("another CA"))
     config = customs.net["FR"].config_path
     text = config.read_text(encoding="utf-8")
@@ -346,11 +352,12 @@ async def test_a_withdrawn_signing_certificate_is_caught_once_the_permits_are_re
     config.write_text(text.replace(withdrawn, str(other.cert)), encoding="utf-8")
     await customs.stop("FR")
     await customs.start("FR")
-    # The check stored when the permit arrived still stands, until the permits are checked again.
-    assert (await customs.verify("FR", "CH", permit.number))[1]["verdict"] == "VALID"
-
-    assert await asyncio.to_thread(cli.main, ["recheck", "--config", str(config), "--issuer", "CH"]) == 0
-
     status, v = await customs.verify("FR", "CH", permit.number)
     assert (status, v["verdict"]) == (200, "SIGNATURE_INVALID") and not v["signer"]["verified"], v
+    # The operator's own recheck (of one issuer, or all) still runs, and refuses a bad party id.
+    assert await asyncio.to_thread(cli.main, ["recheck", "--config", str(config), "--issuer", "CH"]) == 0
+    await customs.stop("FR")
+    await customs.start("FR")
+    status, v = await customs.verify("FR", "CH", permit.number)
+    assert (status, v["verdict"]) == (200, "SIGNATURE_INVALID"), v
     assert await asyncio.to_thread(cli.main, ["recheck", "--config", str(config), "--issuer", "c h"]) == 2

@@ -407,3 +407,29 @@ async def test_verification_reads_the_latest_version(store):
     assert facts.version == 2 and facts.check is None  # v1's check does not answer for v2
     await store.save_permit_checks([(_check(v2), v2.signed_xml, v2.permit_json)])
     assert (await store.verification_facts("CH", v1.number)).check.version == 2
+
+
+async def test_checks_made_under_another_trust_are_made_again(store):
+    from tests.integration.records import message, permit
+
+    ch = await _stored(store)
+    ke = permit("KE26-000001", issuer="KE", direction=Direction.INBOUND, sender="KE")
+    assert (await store.store_inbound(ke, message(ke), actor="partner:KE"))[0]
+    # A store that never recorded the trust: every issuer's checks are of unknown trust.
+    assert await store.retrust({"CH": "a", "KE": "k"}, now=T0) == {"CH": 1, "KE": 1}
+    await store.save_permit_checks([(_check(p), p.signed_xml, p.permit_json) for p in (ch, ke)])
+    assert await store.permit_checks_due(limit=10) == []
+    # The same trust at the next start: nothing is dropped, nothing queued.
+    assert await store.retrust({"CH": "a", "KE": "k"}, now=T0) == {}
+    assert (await store.verification_facts("CH", ch.number)).check is not None
+    # CH's certificates changed: only CH's checks go, and are queued again.
+    assert await store.retrust({"CH": "b", "KE": "k"}, now=T0) == {"CH": 1}
+    assert (await store.verification_facts("CH", ch.number)).check is None
+    assert (await store.verification_facts("KE", ke.number)).check is not None
+    assert await store.permit_checks_due(limit=10) == [("CH", ch.number, 1, "inbound")]
+    # KE no longer trusted at all: its checks go too, and its mark with them.
+    await store.save_permit_checks([(_check(ch), ch.signed_xml, ch.permit_json)])
+    assert await store.retrust({"CH": "b"}, now=T0) == {"KE": 1}
+    assert (await store.verification_facts("KE", ke.number)).check is None
+    assert await store.retrust({"CH": "b"}, now=T0) == {}
+    assert await store.retrust({"CH": "b", "KE": "k"}, now=T0) == {"KE": 1}

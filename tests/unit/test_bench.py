@@ -205,3 +205,20 @@ def test_command_line_writes_json_where_asked(tmp_path, monkeypatch, capsys):
     written = json.loads(path.read_text(encoding="utf-8"))
     assert written["benchmark"] == "stages" and written["elapsed_s"] >= 0
     assert "validate-lxml" in capsys.readouterr().out
+
+
+async def test_customs_bench_reuses_its_cached_stores_and_their_keys(tmp_path):
+    from bench import customs
+
+    settings = customs.Settings(sizes=(50, 200), seconds=0.2, concurrency=4, warmup_s=0.05, rounds=1, cache_dir=tmp_path)
+    logged: list[str] = []
+    first = await customs.run(settings, log=logged.append)
+    assert sum("building the store" in line for line in logged) == 2
+    # The second run builds nothing, and its gateway trusts what the stored checks were made
+    # under: had it queued them again, the run would have stopped (customs._rechecks_queued).
+    logged.clear()
+    second = await customs.run(settings, log=logged.append)
+    assert not any("building the store" in line for line in logged)
+    for result in (first, second):
+        assert result["errors"] == 0 and [s["permits"] for s in result["sizes"]] == [50, 200]
+        assert all(s["requests"] > 0 for s in result["sizes"])
