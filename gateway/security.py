@@ -8,6 +8,7 @@ agreements (several per party during a key rollover).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import datetime
 
 from cryptography import x509
 
@@ -49,15 +50,16 @@ class Security:
         form, which the template already is (no parse, no C14N)."""
         return self.signer.sign(document, canonical=canonical_form(document))
 
-    def verify(self, data: bytes, party: str, *, parsed=None) -> Verified:
+    def verify(self, data: bytes, party: str, *, parsed=None, at: datetime | None = None) -> Verified:
         """Verify ``data`` as signed by ``party``; on an untrusted signer, say whether it is another partner.
 
-        ``parsed``: ``parse_xml(data)``'s tree when the caller already has it (see ``Verifier.verify``)."""
+        ``parsed``: ``parse_xml(data)``'s tree when the caller already has it (see ``Verifier.verify``).
+        ``at``: the time the certificates are judged at (default now)."""
         try:
-            return self.verifier.verify(data, expected_signer=party, parsed=parsed)
+            return self.verifier.verify(data, expected_signer=party, parsed=parsed, at=at)
         except EpixError as exc:
             if exc.code is ErrorCode.SIGNER_UNTRUSTED:
-                other = self._known_party_of_signature(data, party)
+                other = self._known_party_of_signature(data, party, at)
                 if other is not None:
                     raise EpixError(
                         ErrorCode.SENDER_MISMATCH,
@@ -67,9 +69,9 @@ class Security:
                     ) from None
             raise
 
-    def _known_party_of_signature(self, data: bytes, claimed: str) -> str | None:
+    def _known_party_of_signature(self, data: bytes, claimed: str, at: datetime | None) -> str | None:
         try:
-            verified = self.verifier.verify(data, expected_signer=None)
+            verified = self.verifier.verify(data, expected_signer=None, at=at)
         except EpixError:
             return None
         signer = verified.signer or party_of(verified.certificate)

@@ -191,7 +191,10 @@ class CustomsService:
         return Held(record, permit)
 
     def signature(self, record: PermitRecord) -> SignatureCheck:
-        key = hashlib.sha256(record.signed_xml).digest()
+        """The signature judged as of the moment this gateway stored the record (it was verified on
+        receipt then, or signed here then): a certificate that ends later does not unsign what it
+        signed while valid. A certificate withdrawn from the trust does (``CustomsLedger.retrust``)."""
+        key = (hashlib.sha256(record.signed_xml).digest(), record.created_at)
         if self.customs.verify_signature_every_time:
             return self._check_signature(record)
         return self._signatures.get_or(key, lambda: self._check_signature(record))
@@ -199,9 +202,9 @@ class CustomsService:
     def _check_signature(self, record: PermitRecord) -> SignatureCheck:
         try:
             if record.issuer == self.config.party:
-                verified = self._own_verifier.verify(record.signed_xml, expected_signer=record.issuer)
+                verified = self._own_verifier.verify(record.signed_xml, expected_signer=record.issuer, at=record.created_at)
             else:
-                verified = self.security.verify(record.signed_xml, record.issuer)
+                verified = self.security.verify(record.signed_xml, record.issuer, at=record.created_at)
         except EpixError as exc:
             return SignatureCheck(False, None, None, None, exc.detail, exc.code.name)
         cert = verified.certificate

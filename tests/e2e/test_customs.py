@@ -361,3 +361,43 @@ async def test_a_withdrawn_signing_certificate_is_caught_at_the_next_start(custo
     status, v = await customs.verify("FR", "CH", permit.number)
     assert (status, v["verdict"]) == (200, "SIGNATURE_INVALID"), v
     assert await asyncio.to_thread(cli.main, ["recheck", "--config", str(config), "--issuer", "c h"]) == 2
+
+
+async def test_a_signing_certificate_that_ends_later_does_not_unsign_what_it_signed(customs, tmp_path):
+    import shutil
+
+    from gateway import cli
+    from keys.pki import Algorithm, make_test_ca
+    from keys.store import KeyStore
+
+    # CH signs with a certificate that ends in a few seconds, and FR pins it.
+    ends = datetime.now(timezone.utc).replace(microsecond=0) + timedelta(seconds=3)
+    short = KeyStore(tmp_path / "short").init_party("CH", Algorithm.RSA2048, ca=make_test_ca("short CA"), not_after=ends)
+    for party in ("CH", "FR"):
+        await customs.stop(party)
+    shutil.copy2(short.key, customs.net["CH"].dir / "keys" / "CH" / "key.pem")
+    shutil.copy2(short.cert, customs.net["CH"].dir / "keys" / "CH" / "cert.pem")
+    shutil.copy2(short.cert, customs.net.root / "certs" / "CH.pem")
+    for party in ("CH", "FR"):
+        await customs.start(party)
+    permit = customs_permit("CH26-100095")
+    await customs.deliver(permit)
+    assert (await customs.verify("FR", "CH", permit.number))[1]["verdict"] == "VALID"
+    await asyncio.sleep(max(0.0, (ends - datetime.now(timezone.utc)).total_seconds()) + 1.1)
+    # Ended now, valid when FR received the permit: after a restart (nothing cached) both verdicts
+    # still see the signature hold, the JSON one from the check made then, the signed XML one
+    # verifying again.
+    await customs.stop("FR")
+    await customs.start("FR")
+    status, v = await customs.verify("FR", "CH", permit.number)
+    assert (status, v["verdict"]) == (200, "VALID") and v["signer"]["verified"], v
+    status, xml = await customs.verify("FR", "CH", permit.number, format="xml")
+    root = customs.security("CH").verify(xml, "FR").signed_root
+    assert root.findtext(f"{{{EXCHANGE}}}Result") == "VALID", xml
+    # Checked again by hand, the permit still holds.
+    config = customs.net["FR"].config_path
+    assert await asyncio.to_thread(cli.main, ["recheck", "--config", str(config), "--issuer", "CH"]) == 0
+    await customs.stop("FR")
+    await customs.start("FR")
+    status, v = await customs.verify("FR", "CH", permit.number)
+    assert (status, v["verdict"]) == (200, "VALID") and v["signer"]["verified"], v
