@@ -72,6 +72,7 @@ class ErrorCode(Enum):
     CONFIG_INVALID = _Spec(500, "The gateway configuration is invalid.")
     STORE_UNAVAILABLE = _Spec(503, "The gateway's database cannot be reached; try again shortly.", retryable=True)
     QUEUE_UNAVAILABLE = _Spec(503, "The gateway's message broker cannot be reached or did not confirm; try again shortly.", retryable=True)
+    SIGNING_CERT_UNUSABLE = _Spec(503, "This gateway's own signing certificate is not valid now; an operator must renew it.")
     INTERNAL_ERROR = _Spec(500, "The gateway failed unexpectedly; the operator has the details.", retryable=True)
 
     @property

@@ -6,6 +6,7 @@ factory serves ``epix serve``, the demo, the benchmarks and the tests.
 
 from __future__ import annotations
 
+from datetime import datetime, timezone
 from typing import AsyncIterator
 
 import aiohttp
@@ -75,12 +76,14 @@ def _resources(preloaded: Security | None):
         background = []
         if config.start_delivery:
             background = tasks.start(
-                [(f"delivery-{config.party}", worker.run())]
-                + [(f"hub-{config.party}", loop) for loop in hub.background(config, store, security, http, app[appkeys.INBOUND])]
+                [(f"delivery-{config.party}", worker.run)]
+                + [(f"hub-{config.party}", loop) for loop in hub.background(config, store, security, http, app[appkeys.INBOUND])],
+                on_crash=app[appkeys.METRICS].count_crash,
             )
         log.info(
             "gateway.started", party=config.party, role=config.role, store=type(store).__name__, queue=type(queue).__name__
         )
+        _warn_of_ending_certificates(security)
         try:
             yield
         finally:
@@ -93,6 +96,21 @@ def _resources(preloaded: Security | None):
     return resources
 
 
+CERTIFICATE_WARNING_DAYS = 30
+
+
+def _warn_of_ending_certificates(security: Security) -> None:
+    """Said once at start, and always visible in /metrics (epix_certificate_not_after_seconds)."""
+    now = datetime.now(timezone.utc)
+    for use, party, cert in security.certificates():
+        left = cert.not_valid_after_utc - now
+        if left.days < CERTIFICATE_WARNING_DAYS:
+            (log.error if left.total_seconds() <= 0 else log.warning)(
+                "certificate.ending", use=use, cert_party=party, serial=f"{cert.serial_number:x}",
+                not_after=cert.not_valid_after_utc.isoformat(), days_left=left.days,
+            )  # fmt: skip
+
+
 async def _webhook(app: web.Application) -> AsyncIterator[None]:
     """Pushes received permits to the MA system's webhook; runs after the resources it uses exist."""
     from gateway.api_local import inbox_item
@@ -100,7 +118,7 @@ async def _webhook(app: web.Application) -> AsyncIterator[None]:
 
     store = app[appkeys.STORE]
     notifier = WebhookNotifier(app[appkeys.CONFIG], store, app[appkeys.HTTP], lambda m: inbox_item(store, m))
-    background = tasks.start([("webhook", notifier.run())])
+    background = tasks.start([("webhook", notifier.run)], on_crash=app[appkeys.METRICS].count_crash)
     try:
         yield
     finally:
@@ -113,7 +131,7 @@ async def _retention(app: web.Application) -> AsyncIterator[None]:
 
     config = app[appkeys.CONFIG]
     worker = RetentionWorker(config.retention, app[appkeys.STORE], party=config.party, customs=config.customs)
-    background = tasks.start([(f"retention-{config.party}", worker.run())])
+    background = tasks.start([(f"retention-{config.party}", worker.run)], on_crash=app[appkeys.METRICS].count_crash)
     try:
         yield
     finally:

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import TYPE_CHECKING, Any
@@ -561,13 +561,13 @@ class TrackingPoller:
 
 def background(
     config: GatewayConfig, store: Store, security: Security, http: aiohttp.ClientSession, inbound: "InboundService"
-) -> list[Coroutine[Any, Any, None]]:
-    """The hub-related loops this gateway needs: pulling (members that pull) and tracking
-    (senders with hub partners)."""
-    loops: list[Coroutine[Any, Any, None]] = []
+) -> list[Callable[[], Coroutine[Any, Any, None]]]:
+    """The hub-related loops this gateway needs (each a fresh run per call, for tasks.start):
+    pulling (members that pull) and tracking (senders with hub partners)."""
+    loops: list[Callable[[], Coroutine[Any, Any, None]]] = []
     puller = PullClient(config, security, http, inbound)
     if puller.hubs:
-        loops.append(puller.run())
+        loops.append(puller.run)
     if config.role != "hub" and any(a.role == "hub" and a.endpoint for a in config.agreements):
-        loops.append(TrackingPoller(config, store, security, http).run())
+        loops.append(TrackingPoller(config, store, security, http).run)
     return loops

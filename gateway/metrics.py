@@ -20,12 +20,21 @@ class Metrics:
         self.inbound = Counter(
             "epix_inbound_messages", "Messages received from partners, by outcome", ["outcome"], registry=self.registry
         )
+        self.task_crashes = Counter(
+            "epix_background_task_crashes",
+            "Background loops (delivery, feed, checks, ...) that failed and were started again",
+            ["task"],
+            registry=self.registry,
+        )
         self.delivery_latency = Histogram(
             "epix_submit_to_receipt_seconds",
             "Time from acceptance to a valid signed receipt",
             buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300),
             registry=self.registry,
         )
+
+    def count_crash(self, task: str, error: BaseException) -> None:
+        self.task_crashes.labels(task).inc()
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -118,6 +118,7 @@ class OutboundService:
             receivers = await self._replacement_receivers(issuer, permit.replaces, receivers)
         routes = [self.config.agreements.route(r, DOCUMENT_TYPE, action) for r in receivers]
 
+        self.security.require_usable(datetime.now(timezone.utc))
         # Signed from the element itself: the signer would otherwise parse the bytes back.
         element = permit_to_element(permit)
         unsigned = etree.tostring(element, xml_declaration=True, encoding="UTF-8")  # = permit_to_xml(permit)
@@ -177,6 +178,7 @@ class OutboundService:
             )
         receivers = await self._received_by(issuer, number)
         now = datetime.now(timezone.utc)
+        self.security.require_usable(now)
         notice = self.security.sign(
             build_cancellation(Cancellation(issuer, number, latest.version, reason, now))
         )

@@ -15,7 +15,7 @@ from cryptography import x509
 from adapters.exchange_xml import canonical_form
 from domain.errors import EpixError, ErrorCode
 from keys.pki import load_certificates_pem, party_of
-from keys.store import KeyStore, TrustStore
+from keys.store import KeyStore, TrustStore, check_validity
 from keys.xmldsig import Signer, Verified, Verifier
 from routing.agreements import Agreements
 
@@ -41,6 +41,28 @@ class Security:
     @classmethod
     def from_parts(cls, *, party: str, signer: Signer, trust: TrustStore, certificate_pem: bytes) -> "Security":
         return cls(party=party, signer=signer, trust=trust, verifier=Verifier(trust), certificate_pem=certificate_pem)
+
+    @property
+    def certificate(self) -> x509.Certificate:
+        return self.signer.identity.certificate
+
+    def certificates(self) -> list[tuple[str, str, x509.Certificate]]:
+        """(use, party, certificate): this gateway's own (``signing``), then each partner's pinned one."""
+        rows = [("signing", self.party, self.certificate)]
+        return rows + [("pinned", party, cert) for party in self.trust.parties() for cert in self.trust.certificates_for(party)]
+
+    def require_usable(self, now: datetime) -> None:
+        """Refuse work whose signature partners would refuse: this gateway's own certificate
+        outside its validity (``SIGNING_CERT_UNUSABLE``, naming the window)."""
+        try:
+            check_validity(self.certificate, now)
+        except EpixError as exc:
+            raise EpixError(
+                ErrorCode.SIGNING_CERT_UNUSABLE,
+                f"This gateway's signing certificate cannot be used now: {exc.detail} Nothing was stored; "
+                "the operator must install a renewed certificate and restart the gateway.",
+                **exc.context,
+            ) from None
 
     def sign(self, data, *, serialised: bytes | None = None) -> bytes:
         return self.signer.sign(data, serialised=serialised)

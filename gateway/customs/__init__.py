@@ -41,10 +41,10 @@ async def customs_resources(app: web.Application) -> AsyncIterator[None]:
     # Precomputed checks only pay off where customs clients verify; without a customs token the
     # rare operator verification makes its check on demand, and the exchange path keeps its CPU.
     if any(token.role == "customs" for token in app[appkeys.CONFIG].tokens):
-        background += tasks.start([(f"customs-checks-{party}", CheckWorker(service).run())])
+        background += tasks.start([(f"customs-checks-{party}", CheckWorker(service).run)], on_crash=app[appkeys.METRICS].count_crash)
     if service.customs.feed_enabled:
         feed = FeedWorker(service, app[appkeys.HTTP])
-        background += tasks.start([(f"customs-feed-{party}", feed.run())])
+        background += tasks.start([(f"customs-feed-{party}", feed.run)], on_crash=app[appkeys.METRICS].count_crash)
     try:
         yield
     finally:

@@ -50,6 +50,11 @@ class DeliveryQueue(ABC):
         Nothing to do where the store is the queue."""
         return 0
 
+    def health(self) -> str | None:
+        """None while the queue can take and hand out messages; else why not, in a sentence
+        (``/readyz``). Where the store is the queue, the store's own check says it."""
+        return None
+
     async def open(self) -> None:
         """Connect before the gateway serves, so a broker that cannot be reached stops start-up."""
 

@@ -86,7 +86,8 @@ class RabbitQueue(DeliveryQueue):
         self._connection: AbstractRobustConnection | None = None
         self._publisher: aio_pika.abc.AbstractExchange | None = None
         self._consumer_channel: aio_pika.abc.AbstractChannel | None = None
-        self._route_queues: dict[str, AbstractQueue] = {}
+        self._route_queues: dict[str, AbstractQueue] = {}  # on the current connection's channel
+        self._hops_declared: set[str] = set()  # ever, on any connection (queue_names)
         self._retry_queues: set[str] = set()
         self._consumers: dict[str, tuple[AbstractQueue, str]] = {}
         self._declare_lock = asyncio.Lock()
@@ -138,6 +139,7 @@ class RabbitQueue(DeliveryQueue):
             parked = await self._consumer_channel.declare_queue(self.names.parked(hop), durable=True, arguments=QUORUM)
             await parked.bind(exchange, routing_key=self.names.parked(hop))
             self._route_queues[hop] = queue
+            self._hops_declared.add(hop)
             if self._deliver is not None:
                 self._consumers[hop] = (queue, await queue.consume(self._on_delivery))
             return queue
@@ -169,9 +171,17 @@ class RabbitQueue(DeliveryQueue):
             self._retry_queues.add(name)
         return name
 
+    def health(self) -> str | None:
+        if self._connection is None:
+            return f"not connected to RabbitMQ at {_safe(self.config.queue.url)} (connecting)"
+        if self._connection.is_closed or not self._connection.connected.is_set():
+            # A robust connection clears ``connected`` while it tries to connect again.
+            return f"the connection to RabbitMQ at {_safe(self.config.queue.url)} is closed (reconnecting)"
+        return None
+
     def queue_names(self) -> list[str]:
         """Every queue this gateway declared so far (tests delete them afterwards)."""
-        routes = [n for hop in self._route_queues for n in (self.names.route(hop), self.names.parked(hop))]
+        routes = [n for hop in sorted(self._hops_declared) for n in (self.names.route(hop), self.names.parked(hop))]
         return routes + sorted(self._retry_queues)
 
     async def close(self) -> None:
@@ -179,6 +189,9 @@ class RabbitQueue(DeliveryQueue):
             with contextlib.suppress(Exception):
                 await self._connection.close()
             self._connection = None
+        # What belonged to that connection's channels: the next connect() declares them anew.
+        self._publisher = self._consumer_channel = None
+        self._route_queues.clear()
 
     # --- publishing -----------------------------------------------------------------------------
 
@@ -269,13 +282,18 @@ class RabbitQueue(DeliveryQueue):
     # --- consuming ------------------------------------------------------------------------------
 
     async def run(self, deliver: Deliver) -> None:
-        await self.connect()
-        self._deliver = deliver
-        for hop, queue in list(self._route_queues.items()):
-            self._consumers[hop] = (queue, await queue.consume(self._on_delivery))
-        log.info("queue.rabbit.started", exchange=self.names.exchange, routes=sorted(self._route_queues))
-        helpers = [asyncio.create_task(self._relay()), asyncio.create_task(self._sweep())]
+        """Consume and relay until cancelled. However it ends (cancelled, or the broker gone in
+        the middle of setting up), the connection is closed, so the next run (tasks.start runs
+        it again after a failure) starts from a fresh one."""
+        helpers: list[asyncio.Task] = []
+        self._stopping = False
         try:
+            await self.connect()
+            self._deliver = deliver
+            for hop, queue in list(self._route_queues.items()):
+                self._consumers[hop] = (queue, await queue.consume(self._on_delivery))
+            log.info("queue.rabbit.started", exchange=self.names.exchange, routes=sorted(self._route_queues))
+            helpers = [asyncio.create_task(self._relay()), asyncio.create_task(self._sweep())]
             await asyncio.gather(*helpers)
         finally:
             self._stopping = True
@@ -284,6 +302,7 @@ class RabbitQueue(DeliveryQueue):
             for queue, tag in list(self._consumers.values()):
                 with contextlib.suppress(Exception):
                     await asyncio.wait_for(queue.cancel(tag), 1.0)
+            self._consumers.clear()
             # In-flight deliveries stop unacked: the broker gives them again, and the next consumer
             # reclaims the messages from SENDING (nothing is released twice).
             for task in list(self._inflight):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import random
+import shutil
 import time
 import uuid
 
@@ -71,6 +72,19 @@ class Cluster:
     async def post_json(self, party: str, path: str, body=None, *, operator: bool = False):
         async with self.http.post(f"{self.url(party)}{path}", json=body, headers=self.headers(party, operator=operator)) as resp:
             return resp.status, await resp.json()
+
+    async def install_certificate(self, party: str, paths) -> None:
+        """``party`` signs with ``paths`` (a KeyStore's key and certificate) and every other
+        gateway pins that certificate; the gateways running are restarted to load it."""
+        running = list(self.gateways)
+        for p in running:
+            await self.stop(p)
+        keys = self.net[party].dir / "keys" / party
+        shutil.copy2(paths.key, keys / "key.pem")
+        shutil.copy2(paths.cert, keys / "cert.pem")
+        shutil.copy2(paths.cert, self.net.root / "certs" / f"{party}.pem")
+        for p in running:
+            await self.start(p)
 
     @contextlib.asynccontextmanager
     async def running(self, parties):

@@ -364,8 +364,6 @@ async def test_a_withdrawn_signing_certificate_is_caught_at_the_next_start(custo
 
 
 async def test_a_signing_certificate_that_ends_later_does_not_unsign_what_it_signed(customs, tmp_path):
-    import shutil
-
     from gateway import cli
     from keys.pki import Algorithm, make_test_ca
     from keys.store import KeyStore
@@ -373,13 +371,7 @@ async def test_a_signing_certificate_that_ends_later_does_not_unsign_what_it_sig
     # CH signs with a certificate that ends in a few seconds, and FR pins it.
     ends = datetime.now(timezone.utc).replace(microsecond=0) + timedelta(seconds=3)
     short = KeyStore(tmp_path / "short").init_party("CH", Algorithm.RSA2048, ca=make_test_ca("short CA"), not_after=ends)
-    for party in ("CH", "FR"):
-        await customs.stop(party)
-    shutil.copy2(short.key, customs.net["CH"].dir / "keys" / "CH" / "key.pem")
-    shutil.copy2(short.cert, customs.net["CH"].dir / "keys" / "CH" / "cert.pem")
-    shutil.copy2(short.cert, customs.net.root / "certs" / "CH.pem")
-    for party in ("CH", "FR"):
-        await customs.start(party)
+    await customs.install_certificate("CH", short)
     permit = customs_permit("CH26-100095")
     await customs.deliver(permit)
     assert (await customs.verify("FR", "CH", permit.number))[1]["verdict"] == "VALID"

@@ -17,6 +17,8 @@ from keys.pki import make_test_ca
 from keys.store import KeyStore, TrustStore
 from keys.xmldsig import Signer
 from simulators.samples import make_permit
+from gateway import appkeys
+from tests.conftest import eventually
 from tests.e2e.conftest import send_as_issuer
 
 FINAL = {MessageStatus.ACKNOWLEDGED, MessageStatus.REJECTED, MessageStatus.SEND_FAILURE}
@@ -349,11 +351,19 @@ async def test_ops_endpoints(cluster, permit_ch_fr):
     async with cluster.http.get(f"{cluster.url('CH')}/healthz") as resp:
         assert resp.status == 200
     async with cluster.http.get(f"{cluster.url('CH')}/readyz") as resp:
-        assert resp.status == 200
+        ready = await resp.json()
+        assert resp.status == 200 and ready["status"] == "ready", ready
+    cert = cluster.security("CH").certificate
+    assert (ready["store"], ready["queue"], ready["certificate"]["status"]) == ("ok", "ok", "ok"), ready
+    assert ready["certificate"]["not_after"] == cert.not_valid_after_utc.isoformat() and ready["certificate"]["days_left"] > 300
     async with cluster.http.get(f"{cluster.url('CH')}/metrics") as resp:
         text = await resp.text()
     assert 'epix_delivery_attempts_total{outcome="acknowledged"} 1.0' in text
     assert 'epix_messages{status="ACKNOWLEDGED"} 1' in text
+    # When each certificate ends: CH's own, and the partners' it pins.
+    for use, party, cert in (("signing", "CH", cluster.security("CH").certificate), ("pinned", "FR", cluster.security("FR").certificate)):
+        line = f'epix_certificate_not_after_seconds{{use="{use}",party="{party}",serial="{cert.serial_number:x}"}}'
+        assert f"{line} {cert.not_valid_after_utc.timestamp():.0f}" in text, text
     async with cluster.http.get(f"{cluster.url('CH')}/v1/openapi.json") as resp:
         spec = await resp.json()
     assert "/v1/permits" in spec["paths"]
@@ -396,3 +406,63 @@ async def test_operator_replays_parked_messages_in_bulk_keeping_their_ids(cluste
     for message_id in ids:
         await cluster.wait_status("CH", message_id, {MessageStatus.ACKNOWLEDGED})
         assert (await cluster.store("FR").get_message(message_id)).direction is Direction.INBOUND
+
+
+async def test_an_ended_signing_certificate_stops_new_work_and_readiness(cluster, tmp_path, permit_ch_fr):
+    import asyncio
+
+    from keys.pki import Algorithm
+
+    ends = datetime.now(timezone.utc).replace(microsecond=0) + timedelta(seconds=3)
+    short = KeyStore(tmp_path / "short").init_party("CH", Algorithm.RSA2048, ca=make_test_ca("short CA"), not_after=ends)
+    await cluster.install_certificate("CH", short)
+    sent = await _deliver(cluster, permit_ch_fr)
+    assert sent.status is MessageStatus.ACKNOWLEDGED
+    await asyncio.sleep(max(0.0, (ends - datetime.now(timezone.utc)).total_seconds()) + 1.1)
+    async with cluster.http.get(f"{cluster.url('CH')}/readyz") as resp:
+        ready = await resp.json()
+        assert resp.status == 503 and ready["status"] == "unavailable", ready
+    assert ready["store"] == "ok" and ready["certificate"]["status"] == "unusable" and ready["certificate"]["days_left"] < 0
+    assert "expired" in ready["certificate"]["detail"] and ready["certificate"]["not_after"] == ends.isoformat(), ready
+    # A new permit, or a cancellation, would carry a signature every partner refuses: neither is
+    # taken, and nothing is stored.
+    late = make_permit(random.Random(7), issuer="CH", importer_country="FR", number="CH26-000043")
+    status, body = await cluster.submit(late)
+    assert (status, body["code"]) == (503, "SIGNING_CERT_UNUSABLE") and "renewed certificate" in body["message"], body
+    assert (await cluster.get("CH", f"/v1/permits/CH/{late.number}"))[0] == 404
+    status, body = await cluster.post_json("CH", f"/v1/permits/CH/{permit_ch_fr.number}/cancel", {"reason": "late"})
+    assert (status, body["code"]) == (503, "SIGNING_CERT_UNUSABLE"), body
+    status, held = await cluster.get("CH", f"/v1/permits/CH/{permit_ch_fr.number}")
+    assert status == 200 and held["status"] == "VALID", held
+    # A renewed certificate: ready again, and the cancellation goes through.
+    renewed = KeyStore(tmp_path / "renewed").init_party("CH", Algorithm.RSA2048, ca=make_test_ca("renewed CA"))
+    await cluster.install_certificate("CH", renewed)
+    async with cluster.http.get(f"{cluster.url('CH')}/readyz") as resp:
+        assert resp.status == 200
+    status, body = await cluster.post_json("CH", f"/v1/permits/CH/{permit_ch_fr.number}/cancel", {"reason": "late"})
+    assert status == 202, body
+
+
+async def test_the_delivery_loop_outlives_a_failing_store_call(cluster, permit_ch_fr, monkeypatch):
+    # The database gone for a moment under CH's delivery loop (a PostgreSQL restart, a disk
+    # error): the loop fails, says so, is counted, starts again, and delivers.
+    store = cluster.store("CH")
+    real, failed = store.claim_due, []
+
+    async def claim_due(*args, **kwargs):
+        if not failed:
+            failed.append(True)
+            raise ConnectionResetError("the database connection was reset")
+        return await real(*args, **kwargs)
+
+    monkeypatch.setattr(store, "claim_due", claim_due)
+    cluster.gateways["CH"].app[appkeys.DELIVERY].queue.notify()
+
+    async def crashes() -> str:
+        async with cluster.http.get(f"{cluster.url('CH')}/metrics") as resp:
+            text = await resp.text()
+        return next((line for line in text.splitlines() if line.startswith("epix_background_task_crashes_total")), "")
+
+    await eventually(crashes, 'epix_background_task_crashes_total{task="delivery-CH"} 1.0')
+    sent = await _deliver(cluster, permit_ch_fr)
+    assert sent.status is MessageStatus.ACKNOWLEDGED

@@ -5,7 +5,6 @@ scripted, and a harness that accepts messages, runs the queue and waits for outc
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 import uuid
 from collections import defaultdict
@@ -16,6 +15,7 @@ from domain.messages import Action, Direction, MessageStatus
 from gateway.config import parse_config
 from gateway.delivery import DeliveryWorker, _Outcome
 from gateway.metrics import Metrics
+from gateway import tasks
 from gateway.queue import open_queue
 from gateway.store.base import MessageRecord, PermitRecord
 from tests.rabbit import register
@@ -66,18 +66,18 @@ class Harness:
         self.worker = ScriptedWorker(config, store)
         self.queue = None
         self.task: asyncio.Task | None = None
+        self.crashes: list[BaseException] = []
 
     async def start(self) -> None:
         self.queue = open_queue(self.config, self.store, actor="sender:CH")
         self.worker.queue = self.queue
         await self.queue.open()
-        self.task = asyncio.create_task(self.worker.run())
+        # Supervised as the gateway's own delivery loop is (gateway/tasks.py), a failed run started again.
+        [self.task] = tasks.start([("delivery", self.worker.run)], on_crash=lambda name, exc: self.crashes.append(exc), first_delay_s=0.1)
 
     async def stop(self) -> None:
         if self.task is not None:
-            self.task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self.task
+            await tasks.stop([self.task])
             self.task = None
             if hasattr(self.queue, "queue_names"):
                 register(self.config.queue.prefix, self.queue.queue_names())

@@ -195,6 +195,33 @@ async def test_a_connection_cut_mid_run_loses_nothing(rabbit):
 
 
 
+async def test_the_queue_says_it_is_unhealthy_while_the_broker_is_out_of_reach(rabbit):
+    make, _ = rabbit
+    proxy = await TcpProxy().start()
+    h = make(url=proxy.url())
+    await h.start()
+
+    async def health():
+        return h.queue.health()
+
+    assert await health() is None
+    await proxy.stop()  # the broker out of reach: connection dropped, reconnection refused
+
+    async def unhealthy():
+        said = h.queue.health()
+        return said is not None and f"RabbitMQ at 127.0.0.1:{proxy.port}" in said.replace("amqp://", "") and "guest" not in said
+
+    await eventually(unhealthy, True)
+    ids = await h.accept(5)  # accepted while the broker is away: they wait, and are not lost
+    await proxy.start()  # the same port again
+    await eventually(health, None, timeout=40)
+    await h.wait(ids, {MessageStatus.ACKNOWLEDGED}, timeout=40)
+    assert sorted(h.worker.sent) == sorted(ids)
+    # The delivery loop failed while the broker was away and was started again, each time said.
+    assert h.crashes
+    await proxy.stop()
+
+
 async def _until_some_acknowledged(h: Harness, ids, timeout: float = 10.0):
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout

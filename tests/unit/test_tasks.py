@@ -33,3 +33,33 @@ async def test_a_task_cancelled_as_its_event_is_set_is_cancelled():
     with pytest.raises(asyncio.CancelledError):
         await asyncio.wait_for(task, 5)  # a guard against a hang, not a timing claim
     assert task.cancelled()
+
+
+async def test_a_loop_that_fails_is_said_and_started_again_until_it_is_stopped():
+    runs, crashed = [], []
+    again = asyncio.Event()
+
+    async def loop() -> None:
+        runs.append(len(runs))
+        if len(runs) <= 2:
+            raise OSError(f"the database went away (run {len(runs)})")
+        again.set()
+        await asyncio.Event().wait()  # the third run stays up
+
+    [task] = tasks.start([("delivery-CH", loop)], on_crash=lambda name, exc: crashed.append((name, str(exc))), first_delay_s=0.01)
+    await asyncio.wait_for(again.wait(), 5)  # a guard against a hang, not a timing claim
+    assert runs == [0, 1, 2]
+    assert crashed == [("delivery-CH", "the database went away (run 1)"), ("delivery-CH", "the database went away (run 2)")]
+    await tasks.stop([task])
+    assert task.done() and len(runs) == 3
+
+
+async def test_a_loop_that_ends_by_itself_is_not_started_again():
+    runs = []
+
+    async def loop() -> None:
+        runs.append(1)
+
+    [task] = tasks.start([("once", loop)], first_delay_s=0.01)
+    await asyncio.wait_for(task, 5)
+    assert runs == [1] and task.exception() is None
