@@ -70,7 +70,18 @@ async def errors(request: web.Request, handler):
         }.get(exc.status, exc.reason)
         body = {"code": code.name, "message": detail}
         return web.json_response(body, status=exc.status)
-    except Exception:
+    except Exception as exc:
+        store = request.app.get(appkeys.STORE)
+        if store is not None and store.unavailable(exc):
+            log.warning("request.store_unavailable", error=f"{type(exc).__name__}: {exc}")
+            request.app[appkeys.METRICS].rejected.labels(ErrorCode.STORE_UNAVAILABLE.name).inc()
+            return error_response(
+                EpixError(
+                    ErrorCode.STORE_UNAVAILABLE,
+                    f"The gateway's database did not answer ({type(exc).__name__}); the request may not have "
+                    "been stored. Try again shortly: with the same Idempotency-Key a retry cannot store it twice.",
+                )
+            )
         log.exception("request.crashed")
         err = EpixError(ErrorCode.INTERNAL_ERROR)
         return error_response(err)

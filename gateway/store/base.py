@@ -535,6 +535,12 @@ class Store(CustomsLedger, Retention, ABC):
     @abstractmethod
     async def counts_by_status(self) -> dict[str, int]: ...
 
+    def unavailable(self, error: BaseException) -> bool:
+        """Whether ``error`` (raised by a store call, unexpected there) says the database could not
+        be reached or dropped the connection, rather than a fault of this program: the request is
+        then answered ``503 STORE_UNAVAILABLE`` (try again), not ``500``."""
+        return False
+
     @abstractmethod
     async def ping(self) -> None:
         """Raise if the database cannot answer a query."""

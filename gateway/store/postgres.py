@@ -10,6 +10,7 @@ caches every statement per connection.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 from collections.abc import Sequence
@@ -526,6 +527,23 @@ class PostgresStore(PostgresLedger, PostgresRetention, Store):
 
     async def counts_by_status(self) -> dict[str, int]:
         return {r[0]: r[1] for r in await self.pool.fetch(q.SELECT_COUNTS)}
+
+    def unavailable(self, error: BaseException) -> bool:
+        # Connection lost or refused (class 08), the server shutting down or starting up (57P01-03),
+        # out of connections (53300), or the socket itself.
+        return isinstance(
+            error,
+            (
+                OSError,
+                asyncio.TimeoutError,
+                asyncpg.PostgresConnectionError,
+                asyncpg.exceptions.AdminShutdownError,
+                asyncpg.exceptions.CrashShutdownError,
+                asyncpg.exceptions.CannotConnectNowError,
+                asyncpg.exceptions.TooManyConnectionsError,
+                asyncpg.exceptions.ConnectionDoesNotExistError,
+            ),
+        ) or (isinstance(error, asyncpg.InterfaceError) and "connection" in str(error).lower() and "closed" in str(error).lower())
 
     async def ping(self) -> None:
         try:

@@ -574,6 +574,12 @@ class SqliteStore(SqliteLedger, SqliteRetention, Store):
         rows = await self._read(_fetchall, q.SELECT_COUNTS, ())
         return {status: count for status, count in rows}
 
+    def unavailable(self, error: BaseException) -> bool:
+        # The file, the disk or a lock another process holds past the busy timeout: not a bug here.
+        return isinstance(error, sqlite3.OperationalError) and any(
+            words in str(error) for words in ("database is locked", "disk I/O error", "unable to open", "disk is full")
+        )
+
     async def ping(self) -> None:
         try:
             await self._read(_fetchone, "SELECT COUNT(*) FROM schema_migrations", ())

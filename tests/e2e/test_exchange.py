@@ -466,3 +466,42 @@ async def test_the_delivery_loop_outlives_a_failing_store_call(cluster, permit_c
     await eventually(crashes, 'epix_background_task_crashes_total{task="delivery-CH"} 1.0')
     sent = await _deliver(cluster, permit_ch_fr)
     assert sent.status is MessageStatus.ACKNOWLEDGED
+
+
+@pytest.mark.postgres
+async def test_a_database_connection_lost_mid_request_is_503_and_the_next_request_is_served(tmp_path, permit_ch_fr, monkeypatch):
+    import asyncio
+
+    import asyncpg
+
+    from tests.e2e.conftest import running_cluster
+    from tests.pg import PG_DSN
+
+    async with running_cluster("postgres", tmp_path) as cluster:
+        await _deliver(cluster, permit_ch_fr)
+        store = cluster.store("CH")
+        real = store.get_permit_versions
+        held: list[int] = []
+
+        async def get_permit_versions(*args, **kwargs):
+            if not held:  # the first call waits in the database, long enough to lose its connection
+                async with store.pool.acquire() as conn:
+                    held.append(conn.get_server_pid())
+                    await conn.fetchval("SELECT pg_sleep(30)")
+            return await real(*args, **kwargs)
+
+        monkeypatch.setattr(store, "get_permit_versions", get_permit_versions)
+        request = asyncio.create_task(cluster.get("CH", f"/v1/permits/CH/{permit_ch_fr.number}"))
+        admin = await asyncpg.connect(PG_DSN)
+        try:
+            async def waiting() -> bool:
+                return bool(held) and await admin.fetchval("SELECT state = 'active' FROM pg_stat_activity WHERE pid = $1", held[0]) is True
+
+            await eventually(waiting, True)
+            await admin.execute("SELECT pg_terminate_backend($1)", held[0])  # as a server restart would
+        finally:
+            await admin.close()
+        status, body = await request
+        assert (status, body["code"]) == (503, "STORE_UNAVAILABLE") and "Try again" in body["message"], body
+        status, body = await cluster.get("CH", f"/v1/permits/CH/{permit_ch_fr.number}")
+        assert status == 200 and body["status"] == "VALID", body
