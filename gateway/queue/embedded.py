@@ -146,9 +146,12 @@ class EmbeddedQueue(DeliveryQueue):
             self._held.discard(message.message_id)
         except asyncio.CancelledError:
             raise
-        except Exception:
+        except Exception as exc:
             # The lease will expire and the message will be taken up again; nothing is lost.
-            log.exception("delivery.crashed")
+            if self.store.unavailable(exc):
+                log.warning("delivery.store_unavailable", error=f"{type(exc).__name__}: {exc}", retry_after_s=self.delivery.lease_s)
+            else:
+                log.exception("delivery.crashed")
         finally:
             structlog.contextvars.unbind_contextvars("message_id", "receiver", "action")
 

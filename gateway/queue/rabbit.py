@@ -324,9 +324,12 @@ class RabbitQueue(DeliveryQueue):
                 await self.handle(message_id, redelivered=bool(delivery.redelivered))
             except asyncio.CancelledError:
                 raise
-            except Exception:
+            except Exception as exc:
                 # The store or the broker failed us: give it back for another try, a little later.
-                log.exception("queue.handle_failed")
+                if self.store.unavailable(exc):
+                    log.warning("queue.store_unavailable", error=f"{type(exc).__name__}: {exc}")
+                else:
+                    log.exception("queue.handle_failed")
                 await asyncio.sleep(0.5)
                 await delivery.nack(requeue=True)
                 return

@@ -543,10 +543,22 @@ class PostgresStore(PostgresLedger, PostgresRetention, Store):
                 asyncpg.exceptions.TooManyConnectionsError,
                 asyncpg.exceptions.ConnectionDoesNotExistError,
             ),
-        ) or (isinstance(error, asyncpg.InterfaceError) and "connection" in str(error).lower() and "closed" in str(error).lower())
+        ) or _dead_connection(error)
 
     async def ping(self) -> None:
         try:
             await self.pool.fetchval("SELECT 1")
         except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as e:
             raise EpixError(ErrorCode.STORE_UNAVAILABLE, f"PostgreSQL does not answer: {e}") from e
+
+
+def _dead_connection(error: BaseException) -> bool:
+    """asyncpg's own words for a connection the server has already closed: "connection is closed"
+    (InterfaceError), or, when the server's termination notice arrived while the connection sat in
+    the pool, "cannot switch to state N; another operation (M) is in progress" (InternalClientError)
+    on the next statement; both seen against the real server (tests/e2e/test_crash.py). Every store
+    call acquires a connection of its own, so no statement of ours is ever in progress beside another."""
+    text = str(error)
+    if isinstance(error, asyncpg.InterfaceError):
+        return "connection is closed" in text or "the underlying connection is closed" in text
+    return isinstance(error, asyncpg.exceptions.InternalClientError) and "another operation" in text

@@ -1,7 +1,8 @@
 """Crash tests with real processes: ``epix serve`` gateways built by ``build_network``.
 
 CH sends permits to FR. Mid-run, CH is killed with SIGKILL (no clean-up of any kind) and started
-again; with RabbitMQ, separately, CH's broker connection is cut mid-run. Afterwards every permit
+again; with RabbitMQ, separately, CH's broker connection is cut mid-run; on PostgreSQL, every
+connection of both gateways to the database is terminated mid-run. Afterwards every permit
 accepted by CH must be held by FR exactly once, and every message must be ACKNOWLEDGED at CH.
 """
 
@@ -193,3 +194,63 @@ async def test_broker_connection_cut_mid_run_loses_nothing(run):
     run.proxy.cut()  # and once more, mid-recovery
 
     await assert_exactly_once(run)
+
+
+@pytest.mark.postgres
+async def test_database_connections_terminated_mid_run_lose_nothing_and_double_nothing(tmp_path):
+    """Both gateways on PostgreSQL; mid-run every connection to the database is terminated, twice
+    (as a server restart or a failover does). A request caught in it is 503 and the MA system tries
+    again with its Idempotency-Key; deliveries caught in it are tried again; loops that fail start again."""
+    import asyncpg
+
+    from tests.e2e.conftest import party_stores
+    from tests.pg import PG_DSN
+
+    async with party_stores("postgres", ("CH", "FR"), "crashpg") as store_urls:
+        net = build_network(
+            tmp_path / "net", ("CH", "FR"), store_urls=store_urls,
+            retry={"max_attempts": 20, "first_delay_s": 0.1, "factor": 2.0, "max_delay_s": 1.0},
+            extra="\n[delivery]\nlease_s = 5.0\n",
+        )  # fmt: skip
+        http = aiohttp.ClientSession()
+        run = Run(net, http)
+        refused: Counter = Counter()
+
+        async def submit(number: str) -> None:
+            permit = make_permit(random.Random(number), issuer="CH", importer_country="FR", number=number)
+            headers = {**run.auth("CH"), "Content-Type": "application/json", "Idempotency-Key": number}
+            for _ in range(100):
+                async with http.post(f"{net['CH'].url}/v1/permits", data=permit_to_json(permit), headers=headers) as r:
+                    if r.status == 503:
+                        refused[(await r.json())["code"]] += 1
+                        await asyncio.sleep(0.1)
+                        continue
+                    assert r.status in (201, 202), await r.text()
+                    run.accepted.append(number)
+                    return
+            raise AssertionError(f"{number} was never accepted")
+
+        async def terminate_every_connection() -> None:
+            await run.wait_some_acknowledged()
+            admin = await asyncpg.connect(PG_DSN)
+            try:
+                for _ in range(2):
+                    await admin.execute(
+                        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                        "WHERE datname = current_database() AND pid <> pg_backend_pid() AND backend_type = 'client backend'"
+                    )
+                    await asyncio.sleep(0.3)
+            finally:
+                await admin.close()
+
+        try:
+            for gateway in run.gateways.values():
+                await gateway.start(http)
+            await asyncio.gather(terminate_every_connection(), *(submit(n) for n in numbers(0, N)))
+            await asyncio.gather(*(submit(n) for n in numbers(N, 20)))  # and both keep working
+            await assert_exactly_once(run)
+            assert set(refused) <= {"STORE_UNAVAILABLE"}, refused
+        finally:
+            for gateway in run.gateways.values():
+                gateway.stop()
+            await http.close()
