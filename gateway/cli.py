@@ -70,6 +70,19 @@ def cmd_keys_init(args) -> int:
     return EXIT_OK
 
 
+def cmd_keys_renew(args) -> int:
+    from keys.pki import Algorithm
+    from keys.store import KeyStore
+
+    store = KeyStore(args.dir)
+    paths = store.renew_party(args.party, Algorithm.parse(args.algorithm), passphrase=_passphrase(args))
+    print(
+        f"key {paths.key}\ncertificate {paths.cert}\nprevious certificate kept in {store.previous_dir(args.party)}\n"
+        "Give partners the new certificate to pin beside the old one, then restart the gateway."
+    )
+    return EXIT_OK
+
+
 def cmd_keys_test_pki(args) -> int:
     """A throwaway CA and one CA-issued key per party: for the demo, compose and tests, never production."""
     from keys.pki import Algorithm, cert_to_pem, make_test_ca
@@ -253,6 +266,13 @@ def build_parser() -> argparse.ArgumentParser:
     init.add_argument("--dir", required=True, help="key directory (kept out of the repository)")
     init.add_argument("--passphrase-env", help="encrypt the private key with the passphrase in this environment variable")
     init.set_defaults(func=cmd_keys_init)
+
+    renew = keys.add_parser("renew", help="replace a party's signing key and certificate, keeping the old certificate for what it signed")
+    renew.add_argument("--party", required=True, help="party id, e.g. CH")
+    renew.add_argument("--algorithm", choices=["rsa2048", "rsa3072", "p256"], default="rsa2048")
+    renew.add_argument("--dir", required=True, help="key directory (as for keys init)")
+    renew.add_argument("--passphrase-env", help="encrypt the new private key with the passphrase in this environment variable")
+    renew.set_defaults(func=cmd_keys_renew)
 
     pki = keys.add_parser("test-pki", help="a throwaway test CA and a key per party (demo and tests only)")
     pki.add_argument("--parties", required=True, help="comma-separated party ids, e.g. CH,FR")

@@ -27,20 +27,32 @@ class Security:
     trust: TrustStore
     verifier: Verifier
     certificate_pem: bytes
+    # Certificates this gateway signed with before a renewal (keys/<party>/previous/): what it
+    # signed then is still its own (gateway/customs: its own permits checked again).
+    previous_certificates: tuple[x509.Certificate, ...] = ()
 
     @classmethod
     def load(cls, *, party: str, keys_dir, passphrase: str | None, agreements: Agreements) -> "Security":
-        identity = KeyStore(keys_dir).load_signing_identity(party, passphrase)
+        keys = KeyStore(keys_dir)
+        identity = keys.load_signing_identity(party, passphrase)
         trust = TrustStore()
         for agreement in agreements:
             for path in agreement.certificates:
                 for cert in load_certificates_pem(path.read_bytes(), source=str(path)):
                     trust.add(agreement.party, cert)
-        return cls.from_parts(party=party, signer=Signer(identity), trust=trust, certificate_pem=identity.cert_pem)
+        return cls.from_parts(
+            party=party, signer=Signer(identity), trust=trust, certificate_pem=identity.cert_pem,
+            previous_certificates=tuple(keys.previous_certificates(party)),
+        )  # fmt: skip
 
     @classmethod
-    def from_parts(cls, *, party: str, signer: Signer, trust: TrustStore, certificate_pem: bytes) -> "Security":
-        return cls(party=party, signer=signer, trust=trust, verifier=Verifier(trust), certificate_pem=certificate_pem)
+    def from_parts(
+        cls, *, party: str, signer: Signer, trust: TrustStore, certificate_pem: bytes, previous_certificates=()
+    ) -> "Security":
+        return cls(
+            party=party, signer=signer, trust=trust, verifier=Verifier(trust), certificate_pem=certificate_pem,
+            previous_certificates=tuple(previous_certificates),
+        )  # fmt: skip
 
     @property
     def certificate(self) -> x509.Certificate:

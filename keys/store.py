@@ -203,6 +203,30 @@ class KeyStore:
         paths.cert.write_bytes(cert_to_pem(cert))
         return paths
 
+    def previous_dir(self, party: str) -> Path:
+        return self.paths(party).cert.parent / "previous"
+
+    def renew_party(
+        self, party: str, algorithm: Algorithm | str, passphrase: bytes | str | None = None, ca: CertificateAuthority | None = None
+    ) -> PartyPaths:
+        """A new key and certificate for ``party``; the certificate it replaces goes to
+        ``previous/``, where the gateway still finds it to check what it signed before."""
+        paths = self.paths(party)
+        if not paths.cert.exists():
+            raise EpixError(ErrorCode.KEY_ERROR, f"No certificate for party {party} in {self.root} to renew; use keys init.", party=party)
+        old = load_certificate_pem(_read(paths.cert, "certificate"), source=str(paths.cert))
+        archive = self.previous_dir(party)
+        archive.mkdir(exist_ok=True)
+        (archive / f"{fingerprint(old)[:16]}.pem").write_bytes(paths.cert.read_bytes())
+        return self.init_party(party, algorithm, passphrase, ca, overwrite=True)
+
+    def previous_certificates(self, party: str) -> list[x509.Certificate]:
+        """The certificates ``party`` signed with before (``previous/*.pem``), oldest file name first."""
+        archive = self.previous_dir(party)
+        if not archive.is_dir():
+            return []
+        return [c for pem in sorted(archive.glob("*.pem")) for c in load_certificates_pem(_read(pem, "certificate"), source=str(pem))]
+
     def load_signing_identity(self, party: str, passphrase: bytes | str | None = None) -> SigningIdentity:
         paths = self.paths(party)
         if not paths.key.exists():

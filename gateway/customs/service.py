@@ -177,7 +177,9 @@ class CustomsService:
         self._signatures = _Lru(20_000)
         self._shipped = _Lru(100_000)
         self._facts = _Lru(10_000)
-        own = TrustStore.of({config.party: load_certificates_pem(security.certificate_pem)})
+        # This gateway's own permits: signed with its certificate of the day, the current one or
+        # one it was renewed from (keys renew keeps those in keys/<party>/previous/).
+        own = TrustStore.of({config.party: [*load_certificates_pem(security.certificate_pem), *security.previous_certificates]})
         self._own_verifier = Verifier(own)
 
     # --- what is held ----------------------------------------------------------------------------

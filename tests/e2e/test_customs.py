@@ -393,3 +393,28 @@ async def test_a_signing_certificate_that_ends_later_does_not_unsign_what_it_sig
     await customs.start("FR")
     status, v = await customs.verify("FR", "CH", permit.number)
     assert (status, v["verdict"]) == (200, "VALID") and v["signer"]["verified"], v
+
+
+async def test_a_renewed_signing_key_leaves_the_permits_signed_before_valid(customs):
+    from gateway import cli
+    from keys.xmldsig import Verifier
+
+    permit = customs_permit("CH26-100096")
+    await customs.deliver(permit)
+    before = customs.security("CH").certificate
+    # CH's operator renews CH's key (the old certificate is kept in keys/CH/previous/), restarts.
+    await customs.stop("CH")
+    assert await asyncio.to_thread(cli.main, ["keys", "renew", "--party", "CH", "--dir", str(customs.net["CH"].dir)]) == 0
+    await customs.start("CH")
+    assert customs.security("CH").certificate.serial_number != before.serial_number
+    # CH's own customs verifies the permit CH signed with the old key afresh (signed XML verdict:
+    # nothing cached since the restart), and after a recheck: it still holds, as CH's signature.
+    for _ in range(2):
+        status, xml = await customs.verify("CH", "CH", permit.number, token="ch-customs", format="xml")
+        root = Verifier([customs.security("CH").certificate]).verify(xml, "CH").signed_root  # the verdict: CH's new key
+        assert status == 200 and root.findtext(f"{{{EXCHANGE}}}Result") == "VALID", xml
+        status, v = await customs.verify("CH", "CH", permit.number, token="ch-customs")
+        assert (status, v["verdict"]) == (200, "VALID") and v["signer"]["verified"], v
+        assert await asyncio.to_thread(cli.main, ["recheck", "--config", str(customs.net["CH"].config_path)]) == 0
+        await customs.stop("CH")
+        await customs.start("CH")

@@ -48,7 +48,7 @@ def workdir(tmp_path_factory) -> Path:
 
 
 def test_every_subcommand_has_help():
-    for args in (["--help"], ["keys", "init", "--help"], ["keys", "test-pki", "--help"], ["permit", "to-xml", "--help"],
+    for args in (["--help"], ["keys", "init", "--help"], ["keys", "renew", "--help"], ["keys", "test-pki", "--help"], ["permit", "to-xml", "--help"],
                  ["permit", "to-json", "--help"], ["permit", "validate", "--help"], ["permit", "sign", "--help"],
                  ["permit", "verify", "--help"], ["serve", "--help"], ["demo", "--help"], ["purge", "--help"]):
         assert "usage: epix" in ok(epix(*args)).stdout
@@ -137,3 +137,20 @@ def test_reads_the_epix_reference_instances(epix_v2_path, epix_v1_path):
     v1 = json.loads(ok(epix("permit", "to-json", str(epix_v1_path))).stdout)
     assert v2["number"] == v1["number"] == "XA000000"
     assert [i["scientific_name"] for i in v2["items"]] == ["Alligator mississippiensis", "Crocodylus siamensis"]
+
+
+def test_keys_renew_replaces_the_key_and_keeps_the_old_certificate(tmp_path):
+    refused(epix("keys", "renew", "--party", "KE", "--dir", str(tmp_path)), "KEY_ERROR")  # nothing to renew
+    ok(epix("keys", "init", "--party", "KE", "--dir", str(tmp_path)))
+    folder = tmp_path / "keys" / "KE"
+    old_key, old_cert = (folder / "key.pem").read_bytes(), (folder / "cert.pem").read_bytes()
+    out = ok(epix("keys", "renew", "--party", "KE", "--dir", str(tmp_path))).stdout
+    assert "previous certificate kept in" in out and "pin" in out
+    assert (folder / "key.pem").read_bytes() != old_key and (folder / "cert.pem").read_bytes() != old_cert
+    [kept] = (folder / "previous").glob("*.pem")
+    assert kept.read_bytes() == old_cert
+    # Renewed again: both earlier certificates are kept, and the gateway reads them back.
+    ok(epix("keys", "renew", "--party", "KE", "--dir", str(tmp_path)))
+    from keys.store import KeyStore
+
+    assert len(KeyStore(tmp_path).previous_certificates("KE")) == 2
