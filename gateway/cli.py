@@ -139,6 +139,39 @@ def cmd_validate(args) -> int:
     return EXIT_OK
 
 
+def cmd_from_csv(args) -> int:
+    """One JSON file per permit of a spreadsheet, all or none: a sheet with a refused permit writes nothing."""
+    from urllib.parse import quote
+
+    from adapters.permit_csv import permits_from_csv
+    from adapters.permit_json import permit_to_json
+    from domain.rules import Severity, validate
+
+    sheet = permits_from_csv(_read(args.file))
+    refused, ready = 0, []
+    for entry in sheet:
+        rows = f"row {entry.rows[0]}" if len(entry.rows) == 1 else f"rows {entry.rows[0]}-{entry.rows[-1]}"
+        if entry.error is not None:
+            refused += 1
+            print(f"{entry.number or '?'} ({rows}): {entry.error.code.name}: {entry.error.detail}", file=sys.stderr)
+            continue
+        problems = validate(entry.permit, **_judged_at(args.at))
+        for p in problems:
+            print(f"{entry.number} ({rows}): {p.severity.value.lower()}: {p.code} at {p.path}: {p.message}", file=sys.stderr)
+        if any(p.severity is Severity.ERROR for p in problems):
+            refused += 1
+        else:
+            ready.append((Path(args.output_dir) / f"{quote(entry.number, safe='')}.json", permit_to_json(entry.permit, indent=2)))
+    if refused:
+        print(f"{ErrorCode.PERMIT_INVALID.name}: {refused} of {len(sheet)} permit(s) in {args.file} refused; nothing written", file=sys.stderr)
+        return EXIT_INVALID
+    Path(args.output_dir).mkdir(parents=True, exist_ok=True)
+    for path, body in ready:
+        path.write_bytes(body)
+        print(f"wrote {path}")
+    return EXIT_OK
+
+
 def _judged_at(at: str) -> dict:
     """``--at``: when the time rules (expired, not yet valid, issued in the future) judge the
     permit, as ``rules.validate`` takes it: now (as a submission would be), a date, an instant
@@ -300,6 +333,14 @@ def build_parser() -> argparse.ArgumentParser:
         "an instant with offset, or none",
     )
     validate.set_defaults(func=cmd_validate)
+    from_csv = permit.add_parser(
+        "from-csv", help="a spreadsheet (CSV, one row per line item, columns named by JSON field path) to one JSON file per permit"
+    )
+    from_csv.add_argument("file")
+    from_csv.add_argument("-o", "--output-dir", required=True, help="where the permits' JSON files go (named by number)")
+    from_csv.add_argument("--at", default="now", help="judge the time rules at: now (default), YYYY-MM-DD, an instant, or none")
+    from_csv.set_defaults(func=cmd_from_csv)
+
     sign = permit.add_parser("sign", help="add an enveloped XML signature")
     sign.add_argument("file")
     sign.add_argument("--key", required=True)

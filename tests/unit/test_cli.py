@@ -49,7 +49,7 @@ def workdir(tmp_path_factory) -> Path:
 
 def test_every_subcommand_has_help():
     for args in (["--help"], ["keys", "init", "--help"], ["keys", "renew", "--help"], ["keys", "test-pki", "--help"], ["permit", "to-xml", "--help"],
-                 ["permit", "to-json", "--help"], ["permit", "validate", "--help"], ["permit", "sign", "--help"],
+                 ["permit", "to-json", "--help"], ["permit", "validate", "--help"], ["permit", "from-csv", "--help"], ["permit", "sign", "--help"],
                  ["permit", "verify", "--help"], ["serve", "--help"], ["demo", "--help"], ["purge", "--help"]):
         assert "usage: epix" in ok(epix(*args)).stdout
 
