@@ -46,7 +46,13 @@ def permits_from_csv(data: bytes, *, max_bytes: int = 20 * MAX_JSON_BYTES) -> li
         text = data.decode("utf-8-sig")  # a spreadsheet's byte order mark is not part of the header
     except UnicodeDecodeError as exc:
         raise _bad(f"The CSV file is not UTF-8 (bad byte at offset {exc.start}); save it as CSV UTF-8.") from None
-    reader = csv.reader(io.StringIO(text, newline=""))
+    try:
+        return _read(csv.reader(io.StringIO(text, newline="")))
+    except csv.Error as exc:  # a cell past csv's size limit, a stray quote in strict places
+        raise _bad(f"The CSV file cannot be read as CSV: {exc}.") from None
+
+
+def _read(reader) -> list[CsvPermit]:
     header = next(reader, None)
     if not header or not any(h.strip() for h in header):
         raise _bad("The CSV file has no header row naming its columns.")

@@ -101,6 +101,7 @@ def test_each_refusal_names_its_row_and_column_and_the_other_permits_still_read(
         (b"", "no header row"),
         (b"number,purpose\n\xff\xfe,x\n", "not UTF-8"),
         (b"number,purpose\nX,T,extra\n", "Row 2 has 3 cells"),
+        (b"number,purpose\nX," + b"T" * 200_000 + b"\n", "cannot be read as CSV"),
     ],
 )
 def test_a_sheet_that_cannot_be_read_as_a_whole_is_refused_with_the_reason(data, words):
