@@ -293,19 +293,16 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     keys = sub.add_parser("keys", help="keys and certificates").add_subparsers(dest="keys_command", required=True, metavar="SUBCOMMAND")
-    init = keys.add_parser("init", help="generate a party's signing key and certificate in a key directory")
-    init.add_argument("--party", required=True, help="party id, e.g. CH")
-    init.add_argument("--algorithm", choices=["rsa2048", "rsa3072", "p256"], default="rsa2048")
-    init.add_argument("--dir", required=True, help="key directory (kept out of the repository)")
-    init.add_argument("--passphrase-env", help="encrypt the private key with the passphrase in this environment variable")
-    init.set_defaults(func=cmd_keys_init)
-
-    renew = keys.add_parser("renew", help="replace a party's signing key and certificate, keeping the old certificate for what it signed")
-    renew.add_argument("--party", required=True, help="party id, e.g. CH")
-    renew.add_argument("--algorithm", choices=["rsa2048", "rsa3072", "p256"], default="rsa2048")
-    renew.add_argument("--dir", required=True, help="key directory (as for keys init)")
-    renew.add_argument("--passphrase-env", help="encrypt the new private key with the passphrase in this environment variable")
-    renew.set_defaults(func=cmd_keys_renew)
+    for name, func, what in (
+        ("init", cmd_keys_init, "generate a party's signing key and certificate in a key directory"),
+        ("renew", cmd_keys_renew, "replace a party's signing key and certificate, keeping the old certificate for what it signed"),
+    ):
+        one = keys.add_parser(name, help=what)
+        one.add_argument("--party", required=True, help="party id, e.g. CH")
+        one.add_argument("--algorithm", choices=["rsa2048", "rsa3072", "p256"], default="rsa2048")
+        one.add_argument("--dir", required=True, help="key directory (kept out of the repository)")
+        one.add_argument("--passphrase-env", help="encrypt the private key with the passphrase in this environment variable")
+        one.set_defaults(func=func)
 
     pki = keys.add_parser("test-pki", help="a throwaway test CA and a key per party (demo and tests only)")
     pki.add_argument("--parties", required=True, help="comma-separated party ids, e.g. CH,FR")
