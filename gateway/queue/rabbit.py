@@ -308,6 +308,7 @@ class RabbitQueue(DeliveryQueue):
             for task in list(self._inflight):
                 task.cancel()
             await asyncio.gather(*helpers, *self._inflight, return_exceptions=True)
+            self._deliver = None  # the next run's connect() declares routes without consuming yet
             await self.close()
 
     async def _on_delivery(self, delivery: AbstractIncomingMessage) -> None:

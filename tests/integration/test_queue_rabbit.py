@@ -43,6 +43,16 @@ async def rabbit(tmp_path):
         await delete_everything(prefix)
 
 
+async def consumers(name: str) -> int:
+    connection = await aio_pika.connect(AMQP_URL)
+    try:
+        channel = await connection.channel()
+        queue = await channel.declare_queue(name, passive=True)
+        return queue.declaration_result.consumer_count
+    finally:
+        await connection.close()
+
+
 async def queue_depth(name: str) -> int:
     connection = await aio_pika.connect(AMQP_URL)
     try:
@@ -217,8 +227,10 @@ async def test_the_queue_says_it_is_unhealthy_while_the_broker_is_out_of_reach(r
     await eventually(health, None, timeout=40)
     await h.wait(ids, {MessageStatus.ACKNOWLEDGED}, timeout=40)
     assert sorted(h.worker.sent) == sorted(ids)
-    # The delivery loop failed while the broker was away and was started again, each time said.
+    # The delivery loop failed while the broker was away and was started again, each time said,
+    # and consumes its route once, not once per start.
     assert h.crashes
+    assert await consumers(h.queue.names.route("FR")) == 1
     await proxy.stop()
 
 
