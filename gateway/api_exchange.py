@@ -8,6 +8,7 @@ from domain.errors import EpixError, ErrorCode
 from domain.messages import Direction
 from gateway import appkeys, paths
 from gateway.hub import ACK_PATH, PULL_PATH, TRACK_PATH, HubDesk
+from keys.pki import cert_to_pem
 
 routes = web.RouteTableDef()
 XML = "application/xml"
@@ -62,6 +63,8 @@ async def directory(request: web.Request) -> web.Response:
             "party": config.party,
             "role": config.role,
             "certificate_pem": security.certificate_pem.decode("ascii"),
+            # Renewed from (keys renew): what this gateway signed before still carries these.
+            "previous_certificates_pem": [cert_to_pem(c).decode("ascii") for c in security.previous_certificates],
             "partners": [
                 {
                     "party": a.party,

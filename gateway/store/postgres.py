@@ -174,6 +174,8 @@ class PostgresStore(PostgresLedger, PostgresRetention, Store):
 
     async def open(self) -> None:
         settings = {"search_path": self.schema} if self.schema else {}
+        if "application_name" not in self._dsn:  # who holds which connection, in pg_stat_activity
+            settings["application_name"] = self.application_name
         try:
             if self.schema:
                 bootstrap = await asyncpg.connect(self._dsn)
@@ -206,6 +208,10 @@ class PostgresStore(PostgresLedger, PostgresRetention, Store):
                     "INSERT INTO schema_migrations (version, name, applied_at) VALUES ($1, $2, $3)",
                     migration.version, migration.name, self._clock(),
                 )  # fmt: skip
+
+    @property
+    def application_name(self) -> str:
+        return f"epix-gateway {self.schema}" if self.schema else "epix-gateway"
 
     async def close(self) -> None:
         if self._pool is not None:

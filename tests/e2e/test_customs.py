@@ -397,6 +397,7 @@ async def test_a_signing_certificate_that_ends_later_does_not_unsign_what_it_sig
 
 async def test_a_renewed_signing_key_leaves_the_permits_signed_before_valid(customs):
     from gateway import cli
+    from keys.store import load_certificate_pem
     from keys.xmldsig import Verifier
 
     permit = customs_permit("CH26-100096")
@@ -407,6 +408,9 @@ async def test_a_renewed_signing_key_leaves_the_permits_signed_before_valid(cust
     assert await asyncio.to_thread(cli.main, ["keys", "renew", "--party", "CH", "--dir", str(customs.net["CH"].dir)]) == 0
     await customs.start("CH")
     assert customs.security("CH").certificate.serial_number != before.serial_number
+    async with customs.http.get(f"{customs.url('CH')}/exchange/v1/directory") as resp:
+        directory = await resp.json()
+    assert [load_certificate_pem(p.encode()) for p in directory["previous_certificates_pem"]] == [before]
     # CH's own customs verifies the permit CH signed with the old key afresh (signed XML verdict:
     # nothing cached since the restart), and after a recheck: it still holds, as CH's signature.
     for _ in range(2):
