@@ -157,6 +157,9 @@ class InboundService:
             self._check_cancellation(env)
         # Customs feedback (gateway/customs/feedback.py): box 14 for a permit we issued.
         endorsed = await endorsement_request(self, env) if h.action is Action.ENDORSE else None
+        # A receipt signed with an ended certificate is one the sender must refuse: 503 instead,
+        # nothing stored, and the sender tries again until the certificate is renewed.
+        self.security.require_usable(now)
         receipt = self.security.sign_template(
             receipt_xml(
                 Receipt(

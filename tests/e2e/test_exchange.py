@@ -434,13 +434,27 @@ async def test_an_ended_signing_certificate_stops_new_work_and_readiness(cluster
     assert (status, body["code"]) == (503, "SIGNING_CERT_UNUSABLE"), body
     status, held = await cluster.get("CH", f"/v1/permits/CH/{permit_ch_fr.number}")
     assert status == 200 and held["status"] == "VALID", held
-    # A renewed certificate: ready again, and the cancellation goes through.
+    # Nor does CH sign receipts partners would refuse: FR's permit to CH is answered 503, stored
+    # nowhere at CH, and FR keeps it (tried again, then parked for its operator).
+    inbound = make_permit(random.Random(8), issuer="FR", importer_country="CH", number="FR26-000044")
+    status, body = await cluster.submit(inbound)
+    assert status == 202, body
+    [message] = body["messages"]
+    parked = await cluster.wait_status("FR", message["message_id"], {MessageStatus.SEND_FAILURE, MessageStatus.ACKNOWLEDGED})
+    assert parked.status is MessageStatus.SEND_FAILURE and "HTTP 503" in parked.last_error_detail, parked
+    assert await cluster.store("CH").get_message(message["message_id"]) is None
+    # A renewed certificate: ready again, the cancellation goes through, and FR's operator
+    # sends the parked permit again (same message id), which CH now takes with a valid receipt.
     renewed = KeyStore(tmp_path / "renewed").init_party("CH", Algorithm.RSA2048, ca=make_test_ca("renewed CA"))
     await cluster.install_certificate("CH", renewed)
     async with cluster.http.get(f"{cluster.url('CH')}/readyz") as resp:
         assert resp.status == 200
     status, body = await cluster.post_json("CH", f"/v1/permits/CH/{permit_ch_fr.number}/cancel", {"reason": "late"})
     assert status == 202, body
+    status, body = await cluster.post_json("FR", f"/v1/messages/{message['message_id']}/retry", operator=True)
+    assert status == 202, body
+    sent = await cluster.wait_status("FR", message["message_id"], FINAL)
+    assert sent.status is MessageStatus.ACKNOWLEDGED, sent
 
 
 async def test_the_delivery_loop_outlives_a_failing_store_call(cluster, permit_ch_fr, monkeypatch):
