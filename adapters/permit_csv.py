@@ -139,32 +139,28 @@ def _column(name: str, index: int) -> str:
 
 def _put(target: dict[str, Any], column: str, value: str, row: int, *, prefix: str = "") -> None:
     """Set the field at ``column`` (a dotted path with [i] indexes) in ``target`` to ``value``."""
+
+    def refused(why: str) -> EpixError:
+        return _bad(f"Row {row}, column {prefix}{column}: {why}", row=row, column=prefix + column)
+
     node: Any = target
-    segments = column.split(".")
-    for depth, segment in enumerate(segments):
-        name, index = _SEGMENT.fullmatch(segment).groups()  # type: ignore[union-attr]
+    segments = [_SEGMENT.fullmatch(s).groups() for s in column.split(".")]  # type: ignore[union-attr]
+    for depth, (name, index) in enumerate(segments):
         last = depth == len(segments) - 1
         if index is None:
             if last:
                 node[name] = value
-            else:
-                node = node.setdefault(name, {})
-                if not isinstance(node, dict):
-                    raise _bad(f"Row {row}, column {prefix}{column}: {name} is given both as a value and as fields.", row=row, column=prefix + column)
+            elif not isinstance(node := node.setdefault(name, {}), dict):
+                raise refused(f"{name} is given both as a value and as fields.")
             continue
-        entries = node.setdefault(name, [])
-        i = int(index)
-        if not isinstance(entries, list) or i > len(entries):
-            raise _bad(
-                f"Row {row}, column {prefix}{column}: entry [{i}] of {name} comes before entry [{len(entries) if isinstance(entries, list) else 0}]; "
-                "number the columns of a list from [0] without gaps.",
-                row=row, column=prefix + column,
-            )  # fmt: skip
+        entries, i = node.setdefault(name, []), int(index)
+        if not isinstance(entries, list):
+            raise refused(f"{name} is given both as a value and as a list.")
+        if i > len(entries):
+            raise refused(f"entry [{i}] of {name} comes before entry [{len(entries)}]; number the columns of a list from [0] without gaps.")
         if i == len(entries):
             entries.append(value if last else {})
         node = entries[i]
-        if last:
-            entries[i] = value
 
 
 def _located(exc: EpixError, items: list[tuple[int, dict[str, str]]]) -> EpixError:

@@ -148,6 +148,7 @@ def cmd_from_csv(args) -> int:
     from domain.rules import Severity, validate
 
     sheet = permits_from_csv(_read(args.file))
+    judged_at = _judged_at(args.at)
     refused, ready = 0, []
     for entry in sheet:
         rows = f"row {entry.rows[0]}" if len(entry.rows) == 1 else f"rows {entry.rows[0]}-{entry.rows[-1]}"
@@ -155,7 +156,7 @@ def cmd_from_csv(args) -> int:
             refused += 1
             print(f"{entry.number or '?'} ({rows}): {entry.error.code.name}: {entry.error.detail}", file=sys.stderr)
             continue
-        problems = validate(entry.permit, **_judged_at(args.at))
+        problems = validate(entry.permit, **judged_at)
         for p in problems:
             print(f"{entry.number} ({rows}): {p.severity.value.lower()}: {p.code} at {p.path}: {p.message}", file=sys.stderr)
         if any(p.severity is Severity.ERROR for p in problems):

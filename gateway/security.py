@@ -42,7 +42,7 @@ class Security:
                     trust.add(agreement.party, cert)
         return cls.from_parts(
             party=party, signer=Signer(identity), trust=trust, certificate_pem=identity.cert_pem,
-            previous_certificates=tuple(keys.previous_certificates(party)),
+            previous_certificates=keys.previous_certificates(party),
         )  # fmt: skip
 
     @classmethod

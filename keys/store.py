@@ -221,7 +221,7 @@ class KeyStore:
         return self.init_party(party, algorithm, passphrase, ca, overwrite=True)
 
     def previous_certificates(self, party: str) -> list[x509.Certificate]:
-        """The certificates ``party`` signed with before (``previous/*.pem``), oldest file name first."""
+        """The certificates ``party`` signed with before (``previous/*.pem``, named by fingerprint)."""
         archive = self.previous_dir(party)
         if not archive.is_dir():
             return []

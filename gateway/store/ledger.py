@@ -491,6 +491,12 @@ SAVE_TRUST_MARK = """
     ON CONFLICT (party) DO UPDATE SET fingerprint = excluded.fingerprint, recorded_at = excluded.recorded_at
 """
 DELETE_TRUST_MARK = "DELETE FROM trust_marks WHERE party = $1"
+
+
+def trust_changes(marks: Mapping[str, str], held: Mapping[str, str]) -> list[tuple[str, str | None]]:
+    """(party, its new mark, or None where it is no longer trusted) for every party whose mark
+    differs from the one the store holds, a party new to either side included."""
+    return [(p, marks.get(p)) for p in sorted(set(marks) | set(held)) if marks.get(p) != held.get(p)]
 # One statement for a verdict: the latest version held (the order get_permit_versions gives,
 # read from the primary key index alone: the version first, then the direction within it, which
 # spares SQLite a sort of "version DESC, direction ASC"), its check, its balance rows (one result

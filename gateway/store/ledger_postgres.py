@@ -167,9 +167,7 @@ class PostgresLedger(CustomsLedger):
 
     async def recheck_permits(self, issuer: str | None = None) -> int:
         async with self.pool.acquire() as conn, conn.transaction():
-            await conn.execute(lq.RECHECK_DROP, issuer)
-            await conn.execute(lq.RECHECK_QUEUE, issuer)
-            return await conn.fetchval(lq.RECHECK_COUNT, issuer)
+            return await _recheck(conn, issuer)
 
     async def retrust(self, marks: Mapping[str, str], *, now: datetime) -> dict[str, int]:
         queued = {}
@@ -178,16 +176,12 @@ class PostgresLedger(CustomsLedger):
             # database waits here, then finds the marks already in step.
             await conn.execute("LOCK TABLE trust_marks IN EXCLUSIVE MODE")
             held = {r["party"]: r["fingerprint"] for r in await conn.fetch(lq.SELECT_TRUST_MARKS)}
-            for party in sorted(set(marks) | set(held)):
-                if marks.get(party) == held.get(party):
-                    continue
-                await conn.execute(lq.RECHECK_DROP, party)
-                await conn.execute(lq.RECHECK_QUEUE, party)
-                queued[party] = await conn.fetchval(lq.RECHECK_COUNT, party)
-                if party in marks:
-                    await conn.execute(lq.SAVE_TRUST_MARK, party, marks[party], as_utc(now))
-                else:
+            for party, mark in lq.trust_changes(marks, held):
+                queued[party] = await _recheck(conn, party)
+                if mark is None:
                     await conn.execute(lq.DELETE_TRUST_MARK, party)
+                else:
+                    await conn.execute(lq.SAVE_TRUST_MARK, party, mark, as_utc(now))
         return queued
 
     async def permits_created_between(self, start: datetime, end: datetime) -> list[PermitRecord]:
@@ -288,3 +282,10 @@ async def _apply_endorsement(conn, request: WriteOffRequest, message_id: str, re
             )
         after = rules.record_actual(before, fresh)
     await _save_balances(conn, request.issuer, request.number, before, after, now)
+
+
+async def _recheck(conn: asyncpg.Connection, issuer: str | None) -> int:
+    """``recheck_permits`` inside the caller's transaction."""
+    await conn.execute(lq.RECHECK_DROP, issuer)
+    await conn.execute(lq.RECHECK_QUEUE, issuer)
+    return await conn.fetchval(lq.RECHECK_COUNT, issuer)

@@ -156,16 +156,13 @@ def _recheck(conn: sqlite3.Connection, issuer: str | None) -> int:
 
 
 def _retrust(conn: sqlite3.Connection, marks: dict[str, str], now: str) -> dict[str, int]:
-    held = dict(conn.execute(_sql(lq.SELECT_TRUST_MARKS)).fetchall())
     queued = {}
-    for party in sorted(set(marks) | set(held)):
-        if marks.get(party) == held.get(party):
-            continue
+    for party, mark in lq.trust_changes(marks, dict(conn.execute(_sql(lq.SELECT_TRUST_MARKS)).fetchall())):
         queued[party] = _recheck(conn, party)
-        if party in marks:
-            conn.execute(_sql(lq.SAVE_TRUST_MARK), (party, marks[party], now))
-        else:
+        if mark is None:
             conn.execute(_sql(lq.DELETE_TRUST_MARK), (party,))
+        else:
+            conn.execute(_sql(lq.SAVE_TRUST_MARK), (party, mark, now))
     return queued
 
 

@@ -43,24 +43,22 @@ async def rabbit(tmp_path):
         await delete_everything(prefix)
 
 
-async def consumers(name: str) -> int:
+async def _declared(name: str):
+    """The broker's count of the queue's messages and consumers, as a passive declare returns it."""
     connection = await aio_pika.connect(AMQP_URL)
     try:
         channel = await connection.channel()
-        queue = await channel.declare_queue(name, passive=True)
-        return queue.declaration_result.consumer_count
+        return (await channel.declare_queue(name, passive=True)).declaration_result
     finally:
         await connection.close()
 
 
 async def queue_depth(name: str) -> int:
-    connection = await aio_pika.connect(AMQP_URL)
-    try:
-        channel = await connection.channel()
-        queue = await channel.declare_queue(name, passive=True)
-        return queue.declaration_result.message_count
-    finally:
-        await connection.close()
+    return (await _declared(name)).message_count
+
+
+async def consumers(name: str) -> int:
+    return (await _declared(name)).consumer_count
 
 
 async def test_the_relay_marks_a_message_published_only_once_the_broker_confirmed_it(rabbit):
