@@ -217,10 +217,11 @@ def cmd_serve(args) -> int:
     from gateway.config import load_config
     from gateway.logs import configure_logging
 
-    from gateway.eventloop import new_event_loop
+    from gateway.eventloop import new_event_loop, tune_collector
 
     configure_logging(level=args.log_level, json=args.log_json, cache=True)
     config = load_config(Path(args.config))
+    tune_collector()
     loop = new_event_loop(args.loop)
     web.run_app(create_app(config), host=config.host, port=config.port, print=None, shutdown_timeout=5, loop=loop)
     return EXIT_OK

@@ -34,7 +34,7 @@ from gateway.config import GatewayConfig, Token
 from gateway.customs.checks import CheckFacts, exporter_key, make_check, permit_json
 from gateway.customs.config import CustomsConfig, covers_country, covers_office, single_office
 from gateway.customs.verification import Facts, Verdict, judge
-from gateway.ids import new_uuid
+from gateway.ids import new_uuid, new_uuid7
 from gateway.logs import get_logger
 from gateway.outbound import DOCUMENT_TYPE, conversation_id
 from gateway.security import Security
@@ -286,7 +286,7 @@ class CustomsService:
                 risk = assess(facts.risk, context, self.customs.risk, key=f"{issuer}/{number}")  # type: ignore[arg-type]
         verdict, reasons = judge(verdict_facts)
         result = VerificationResult(
-            new_uuid(), verdict, reasons, now, issuer, number, held, balances, signature, risk, check, facts
+            new_uuid7(), verdict, reasons, now, issuer, number, held, balances, signature, risk, check, facts
         )
         await self.audit.append(
             VerificationRecord(

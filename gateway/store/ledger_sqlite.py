@@ -78,7 +78,7 @@ class SqliteLedger(CustomsLedger):
             rows = json.dumps(
                 [(v.id, v.issuer, v.number, v.verdict, v.reasons, v.principal, v.office, int(v.stamp_given), s._enc(v.at)) for v in records]
             )
-            await self._write(s._rowcount, _INSERT_VERIFICATIONS, (rows,))
+            await self._write_off_loop(s._rowcount, _INSERT_VERIFICATIONS, (rows,))
 
     async def list_verifications(self, issuer: str, number: str, *, limit: int = 100) -> list[VerificationRecord]:
         rows = await self._read(s._fetchall, _sql(lq.SELECT_VERIFICATIONS), (issuer, number, limit))

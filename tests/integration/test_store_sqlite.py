@@ -99,3 +99,45 @@ async def test_a_write_lock_held_by_another_process_is_waited_for_off_the_loop(s
     other.close()
     (held,) = await asyncio.wait_for(write, timeout=30)
     assert held.status is MessageStatus.SEND_ENQUEUED
+
+
+def _verification(vid: str):
+    from gateway.store.ledger import VerificationRecord
+
+    return VerificationRecord(vid, "CH", "P-1", "VALID", ("ok",), "customs-fr", None, False, T0)
+
+
+async def test_audit_batches_alone_run_on_the_writers_thread_and_mixed_batches_on_the_loop(store, monkeypatch):
+    threads: list[list[str]] = []
+    real = sqlite_store._run_jobs
+
+    def recorded(conn, jobs):
+        threads.append([threading.current_thread().name, len(jobs)])
+        return real(conn, jobs)
+
+    monkeypatch.setattr(sqlite_store, "_run_jobs", recorded)
+    await store.record_verifications([_verification("v-1"), _verification("v-2")])
+    async with store._write_lock:  # both queue up and are committed in one batch
+        audit = asyncio.create_task(store.record_verifications([_verification("v-3")]))
+        accepted = asyncio.create_task(accept(store, permit("P-1")))
+        await _queued(store, 2)
+    await audit
+    await accepted
+
+    loop_thread = threading.current_thread().name
+    assert threads[0][0].startswith("epix-sqlite-writer") and threads[0][1] == 1
+    assert threads[1] == [loop_thread, 2]
+    assert [v.id for v in await store.list_verifications("CH", "P-1")] == ["v-3", "v-2", "v-1"]  # same time: by id
+    assert len(await store.get_permit_versions("CH", "P-1")) == 1
+
+
+async def test_a_refused_audit_batch_writes_none_of_its_rows_and_the_next_write_goes_through(store):
+    import sqlite3
+
+    await store.record_verifications([_verification("v-1")])
+    with pytest.raises(sqlite3.IntegrityError, match="append-only"):  # v-1 again: an audit row is never replaced
+        await store.record_verifications([_verification("v-2"), _verification("v-1")])
+
+    assert [v.id for v in await store.list_verifications("CH", "P-1")] == ["v-1"]
+    await store.record_verifications([_verification("v-2")])
+    assert {v.id for v in await store.list_verifications("CH", "P-1")} == {"v-1", "v-2"}
