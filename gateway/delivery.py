@@ -153,6 +153,16 @@ class DeliveryWorker:
         route_agreement = self.config.agreements.get(message.via or message.receiver)
         if not route_agreement.endpoint:
             raise _Outcome(ErrorCode.CONFIG_INVALID, f"No endpoint to reach {message.receiver}.", retryable=False)
+        unusable = self.security.unusable(datetime.now(timezone.utc))
+        if unusable is not None:
+            # The partner would refuse the envelope's signature (as final, for an expired
+            # certificate): not sent, and the reason given is ours, not the partner's.
+            raise _Outcome(
+                ErrorCode.SIGNING_CERT_UNUSABLE,
+                f"not sent: this gateway's signing certificate cannot be used now: {unusable.detail} "
+                "Install a renewed certificate, restart, and retry the message.",
+                retryable=True,
+            )
         header = header_of(message)
         # A message this gateway did not originate is one it relays as a hub: the envelope says so.
         relayed_by = None if message.sender == self.config.party else self.config.party

@@ -258,6 +258,9 @@ class HubDesk:
             if agreement.role != "ma":
                 raise EpixError(ErrorCode.FORBIDDEN, f"{member} is not a member of hub {self.config.party}.")
             verified = self.security.verify(body, member)
+            # Every answer is signed: with an ended certificate the member would refuse it, so
+            # the desk answers 503 and changes nothing until the certificate is renewed.
+            self.security.require_usable(_now())
             return await handler(member, verified.signed_root, body)
         except EpixError as exc:
             return self.refuse(exc, member)

@@ -127,6 +127,7 @@ class InboundService:
     async def _accept(self, env: Envelope) -> Answer:
         h = env.header
         if h.receiver != self.config.party and self.relay is not None and env.relayed_by is None:
+            self.security.require_usable(datetime.now(timezone.utc))  # the hub's receipt, and its relay's hop signature
             receipt = await self.relay.accept(env)
             return Answer(200, receipt, h.message_id)
         if h.receiver != self.config.party:

@@ -63,18 +63,25 @@ class Security:
         rows = [("signing", self.party, self.certificate)]
         return rows + [("pinned", party, cert) for party in self.trust.parties() for cert in self.trust.certificates_for(party)]
 
-    def require_usable(self, now: datetime) -> None:
-        """Refuse work whose signature partners would refuse: this gateway's own certificate
-        outside its validity (``SIGNING_CERT_UNUSABLE``, naming the window)."""
+    def unusable(self, now: datetime) -> EpixError | None:
+        """Why this gateway's own certificate cannot sign now (outside its validity), or None."""
         try:
             check_validity(self.certificate, now)
         except EpixError as exc:
+            return exc
+        return None
+
+    def require_usable(self, now: datetime) -> None:
+        """Refuse work whose signature partners would refuse: this gateway's own certificate
+        outside its validity (``SIGNING_CERT_UNUSABLE``, naming the window)."""
+        exc = self.unusable(now)
+        if exc is not None:
             raise EpixError(
                 ErrorCode.SIGNING_CERT_UNUSABLE,
                 f"This gateway's signing certificate cannot be used now: {exc.detail} Nothing was stored; "
                 "the operator must install a renewed certificate and restart the gateway.",
                 **exc.context,
-            ) from None
+            )
 
     def sign(self, data, *, serialised: bytes | None = None) -> bytes:
         return self.signer.sign(data, serialised=serialised)

@@ -9,7 +9,7 @@ import asyncio
 import random
 import time
 import uuid
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 
 import pytest
 
@@ -294,3 +294,32 @@ async def test_unreachable_member_ends_as_failed_delivery_for_the_sender(hubnet)
     assert parked.attempts == 3
     report = await _report(c, message_id, {"FailedDelivery"})
     assert "parked" in report.detail
+
+
+async def test_a_hub_whose_certificate_ended_takes_nothing_and_signs_nothing(hubnet, tmp_path):
+    # Its receipts, hop signatures and desk answers would be refused by every member: it answers
+    # 503 SIGNING_CERT_UNUSABLE and holds nothing; the sender keeps the message, parked with the
+    # hub's answer, for its operator to send again once the hub is renewed.
+    c = hubnet
+    ends = datetime.now(timezone.utc).replace(microsecond=0) + timedelta(seconds=4)
+    short = KeyStore(tmp_path / "short").init_party("HUB", Algorithm.RSA2048, ca=make_test_ca("short hub CA"), not_after=ends)
+    await c.install_certificate("HUB", short)
+    await asyncio.sleep(max(0.0, (ends - datetime.now(timezone.utc)).total_seconds()) + 1.1)
+
+    status, body = await c.submit(_permit("KE", 7))
+    assert status == 202, body
+    message_id = body["messages"][0]["message_id"]
+    parked = await c.wait_status("CH", message_id, {MessageStatus.SEND_FAILURE, MessageStatus.ACKNOWLEDGED})
+    assert parked.status is MessageStatus.SEND_FAILURE and "HTTP 503" in parked.last_error_detail, parked
+    assert await c.store("HUB").get_message(message_id) is None and await c.store("KE").get_message(message_id) is None
+
+    request = c.security("TZ").sign(build_hub_request(HubRequest("TZ", "HUB", "list", None, datetime.now(timezone.utc))))
+    status, answer = await _post(c, "HUB", PULL_PATH, request)
+    assert status == 503 and read_error(parse_xml(answer).getroot()).code == "SIGNING_CERT_UNUSABLE", answer
+
+    renewed = KeyStore(tmp_path / "renewed").init_party("HUB", Algorithm.RSA2048, ca=make_test_ca("renewed hub CA"))
+    await c.install_certificate("HUB", renewed)
+    status, body = await c.post_json("CH", f"/v1/messages/{message_id}/retry", operator=True)
+    assert status == 202, body
+    assert (await c.wait_status("CH", message_id, {MessageStatus.ACKNOWLEDGED})).via == "HUB"
+    await _wait(lambda: c.store("KE").get_message(message_id))

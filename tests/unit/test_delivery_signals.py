@@ -59,3 +59,19 @@ def test_a_refusal_that_could_not_name_the_message_is_taken(parties):
     worker = DeliveryWorker(net["CH"].config(), None, ch, None, Metrics("CH"))
     outcome = worker._rejection(_message("m-1"), _signal(fr, None), 400, "FR")
     assert outcome.code == "PERMIT_INVALID" and not outcome.retryable
+
+
+async def test_with_its_own_certificate_ended_the_sender_sends_nothing_and_says_why(parties, monkeypatch):
+    # The partner would answer CERT_EXPIRED, which is final: a message rejected for good for a
+    # certificate the operator renews tomorrow. Not sent instead, retryable, and the reason is ours.
+    # (http=None: any attempt to send would fail this test.)
+    from domain.errors import EpixError, ErrorCode
+    from gateway.delivery import _Outcome
+
+    net, ch, _ = parties
+    monkeypatch.setattr(ch, "unusable", lambda now: EpixError(ErrorCode.CERT_EXPIRED, "The signing certificate expired on 2026-12-01."))
+    worker = DeliveryWorker(net["CH"].config(), None, ch, None, Metrics("CH"))
+    with pytest.raises(_Outcome) as caught:
+        await worker._send(_message("m-1"))
+    assert (caught.value.code, caught.value.retryable) == ("SIGNING_CERT_UNUSABLE", True)
+    assert caught.value.detail.startswith("not sent:") and "expired on 2026-12-01" in caught.value.detail
