@@ -15,7 +15,9 @@ concurrent requests cost one fsync, not sixteen. A batch's statements run on the
 thread and only its COMMIT (the fsync) on the writer's own thread: statements are short CPU work
 in the C library, and on another thread each one would hand the GIL back and forth with a busy
 event loop (every hand-back can wait out the interpreter's 5 ms switch interval), which made a
-batch take tens of milliseconds. ``BEGIN IMMEDIATE`` serialises against other processes on the
+batch take tens of milliseconds. (The exception: a batch of nothing but single statements whose
+work is SQLite's own, the verification audit's, runs whole on the writer's thread; see
+``_write_off_loop``.) ``BEGIN IMMEDIATE`` serialises against other processes on the
 same file: it is tried at once, and only when another process holds the lock is it waited for
 (``busy_timeout``) on the writer's thread. The writer never checkpoints: SQLite's automatic
 checkpoint runs inside the COMMIT that crosses its threshold, copying megabytes into the
@@ -340,8 +342,9 @@ class SqliteStore(SqliteLedger, SqliteRetention, Store):
         """``_write`` for a single statement whose work is SQLite's own (a batch of audit rows
         inserted from one JSON text): a batch made only of such writes runs BEGIN, the statements
         and COMMIT on the writer's thread, where the sqlite3 module lets go of the GIL while
-        SQLite works, so the event loop goes on beside it. (Three GIL hand-backs per batch, not
-        one per Python-level step: what makes ordinary writes cheaper on the loop, see above.)"""
+        SQLite works, so the event loop goes on beside it. (Three GIL hand-backs per batch: BEGIN,
+        INSERT, COMMIT. Ordinary writes run many statements each, which is why they stay on the
+        loop; see the module's docstring.)"""
         return await self._queue_write(_Job(fn, args, asyncio.get_running_loop().create_future(), off_loop=True))
 
     async def _queue_write(self, job: _Job) -> Any:
@@ -366,8 +369,9 @@ class SqliteStore(SqliteLedger, SqliteRetention, Store):
         return await job.done
 
     async def _run_batch(self, batch: list[_Job]) -> None:
-        """BEGIN, the batch's statements here on the loop, COMMIT on the writer's thread; then
-        every caller in the batch hears how its write ended (none before the COMMIT returned)."""
+        """BEGIN, the batch's statements here on the loop, COMMIT on the writer's thread (all three
+        there for a batch of ``_write_off_loop`` writes only); then every caller in the batch hears
+        how its write ended (none before the COMMIT returned)."""
         try:
             jobs = [(j.fn, j.args) for j in batch]
             if all(j.off_loop for j in batch):
