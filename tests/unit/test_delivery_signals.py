@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 
 import pytest
 
@@ -75,3 +75,32 @@ async def test_with_its_own_certificate_ended_the_sender_sends_nothing_and_says_
         await worker._send(_message("m-1"))
     assert (caught.value.code, caught.value.retryable) == ("SIGNING_CERT_UNUSABLE", True)
     assert caught.value.detail.startswith("not sent:") and "expired on 2026-12-01" in caught.value.detail
+
+
+def _receipt(fr: Security, message: MessageRecord, received_at: datetime) -> bytes:
+    from adapters.exchange_xml import Receipt, receipt_xml
+
+    return fr.sign_template(receipt_xml(Receipt(message.message_id, "FR", "CH", received_at, message.payload_digest, "RECEIVED")))
+
+
+def test_a_receipt_signed_while_the_partners_certificate_was_valid_is_taken_after_it_ended(parties):
+    # A retry after a lost answer brings back the receipt FR stored then; its certificate has
+    # ended since. Judged at the time it was signed, within the message's life, it holds.
+    from dataclasses import replace
+
+    from gateway.delivery import _Outcome
+
+    net, ch, fr = parties
+    worker = DeliveryWorker(net["CH"].config(), None, ch, None, Metrics("CH"))
+    sent_at = datetime.now(timezone.utc)
+    message = replace(_message("m-1"), created_at=sent_at, payload_digest="sha256:" + "0" * 64)
+    after_end = fr.certificate.not_valid_after_utc + timedelta(days=1)
+    body = _receipt(fr, message, sent_at + timedelta(seconds=1))
+    assert worker._check_receipt(message, body, "FR", now=after_end) == body
+
+    # Not for a receipt claiming a time before the message existed, nor one claiming a time
+    # after the certificate ended (signed with an ended certificate).
+    for claimed in (sent_at - timedelta(days=1), fr.certificate.not_valid_after_utc + timedelta(hours=1)):
+        with pytest.raises(_Outcome) as caught:
+            worker._check_receipt(message, _receipt(fr, message, claimed), "FR", now=after_end)
+        assert caught.value.code == "RECEIPT_INVALID" and "CERT_EXPIRED" in caught.value.detail
