@@ -21,6 +21,7 @@ from lxml import etree
 from lxml.builder import ElementMaker
 
 from adapters.ns import EXCHANGE
+from adapters.xmlparse import parse_xml
 from domain.errors import EpixError, ErrorCode
 from domain.messages import Action, EnvelopeHeader
 from domain.model import EndorsedLine, Endorsement
@@ -390,6 +391,20 @@ def read_receipt(root: etree._Element) -> Receipt:
         payload_digest=_text(fields, "PayloadDigest", what),
         status=_text(fields, "Status", what),
     )
+
+
+def answer_signed_at(data: bytes) -> datetime | None:
+    """The time a partner's answer says it was made (a receipt's ReceivedAt, an error signal's
+    At), read without checking its signature; None when it is neither or is unreadable."""
+    try:
+        root = parse_xml(data).getroot()
+        if root.tag == _Q + "Receipt":
+            return read_receipt(root).received_at
+        if root.tag == _Q + "Error":
+            return read_error(root).at
+    except EpixError:
+        return None
+    return None
 
 
 def read_error(root: etree._Element) -> ErrorSignal:

@@ -191,7 +191,7 @@ class DeliveryWorker:
 
     def _check_receipt(self, message: MessageRecord, body: bytes, signer: str, *, now: datetime | None = None) -> bytes:
         try:
-            verified = self._verify_receipt(message, body, signer, now or datetime.now(timezone.utc))
+            verified = self.security.verify_answer(body, signer, earliest=self._earliest(message), now=now)
             receipt = read_receipt(verified.signed_root)
         except EpixError as exc:
             # A partner that answers 200 without a valid receipt may be mid-upgrade; try again.
@@ -204,28 +204,9 @@ class DeliveryWorker:
             )
         return body
 
-    def _verify_receipt(self, message: MessageRecord, body: bytes, signer: str, now: datetime):
-        """The receipt's signature, judged now; or, when the partner's certificate has ended since,
-        at the time the receipt says it was signed, if that lies within this message's life.
-
-        A partner answers a message it already holds with the receipt it stored then (the same id
-        again, the same receipt): after a lost answer, a retry can bring back a receipt signed
-        with a certificate that has ended since. Judged now, it would be refused on every retry,
-        even after the partner's renewal, and the message could never be acknowledged. The time
-        is the one the signature covers, and it cannot be earlier than the message itself."""
-        try:
-            return self.security.verify(body, signer, at=now)
-        except EpixError as exc:
-            if exc.code is not ErrorCode.CERT_EXPIRED:
-                raise
-            try:
-                signed_at = read_receipt(parse_xml(body).getroot()).received_at
-            except EpixError:
-                raise exc from None
-            earliest = message.created_at - timedelta(seconds=self.config.replay_window_s)
-            if not earliest <= signed_at <= now:
-                raise
-            return self.security.verify(body, signer, at=signed_at)
+    def _earliest(self, message: MessageRecord) -> datetime:
+        """The earliest time an answer to ``message`` can have been made (Security.verify_answer)."""
+        return message.created_at - timedelta(seconds=self.config.replay_window_s)
 
     def _rejection(self, message: MessageRecord, body: bytes, status: int, signer: str) -> _Outcome:
         try:

@@ -541,14 +541,15 @@ class TrackingPoller:
             self._next.pop(message.message_id, None)
         return record
 
-    def _checked(self, message: MessageRecord, report: DeliveryReport) -> tuple[str, str | None]:
+    def _checked(self, message: MessageRecord, report: DeliveryReport, *, now: datetime | None = None) -> tuple[str, str | None]:
         if report.status not in (DELIVERED, DELIVERED_WITH_WARNINGS, NOT_READABLE):
             return report.status, report.detail
         # The hub's word is not enough: the receiver's own signed answer must be inside.
         try:
             if not report.receiver_answer:
                 raise EpixError(ErrorCode.RECEIPT_INVALID, "no receiver answer inside")
-            root = self.security.verify(report.receiver_answer, message.receiver).signed_root
+            earliest = message.created_at - timedelta(seconds=self.config.replay_window_s)
+            root = self.security.verify_answer(report.receiver_answer, message.receiver, earliest=earliest, now=now).signed_root
             if report.status == NOT_READABLE:
                 signal = read_error(root)
                 if signal.message_id != message.message_id:

@@ -8,11 +8,11 @@ agreements (several per party during a key rollover).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timezone
 
 from cryptography import x509
 
-from adapters.exchange_xml import canonical_form
+from adapters.exchange_xml import answer_signed_at, canonical_form
 from domain.errors import EpixError, ErrorCode
 from keys.pki import load_certificates_pem, party_of
 from keys.store import KeyStore, TrustStore, check_validity
@@ -109,6 +109,28 @@ class Security:
                         signer=other,
                     ) from None
             raise
+
+    def verify_answer(self, data: bytes, party: str, *, earliest: datetime, now: datetime | None = None) -> Verified:
+        """``verify`` for a partner's answer to a message (a receipt or an error signal): as of now,
+        or, when the partner's certificate has ended since, as of the time the answer says it was
+        made, if that lies between ``earliest`` (the message's creation, less the replay window)
+        and now.
+
+        A partner answers a message it already holds with the answer it stored then (the same id
+        again, the same receipt), and a hub reports the receiver's answer as it came: it can be
+        signed with a certificate that has ended since. Judged now, it would be refused for good,
+        even after the partner's renewal, and the message could never be settled. The time is the
+        one the signature covers, and it cannot be earlier than the message itself."""
+        now = now or datetime.now(timezone.utc)
+        try:
+            return self.verify(data, party, at=now)
+        except EpixError as exc:
+            if exc.code is not ErrorCode.CERT_EXPIRED:
+                raise
+            signed_at = answer_signed_at(data)
+            if signed_at is None or not earliest <= signed_at <= now:
+                raise
+            return self.verify(data, party, at=signed_at)
 
     def _known_party_of_signature(self, data: bytes, claimed: str, at: datetime | None) -> str | None:
         try:

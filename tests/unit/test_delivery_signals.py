@@ -1,4 +1,4 @@
-"""How the sender reads a partner's signed error signal (gateway/delivery.py)."""
+"""How the sender reads a partner's signed answers (gateway/delivery.py, gateway/hub.py tracking): error signals, receipts signed before a certificate ended, and its own ended certificate."""
 
 from __future__ import annotations
 
@@ -104,3 +104,24 @@ def test_a_receipt_signed_while_the_partners_certificate_was_valid_is_taken_afte
         with pytest.raises(_Outcome) as caught:
             worker._check_receipt(message, _receipt(fr, message, claimed), "FR", now=after_end)
         assert caught.value.code == "RECEIPT_INVALID" and "CERT_EXPIRED" in caught.value.detail
+
+
+def test_a_hubs_report_of_a_receipt_signed_before_the_receivers_certificate_ended_counts(parties):
+    from dataclasses import replace
+
+    from adapters.exchange_xml import DeliveryReport
+    from gateway.hub import DELIVERED, PENDING, TrackingPoller
+
+    net, ch, fr = parties
+    poller = TrackingPoller(net["CH"].config(), None, ch, None)
+    sent_at = datetime.now(timezone.utc)
+    message = replace(_message("m-1"), created_at=sent_at, payload_digest="sha256:" + "0" * 64, via="HUB")
+    after_end = fr.certificate.not_valid_after_utc + timedelta(days=1)
+
+    def report(received_at: datetime) -> DeliveryReport:
+        return DeliveryReport("m-1", "HUB", "CH", "FR", DELIVERED, sent_at, receiver_answer=_receipt(fr, message, received_at))
+
+    status, detail = poller._checked(message, report(sent_at + timedelta(seconds=1)), now=after_end)
+    assert status == DELIVERED and "signed receipt from FR verified" in detail
+    status, detail = poller._checked(message, report(sent_at - timedelta(days=1)), now=after_end)
+    assert status == PENDING and "CERT_EXPIRED" in detail
