@@ -136,10 +136,9 @@ class InboundService:
                 f"The message is addressed to {h.receiver}, but this gateway is {self.config.party}.",
                 message_id=h.message_id,
             )
-        existing = await self.store.get_message(h.message_id)
+        existing, alias = await self.store.find_received(h.message_id)
         if existing is not None:
             return await self._duplicate(existing, env)
-        alias = await self.store.get_alias(h.message_id)
         if alias is not None:
             return self._resent(alias, env)
         now = datetime.now(timezone.utc)

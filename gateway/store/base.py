@@ -433,6 +433,15 @@ class Store(CustomsLedger, Retention, ABC):
     @abstractmethod
     async def get_alias(self, message_id: str) -> MessageAlias | None: ...
 
+    async def find_received(self, message_id: str) -> tuple[MessageRecord | None, MessageAlias | None]:
+        """What a partner's message id already stands for here: the message held under it, else
+        the alias it was recorded as (its content held under another id), else neither. A store
+        with round trips to save answers both in one."""
+        message = await self.get_message(message_id)
+        if message is not None:
+            return message, None
+        return None, await self.get_alias(message_id)
+
     @abstractmethod
     async def list_messages(self, f: MessageFilter) -> list[MessageRecord]:
         """Newest first, keyset-paginated (see MessageFilter.before / before_id)."""

@@ -328,6 +328,13 @@ class PostgresStore(PostgresLedger, PostgresRetention, Store):
         row = await self.pool.fetchrow(q.SELECT_ALIAS, message_id)
         return None if row is None else q.alias_from_row(row, _dec)
 
+    async def find_received(self, message_id: str) -> tuple[MessageRecord | None, MessageAlias | None]:
+        row = await self.pool.fetchrow(q.SELECT_RECEIVED, message_id)
+        n = q.MESSAGE_COLUMN_COUNT
+        if row[0] is not None:
+            return q.message_from_row(row[:n], _dec), None
+        return None, None if row[n] is None else q.alias_from_row(row[n:], _dec)
+
     async def list_messages(self, f: MessageFilter) -> list[MessageRecord]:
         check_page(f)
         sql, args = q.list_query(

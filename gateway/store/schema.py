@@ -345,6 +345,15 @@ UPDATE_PERMIT_STATUS = """
       AND version = (SELECT MAX(version) FROM permits WHERE issuer = $1 AND number = $2)
 """
 SELECT_MESSAGE = f"SELECT {MESSAGE_COLUMNS} FROM messages WHERE message_id = $1"
+# PostgreSQL: a message and an alias held under one id, in one round trip (Store.find_received).
+SELECT_RECEIVED = f"""
+    SELECT {", ".join("m." + c.strip() for c in MESSAGE_COLUMNS.split(","))},
+           {", ".join("a." + c.strip() for c in ALIAS_COLUMNS.split(","))}
+    FROM (SELECT $1::text AS id) k
+    LEFT JOIN messages m ON m.message_id = k.id
+    LEFT JOIN message_aliases a ON a.message_id = k.id
+"""
+MESSAGE_COLUMN_COUNT = len(MESSAGE_COLUMNS.split(","))
 SELECT_STATUS = "SELECT status FROM messages WHERE message_id = $1"
 SELECT_VERSION_MESSAGES = f"""
     SELECT {MESSAGE_COLUMNS} FROM messages

@@ -155,6 +155,10 @@ async def test_an_id_resent_under_goes_with_the_message_it_names(store, clock):
     other = MessageAlias("resent-2", "FR", kept, "sha256:" + "2" * 64, b"<Receipt n='3'/>", T0)
     await store.record_alias(other)
     assert await store.get_alias("never-sent") is None
+    # What an incoming id stands for, as the inbound path asks it (one round trip on PostgreSQL).
+    assert await store.find_received(kept) == (await store.get_message(kept), None)
+    assert await store.find_received("resent-2") == (None, other)
+    assert await store.find_received("never-sent") == (None, None)
     clock.advance(400 * DAY)
 
     await store.purge(Cutoffs(messages=clock() - timedelta(days=365)), actor="test")
