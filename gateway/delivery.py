@@ -113,7 +113,9 @@ class DeliveryWorker:
             message.message_id,
             MessageStatus.ACKNOWLEDGED,
             actor=self.actor,
-            detail=f"signed receipt from {message.receiver} (attempt {attempt})",
+            # Through a hub, the receipt is the hub's (pending delivery); the receiver's own comes
+            # back later in the hub's delivery report.
+            detail=f"signed receipt from {message.via or message.receiver} (attempt {attempt})",
             receipt=receipt,
             increment_attempts=True,
         )

@@ -125,6 +125,8 @@ async def test_direct_and_via_hub_in_one_network(hubnet):
     status, view = await c.get("CH", f"/v1/messages/{to_ke}")
     assert status == 200
     assert any("HUB reports Delivered" in (e["detail"] or "") for e in view["events"])
+    acked = next(e for e in view["events"] if e["status"] == "ACKNOWLEDGED")
+    assert acked["detail"].startswith("signed receipt from HUB"), acked  # the hub's, not yet KE's
     assert view["via"] == "HUB" and view["delivery"]["status"] == "Delivered" and view["delivery"]["reported_by"] == "HUB"
 
 
