@@ -145,7 +145,7 @@ def build_store(path: Path, size: int, templates, marks: dict[str, str], log: Ca
             digest = hashlib.sha256(xml_i).hexdigest()
             now = enc(check.checked_at)
             permits.append(("CH", number, 1, "inbound", "VALID", js.replace(placeholder, number.encode()), xml_i, digest, "CH", None, None, now))
-            c = replace(check, number=number, digest=digest, facts=check.facts.replace(PLACEHOLDER, number))
+            c = check._replace(number=number, digest=digest, facts=check.facts.replace(PLACEHOLDER, number))
             checks.append(lq.check_values(c, enc, b"", b"")[:18] + ("VALID", None))
             if i % 10 == 0:
                 item, permitted, unit = _first_line(c)

@@ -18,7 +18,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
-from typing import Any
+from typing import Any, NamedTuple
 
 from domain import validity
 from domain.errors import EpixError, ErrorCode
@@ -65,23 +65,20 @@ class Declared:
     species: tuple[str, ...] = ()  # scientific names declared
 
 
-@dataclass(frozen=True, slots=True)
-class RiskContext:
+class RiskContext(NamedTuple):
     today: datetime
     balances: tuple[Balance, ...] = ()
     first_shipment: bool | None = None  # None: unknown (not counted)
     declared: Declared | None = None
 
 
-@dataclass(frozen=True, slots=True)
-class Reason:
+class Reason(NamedTuple):
     rule: str
     points: int
     sentence: str
 
 
-@dataclass(frozen=True, slots=True)
-class Assessment:
+class Assessment(NamedTuple):
     score: int
     channel: str
     reasons: tuple[Reason, ...]

@@ -178,6 +178,7 @@ MAX_NUMBER_LENGTH = 64
 # surrogates (not UTF-8) and line or paragraph separators. Spaces other than U+0020 (no-break,
 # thin ...) look like a space but an officer typing the number types U+0020.
 _INVISIBLE = frozenset({"Cc", "Cf", "Cs", "Zl", "Zp"})
+_PLAIN_IDENTIFIER = re.compile(r"[!-~]+(?: [!-~]+)*")  # visible ASCII, single spaces between
 MAX_TEXT = 512  # the exchange protocol's ex:Text
 _NOT_XML = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ud800-\udfff\ufffe\uffff]")  # XML 1.0 "Char" excludes these
 _TYPE_NAMES = MappingProxyType(
@@ -332,6 +333,8 @@ def identifier_problems(value: object, what: str) -> list[str]:
     as one URL path segment, so they obey the same rule."""
     if not isinstance(value, str):
         return [f"{what} {value!r} is not text."]
+    if len(value) <= MAX_NUMBER_LENGTH and _PLAIN_IDENTIFIER.fullmatch(value) and value not in (".", ".."):
+        return []  # the usual case, asked of every permit number in a URL: nothing below can apply
     out: list[str] = []
     if len(value) > MAX_NUMBER_LENGTH:
         out.append(f"{what} has {len(value)} characters; partners accept at most {MAX_NUMBER_LENGTH}.")

@@ -95,15 +95,14 @@ def is_public(resource: web.AbstractResource | None) -> bool:
     return canonical in PUBLIC_ROUTES or canonical.startswith(PUBLIC_PREFIX)
 
 
-async def _public(request: web.Request) -> bool:
-    """Decided on the resource the router matched, never on the path's text: the router matches
-    ``path_safe`` (which keeps %2F and %25 encoded) while ``request.path`` is decoded in full, so
+async def _public_refusal(request: web.Request) -> bool:
+    """Whether a request the router refused asked a public path. Public routes are decided on the
+    resource the router matched, never on the path's text: the router matches ``path_safe``
+    (which keeps %2F and %25 encoded) while ``request.path`` is decoded in full, so
     "/exchange%2F../v1/messages" reads as an exchange path and matches nothing of the exchange
     API. What matched no route (404) needs a token like any other path; a public path asked with
     the wrong method (405) does not, so that a partner hears what it did wrong."""
     match = request.match_info
-    if match.http_exception is None:
-        return is_public(match.route.resource)
     if isinstance(match.http_exception, web.HTTPMethodNotAllowed):
         for resource in request.app.router.resources():
             if is_public(resource) and (await resource.resolve(request))[1]:
@@ -113,7 +112,8 @@ async def _public(request: web.Request) -> bool:
 
 @web.middleware
 async def authenticate(request: web.Request, handler):
-    if await _public(request):
+    match = request.match_info
+    if is_public(match.route.resource) if match.http_exception is None else await _public_refusal(request):
         return await handler(request)
     header = request.headers.get("Authorization", "")
     scheme, _, presented = header.partition(" ")

@@ -15,7 +15,7 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from decimal import Decimal
-from typing import Any, Callable
+from typing import Any, Callable, NamedTuple
 
 from adapters.exchange_xml import (
     EndorsementNotice,
@@ -66,8 +66,7 @@ def concerns(token: Token, countries: tuple[str | None, ...]) -> bool:
     return token.role == "operator" or any(covers_country(token.countries, c) for c in countries)
 
 
-@dataclass(frozen=True, slots=True)
-class SignatureCheck:
+class SignatureCheck(NamedTuple):
     ok: bool
     signer: str | None
     subject: str | None
@@ -91,8 +90,7 @@ class Held:
     permit: Permit
 
 
-@dataclass(frozen=True, slots=True)
-class VerificationResult:
+class VerificationResult(NamedTuple):
     id: str
     verdict: Verdict
     reasons: list[str]

@@ -10,9 +10,9 @@ answer explains itself even when several apply (expired *and* exhausted).
 from __future__ import annotations
 
 import hmac
-from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
+from typing import NamedTuple
 
 from domain import validity
 from domain.ledger import Balance
@@ -45,8 +45,7 @@ PRECEDENCE = (
 )
 
 
-@dataclass(frozen=True, slots=True)
-class Facts:
+class Facts(NamedTuple):
     issuer: str
     number: str
     found: bool

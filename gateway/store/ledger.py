@@ -18,7 +18,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
-from typing import TYPE_CHECKING, Any
+from typing import Any, NamedTuple, TYPE_CHECKING
 
 from domain.errors import EpixError, ErrorCode
 from domain.ledger import Balance, DrawLine
@@ -78,8 +78,7 @@ class WriteOffOutcome:
         return not self.new
 
 
-@dataclass(frozen=True, slots=True)
-class VerificationRecord:
+class VerificationRecord(NamedTuple):
     id: str
     issuer: str
     number: str
@@ -91,8 +90,7 @@ class VerificationRecord:
     at: datetime
 
 
-@dataclass(frozen=True, slots=True)
-class PermitCheck:
+class PermitCheck(NamedTuple):
     """What a verification needs of one stored permit version, worked out once from the record
     (parsed, its issuer's signature verified) and kept beside it, so that answering a customs
     officer reads one small row instead of parsing and verifying the permit again.
@@ -124,8 +122,7 @@ class PermitCheck:
     replaced_by: str | None = None
 
 
-@dataclass(frozen=True, slots=True)
-class VerificationFacts:
+class VerificationFacts(NamedTuple):
     """Everything a verdict depends on, read in one store call: the latest version held, its
     check (None: not worked out yet, or the record changed since), what is used per line, and
     whether the exporter has shipped before."""
