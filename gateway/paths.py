@@ -52,6 +52,8 @@ LIMIT_ONLY = frozenset(("limit",))  # the query a plain page takes
 
 def refuse_unknown_query(request: web.Request, allowed: frozenset[str], what: str) -> None:
     """A misspelt parameter would otherwise be ignored: a filter not applied, a stamp not checked."""
+    if not request.query_string:
+        return
     unknown = sorted(set(request.query) - allowed)
     if unknown:
         raise EpixError(
