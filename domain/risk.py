@@ -109,14 +109,15 @@ def assess(permit: Permit, context: RiskContext, rules: RiskRules, *, key: str) 
             found.append(("wild_source", f"Line {item.id} ({item.scientific_name}) is taken from the wild (source W)."))
         if item.scientific_name in rules.species_of_concern:
             found.append(("species_of_concern", f"Line {item.id}: {item.scientific_name} is on the list of species of concern."))
-    countries = {
-        "exporter": permit.exporter.address.country,
-        "importer": permit.importer.address.country,
-        **{f"origin of line {i.id}": i.origin_country for i in permit.items if i.origin_country},
-    }
-    for role, country in countries.items():
-        if country and country in rules.parties_of_concern:
-            found.append(("party_of_concern", f"The {role} country {country} is on the list of parties of concern."))
+    if rules.parties_of_concern:  # none listed (the default): no country can be one
+        countries = {
+            "exporter": permit.exporter.address.country,
+            "importer": permit.importer.address.country,
+            **{f"origin of line {i.id}": i.origin_country for i in permit.items if i.origin_country},
+        }
+        for role, country in countries.items():
+            if country and country in rules.parties_of_concern:
+                found.append(("party_of_concern", f"The {role} country {country} is on the list of parties of concern."))
     # Whole days in the permit's own offset, as box 2 is read (domain.validity): the time of day
     # its end carries is not when it stops being valid, so its last day counts in full.
     last_day = permit.valid_until.date()

@@ -147,15 +147,16 @@ class CheckFacts(NamedTuple):
         raw = json.loads(data)
         if not isinstance(raw, dict) or raw.get("layout") != FACTS_LAYOUT:
             return None
-        valid_from, valid_until = (datetime.fromisoformat(v) for v in raw["valid"])
+        valid = raw["valid"]
+        valid_from, valid_until = datetime.fromisoformat(valid[0]), datetime.fromisoformat(valid[1])
         exporter, importer, items = raw["risk"]
-        risk = RiskView(tuple(_Line(*i) for i in items), _Party(_Address(exporter)), _Party(_Address(importer)), valid_until)
-        countries = tuple(None if c == "-" else c for c in check.countries.split(" "))
+        risk = RiskView(tuple([_Line(*i) for i in items]), _Party(_Address(exporter)), _Party(_Address(importer)), valid_until)
+        countries = tuple([None if c == "-" else c for c in check.countries.split(" ")])
         return cls(valid_from, valid_until, raw["lines"], risk, countries, head, signer, line_parts)
 
     def balances(self, used: dict[str, Decimal]) -> tuple[ledger.Balance, ...]:
         zero = ledger.ZERO
-        return tuple(ledger.Balance(item, unit, Decimal(q), used.get(item, zero)) for item, q, unit in self.lines)
+        return tuple([ledger.Balance(item, unit, Decimal(q), used.get(item, zero)) for item, q, unit in self.lines])
 
 
 def permit_json(check: PermitCheck, facts: CheckFacts, balances: tuple[ledger.Balance, ...]) -> str:

@@ -43,6 +43,7 @@ PRECEDENCE = (
     Verdict.EXHAUSTED,
     Verdict.VALID,
 )
+_RANK = {verdict: rank for rank, verdict in enumerate(PRECEDENCE)}
 
 
 class Facts(NamedTuple):
@@ -92,5 +93,5 @@ def judge(f: Facts) -> tuple[Verdict, list[str]]:
         found.append((Verdict.VALID, f"Line(s) {', '.join(b.item_id for b in exhausted)} have nothing left."))
     if not any(v is not Verdict.VALID for v, _ in found):
         found.insert(0, (Verdict.VALID, f"Permit {key} is genuine, in force and has quantity left."))
-    found.sort(key=lambda vr: PRECEDENCE.index(vr[0]))
+    found.sort(key=lambda vr: _RANK[vr[0]])
     return found[0][0], [reason for _, reason in found]
