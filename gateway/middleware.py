@@ -113,7 +113,8 @@ async def _public_refusal(request: web.Request) -> bool:
 @web.middleware
 async def authenticate(request: web.Request, handler):
     match = request.match_info
-    if is_public(match.route.resource) if match.http_exception is None else await _public_refusal(request):
+    public = is_public(match.route.resource) if match.http_exception is None else await _public_refusal(request)
+    if public:
         return await handler(request)
     header = request.headers.get("Authorization", "")
     scheme, _, presented = header.partition(" ")

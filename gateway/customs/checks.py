@@ -147,8 +147,7 @@ class CheckFacts(NamedTuple):
         raw = json.loads(data)
         if not isinstance(raw, dict) or raw.get("layout") != FACTS_LAYOUT:
             return None
-        valid = raw["valid"]
-        valid_from, valid_until = datetime.fromisoformat(valid[0]), datetime.fromisoformat(valid[1])
+        valid_from, valid_until = map(datetime.fromisoformat, raw["valid"])
         exporter, importer, items = raw["risk"]
         risk = RiskView(tuple([_Line(*i) for i in items]), _Party(_Address(exporter)), _Party(_Address(importer)), valid_until)
         countries = tuple([None if c == "-" else c for c in check.countries.split(" ")])
