@@ -204,7 +204,11 @@ def issue_party_certificate(
 
 def party_of(cert: x509.Certificate) -> str | None:
     """The party a certificate was issued to (its ``EPIX-<party>`` organizationIdentifier), if any."""
-    for attribute in cert.subject.get_attributes_for_oid(NameOID.ORGANIZATION_IDENTIFIER):
+    try:
+        attributes = cert.subject.get_attributes_for_oid(NameOID.ORGANIZATION_IDENTIFIER)
+    except ValueError:  # a subject that cannot be decoded names no party (see describe)
+        return None
+    for attribute in attributes:
         value = attribute.value if isinstance(attribute.value, str) else attribute.value.decode("utf-8", "replace")
         if value.startswith(PARTY_ID_PREFIX):
             return value[len(PARTY_ID_PREFIX) :]
@@ -217,8 +221,14 @@ def fingerprint(cert: x509.Certificate) -> str:
 
 
 def describe(cert: x509.Certificate) -> str:
-    """A short, safe description of a certificate for error messages and logs (no key material)."""
-    return f"{cert.subject.rfc4514_string()} (serial {cert.serial_number:x}, sha256 {fingerprint(cert)[:16]}…)"
+    """A short, safe description of a certificate for error messages and logs (no key material).
+    A certificate's parts are decoded when first read: a subject altered in transit (one changed
+    byte of base64 in a KeyInfo can do it) raises then, and must not turn a refusal into a crash."""
+    try:
+        subject = cert.subject.rfc4514_string()
+    except ValueError:
+        subject = "(a subject that cannot be decoded)"
+    return f"{subject} (serial {cert.serial_number:x}, sha256 {fingerprint(cert)[:16]}…)"
 
 
 def cert_to_pem(cert: x509.Certificate) -> bytes:

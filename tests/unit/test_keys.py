@@ -85,6 +85,22 @@ def test_self_signed_party_certificate(p256_key):
     cert.verify_directly_issued_by(cert)
 
 
+def test_a_certificate_whose_subject_cannot_be_decoded_is_described_and_names_no_party(p256_key):
+    """One changed byte of a KeyInfo's base64 can leave a certificate that loads but whose subject
+    does not decode (cryptography decodes it when first read): a refusal must still be said."""
+    from keys.pki import describe
+
+    cert = issue_party_certificate("CH", p256_key)
+    der = cert.public_bytes(serialization.Encoding.DER)
+    subject = der.rindex(cert.subject.public_bytes())  # self-signed: the issuer's name comes first
+    country = der.index(b"\x13\x02CH", subject)  # its C=CH, a PrintableString
+    broken = x509.load_der_x509_certificate(der[:country] + b"\x00" + der[country + 1 :])  # C=CH's string tag, now none
+    with pytest.raises(ValueError):
+        broken.subject.rfc4514_string()
+    assert party_of(broken) is None
+    assert describe(broken).startswith("(a subject that cannot be decoded) (serial ")
+
+
 def test_validity_window_is_what_was_asked(p256_key):
     start, end = NOW - 10 * DAY, NOW - DAY
     cert = issue_party_certificate("CH", p256_key, not_before=start, not_after=end)
