@@ -16,6 +16,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal, InvalidOperation
+from typing import NamedTuple
 
 from domain import rules
 from domain.errors import EpixError, ErrorCode
@@ -26,9 +27,10 @@ MAX_LINES = 100  # a permit has a handful of lines; more in one request is a mis
 MAX_DECLARATION = rules.MAX_NUMBER_LENGTH
 
 
-@dataclass(frozen=True, slots=True)
-class Balance:
-    """One permit line: permitted (box 11), written off so far (box 14, summed), and what is left."""
+class Balance(NamedTuple):
+    """One permit line: permitted (box 11), written off so far (box 14, summed), and what is left.
+    (A named tuple: every verification makes one per line, and frozen dataclasses cost several
+    times as much to make.)"""
 
     item_id: str
     unit: str

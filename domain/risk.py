@@ -127,7 +127,6 @@ def assess(permit: Permit, context: RiskContext, rules: RiskRules, *, key: str) 
         found.append(("near_expiry", sentence))
     if context.first_shipment:
         found.append(("first_shipment", "No earlier shipment of this exporter is on record."))
-    by_item = {b.item_id: b for b in context.balances}
     declared = context.declared
     taking = {line.item_id: line.quantity for line in declared.lines} if declared else {}
     for b in context.balances:
@@ -143,9 +142,11 @@ def assess(permit: Permit, context: RiskContext, rules: RiskRules, *, key: str) 
                     ("near_balance", f"Line {b.item_id}: this declaration brings use to {after:.0%} of the permitted quantity.")
                 )
     if declared is not None:
+        by_item = {b.item_id: b for b in context.balances}
         found += [("declaration_mismatch", s) for s in _mismatches(permit, declared, by_item)]
-    reasons = tuple(Reason(rule, int(rules.weights.get(rule, 0)), sentence) for rule, sentence in found if rules.weights.get(rule, 0))
-    score = sum(r.points for r in reasons)
+    weights = rules.weights
+    reasons = tuple([Reason(rule, points, sentence) for rule, sentence in found if (points := int(weights.get(rule, 0)))])
+    score = sum([r.points for r in reasons])
     channel = "red" if score >= rules.red_at else "yellow" if score >= rules.yellow_at else "green"
     value = draw(rules.seed, key)
     selected = channel == "green" and value < rules.random_rate

@@ -13,6 +13,7 @@ import aiohttp
 from aiohttp import web
 
 from gateway import api_customs, api_exchange, api_local, api_ops, api_retention, appkeys, hub, tasks
+from gateway.collector import tuned_collector
 from gateway.config import GatewayConfig
 from gateway.customs import customs_resources
 from gateway.delivery import DeliveryWorker
@@ -46,6 +47,7 @@ def create_app(config: GatewayConfig, *, security: Security | None = None) -> we
     app.cleanup_ctx.append(customs_resources)  # after _resources: it uses the store and keys
     if config.retention.enabled and config.retention.interval_s > 0:
         app.cleanup_ctx.append(_retention)
+    app.cleanup_ctx.append(tuned_collector)  # last: it freezes what the others loaded
     return app
 
 

@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 from domain import ledger
 from domain.errors import EpixError, ErrorCode
 from domain.ledger import Balance, DrawLine, HeldWriteOff
+from domain.risk import CHANNELS, DEFAULT_WEIGHTS, Assessment, Reason
 from gateway.customs.verification import Facts, Verdict, judge
 from tests.strategies import permits
 
@@ -205,6 +206,19 @@ def test_the_check_shows_and_scores_the_permit_as_the_permit_itself(permit, used
     rules = RiskRules(species_of_concern=frozenset(i.scientific_name for i in permit.items[:1]), parties_of_concern=frozenset({"KE"}), random_rate=0.3)
     context = RiskContext(today=permit.valid_until - timedelta(days=days), balances=balances, first_shipment=first)
     assert assess(facts.risk, context, rules, key="k") == assess(permit, context, rules, key="k")
+
+
+@given(
+    reasons=st.lists(st.tuples(st.sampled_from(sorted(DEFAULT_WEIGHTS)), st.integers(0, 100), st.text()), max_size=4),
+    selected=st.booleans(), channel=st.sampled_from(CHANNELS),
+)  # fmt: skip
+def test_an_assessment_is_written_as_its_dict_says(reasons, selected, channel):
+    import json
+
+    from gateway.customs.service import assessment_json
+
+    a = Assessment(sum(points for _, points, _ in reasons), channel, tuple(Reason(*r) for r in reasons), selected, 0.25)
+    assert json.loads(assessment_json(a)) == a.to_dict()
 
 
 def test_a_check_in_another_layout_is_made_again():
