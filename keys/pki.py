@@ -204,11 +204,7 @@ def issue_party_certificate(
 
 def party_of(cert: x509.Certificate) -> str | None:
     """The party a certificate was issued to (its ``EPIX-<party>`` organizationIdentifier), if any."""
-    try:
-        attributes = cert.subject.get_attributes_for_oid(NameOID.ORGANIZATION_IDENTIFIER)
-    except ValueError:  # a subject that cannot be decoded names no party (see describe)
-        return None
-    for attribute in attributes:
+    for attribute in cert.subject.get_attributes_for_oid(NameOID.ORGANIZATION_IDENTIFIER):
         value = attribute.value if isinstance(attribute.value, str) else attribute.value.decode("utf-8", "replace")
         if value.startswith(PARTY_ID_PREFIX):
             return value[len(PARTY_ID_PREFIX) :]
@@ -221,14 +217,8 @@ def fingerprint(cert: x509.Certificate) -> str:
 
 
 def describe(cert: x509.Certificate) -> str:
-    """A short, safe description of a certificate for error messages and logs (no key material).
-    A certificate's parts are decoded when first read: a subject altered in transit (one changed
-    byte of base64 in a KeyInfo can do it) raises then, and must not turn a refusal into a crash."""
-    try:
-        subject = cert.subject.rfc4514_string()
-    except ValueError:
-        subject = "(a subject that cannot be decoded)"
-    return f"{subject} (serial {cert.serial_number:x}, sha256 {fingerprint(cert)[:16]}…)"
+    """A short, safe description of a certificate for error messages and logs (no key material)."""
+    return f"{cert.subject.rfc4514_string()} (serial {cert.serial_number:x}, sha256 {fingerprint(cert)[:16]}…)"
 
 
 def cert_to_pem(cert: x509.Certificate) -> bytes:
@@ -245,10 +235,19 @@ def key_to_pem(key: PrivateKey, passphrase: bytes | str | None = None) -> bytes:
     return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, encryption)
 
 
+def with_names_decoded(cert: x509.Certificate) -> x509.Certificate:
+    """``cert``, its subject and issuer decoded now. cryptography decodes them when first read, so
+    a certificate can load whose subject does not decode (one changed byte of a KeyInfo's base64
+    can do it); read later by whatever describes or trusts it, that would be a crash instead of a
+    refusal. Called where a certificate is read: it raises ValueError there."""
+    _ = (cert.subject, cert.issuer)
+    return cert
+
+
 def load_certificates_pem(data: bytes, *, source: str = "PEM data") -> list[x509.Certificate]:
     """Every certificate in a PEM blob; a blob with none or with a broken one is a ``KEY_ERROR``."""
     try:
-        certs = x509.load_pem_x509_certificates(data)
+        certs = [with_names_decoded(c) for c in x509.load_pem_x509_certificates(data)]
     except ValueError as exc:
         raise EpixError(ErrorCode.KEY_ERROR, f"{source} holds no readable PEM certificate ({exc}).", source=source) from None
     return certs

@@ -57,7 +57,7 @@ from lxml.builder import ElementMaker
 from adapters.ns import DS
 from adapters.xmlparse import DEFAULT_LIMITS, XmlLimits, parse_xml
 from domain.errors import EpixError, ErrorCode
-from keys.pki import Algorithm, describe, load_certificates_pem, party_of
+from keys.pki import Algorithm, describe, load_certificates_pem, party_of, with_names_decoded
 from keys.store import SigningIdentity, TrustStore, load_signing_identity_files
 
 ENVELOPED = "http://www.w3.org/2000/09/xmldsig#enveloped-signature"
@@ -305,7 +305,7 @@ def _unbase64(text: str) -> bytes:
 @lru_cache(maxsize=512)
 def _certificate_from_text(text: str) -> x509.Certificate:
     # Partners send the same few certificates over and over: decode and parse each one once.
-    return x509.load_der_x509_certificate(_unbase64(text))
+    return with_names_decoded(x509.load_der_x509_certificate(_unbase64(text)))
 
 
 class _PublicKey(NamedTuple):

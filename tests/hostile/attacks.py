@@ -203,6 +203,16 @@ def resign(signed: bytes, key, edit) -> bytes:
     return _out(root)
 
 
+def undecodable_subject(cert) -> bytes:
+    """``cert``'s DER with its subject's C=CH string untagged: it still loads (cryptography decodes
+    names when first read) but its subject does not decode, as one changed byte of a KeyInfo's
+    base64 can leave it."""
+    der = cert.public_bytes(Encoding.DER)
+    subject = der.rindex(cert.subject.public_bytes())  # self-signed: the issuer's name comes first
+    country = der.index(b"\x13\x02CH", subject)  # its C=CH, a PrintableString
+    return der[:country] + b"\x00" + der[country + 1 :]
+
+
 def graft_signature(signed: bytes, document: bytes) -> bytes:
     """``signed``'s Signature, untouched, appended to another (unsigned) document: its value still verifies."""
     start = signed.index(b"<ds:Signature")

@@ -363,6 +363,14 @@ def test_deliberately_stricter_than_signxml(party, name):
     assert code_of(party, data) is code
 
 
+def test_a_key_info_certificate_whose_subject_does_not_decode_is_not_readable(rsa_party):
+    """Refused as the certificate is read, before anything describes or trusts it (it was a crash)."""
+    signed = rsa_party.signer.sign(sample_permit_xml(seed=6))
+    certificate = base64.b64encode(attacks.undecodable_subject(rsa_party.cert)).decode()
+    changed = attacks.set_text(signed, "ds:Signature/ds:KeyInfo/ds:X509Data/ds:X509Certificate", certificate)
+    assert code_of(rsa_party, changed) is ErrorCode.CERT_INVALID
+
+
 # --------------------------------------------------------------------------- properties
 
 
