@@ -50,6 +50,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("-c", "--concurrency", type=int, help="e2e: concurrent clients at peak (default 32, --quick 16)")
     parser.add_argument(
+        "--workers", type=int,
+        help="e2e: worker processes per gateway (epix serve --workers; default: one per core)",
+    )  # fmt: skip
+    parser.add_argument(
         "--paths",
         default=",".join(e2e.PATHS),
         help="e2e: which paths, comma-separated, of %(default)s (direct: CH -> FR; rabbitmq: delivery queues on RabbitMQ; hub: CH -> HUB -> FR)",
@@ -90,6 +94,7 @@ def main(argv: list[str] | None = None) -> int:
                 pg_dsn=None if args.pg == "none" else args.pg,
                 amqp_url=None if args.amqp == "none" else args.amqp,
                 paths=paths,
+                workers=args.workers,
             )
             result = run(e2e.run(settings, log=_log))
             text = e2e.render(result)

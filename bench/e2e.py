@@ -31,8 +31,14 @@ envelope and permit; sender: receipt): ``floor = 1 / (3 t_sign + 3 t_verify)`` o
 each gateway on its own core the sender's share (2 signs + 1 verify) bounds the pair:
 ``floor_two_cores = 1 / (2 t_sign + t_verify)``. Both ratios are reported.
 
-Each gateway process's CPU time over a pass (``/proc/<pid>/stat``) is reported per delivered
-exchange: it does not depend on what else the machine runs, unlike throughput.
+Each gateway's CPU time over a pass (``/proc/<pid>/stat``, its worker processes included) is
+reported per delivered exchange: it does not depend on what else the machine runs, unlike
+throughput.
+
+``workers``: each gateway is ``epix serve --workers N`` (default: one per core, as README advises
+for a machine that runs nothing else). One process is one event loop on one core: with a single
+worker the sender's loop is the bottleneck while the other core idles (measured: 76-80% of the
+machine busy at peak), with one per core both cores are used. ``--workers 1`` measures one process.
 """
 
 from __future__ import annotations
@@ -87,6 +93,7 @@ class Settings:
     paths: tuple[str, ...] = PATHS
     floor_budget: Budget = FULL
     timeout_s: float = 300.0
+    workers: int = field(default_factory=lambda: os.cpu_count() or 1)
 
     @classmethod
     def quick(cls) -> Settings:
@@ -101,8 +108,11 @@ class Settings:
         amqp_url: str | None = None,
         paths: tuple[str, ...] | None = None,
         stores: tuple[str, ...] | None = None,
+        workers: int | None = None,
     ) -> Settings:
         changes: dict[str, Any] = {"pg_dsn": pg_dsn, "amqp_url": amqp_url}
+        if workers is not None:
+            changes["workers"] = workers
         if permits is not None:
             changes.update(permits=permits, paced_permits=max(1, permits // 2))
         if concurrency is not None:
@@ -232,13 +242,23 @@ async def _open_loop(http, url: str, token: str, subs: list[Submission], rate: f
 
 
 def _cpu_seconds(pid: int) -> float | None:
-    """User + system CPU time of a process so far (Linux /proc); None elsewhere."""
+    """User + system CPU time of a process and its children so far (Linux /proc); None elsewhere."""
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
         return None
     fields = stat.rsplit(")", 1)[1].split()  # after "pid (name)": state is field 3, utime 14, stime 15
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    own = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return own + sum(_cpu_seconds(child) or 0.0 for child in _children(pid))
+
+
+def _children(pid: int) -> list[int]:
+    """A supervisor's workers (``epix serve --workers N``)."""
+    found: list[int] = []
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        with contextlib.suppress(OSError, ValueError):
+            found += [int(c) for c in (task / "children").read_text().split()]
+    return found
 
 
 def _own_cpu_seconds() -> float:
@@ -249,13 +269,14 @@ def _own_cpu_seconds() -> float:
 class Served:
     """One gateway as its own ``epix serve --config`` process, logging JSON lines at INFO to a file."""
 
-    def __init__(self, node, log_path: Path) -> None:
+    def __init__(self, node, log_path: Path, workers: int = 1) -> None:
         self.node = node
         self.log_path = log_path
+        self.workers = workers
         self.proc: subprocess.Popen | None = None
 
     def command(self) -> list[str]:
-        args = ["serve", "--config", str(self.node.config_path), "--log-level", "INFO", "--log-json"]
+        args = ["serve", "--config", str(self.node.config_path), "--log-level", "INFO", "--log-json", "--workers", str(self.workers)]
         if EPIX.exists():
             return [str(EPIX), *args]
         return [sys.executable, "-m", "gateway.cli", *args]
@@ -604,7 +625,7 @@ async def run_path(path: str, kind: str, settings: Settings, floor: dict[str, An
                 hub=HUB if path == "hub" else None,
                 via={RECEIVER: HUB} if path == "hub" else None,
             )
-            served = {p: Served(net[p], Path(tmp) / f"{p}.log") for p in parties}
+            served = {p: Served(net[p], Path(tmp) / f"{p}.log", settings.workers) for p in parties}
             stores = []
             async with aiohttp.ClientSession() as http:
                 try:
@@ -732,7 +753,8 @@ def _cpu_cell(r: dict[str, Any]) -> str:
 def render(result: dict[str, Any]) -> str:
     floor = result["floor"]
     lines = [
-        "End to end, CH -> FR (direct, with RabbitMQ queues, via a hub), each gateway its own process on 127.0.0.1. "
+        "End to end, CH -> FR (direct, with RabbitMQ queues, via a hub), each gateway its own `epix serve` with "
+        f"{result['settings']['workers']} worker process(es) on 127.0.0.1. "
         f"Floor (RSA-2048): sign {floor['sign_ops_per_s']:,.0f}/s, verify {floor['verify_ops_per_s']:,.0f}/s -> "
         f"{floor['floor_exchanges_per_s']:,.1f} exchanges/s on one core (3 signs + 3 verifies), "
         f"{floor['floor_two_cores_exchanges_per_s']:,.1f}/s with each gateway on its own core (the sender's 2 signs + 1 verify)"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -10,6 +11,7 @@ from aiohttp import web
 
 from domain.errors import EpixError
 from gateway import appkeys
+from gateway.logs import WORKER_ENV
 
 routes = web.RouteTableDef()
 OPENAPI_PATH = Path(__file__).resolve().parent / "openapi.json"
@@ -17,7 +19,11 @@ OPENAPI_PATH = Path(__file__).resolve().parent / "openapi.json"
 
 @routes.get("/healthz")
 async def healthz(request: web.Request) -> web.Response:
-    return web.json_response({"status": "ok", "party": request.app[appkeys.CONFIG].party})
+    # Under `epix serve --workers N`, which worker answered (its index and process), else null.
+    worker = os.environ.get(WORKER_ENV)
+    return web.json_response(
+        {"status": "ok", "party": request.app[appkeys.CONFIG].party, "worker": None if worker is None else int(worker), "pid": os.getpid()}
+    )
 
 
 @routes.get("/readyz")

@@ -213,6 +213,7 @@ def cmd_verify(args) -> int:
 def cmd_serve(args) -> int:
     from aiohttp import web
 
+    from gateway import workers
     from gateway.app import create_app
     from gateway.config import load_config
     from gateway.logs import configure_logging
@@ -221,9 +222,27 @@ def cmd_serve(args) -> int:
 
     configure_logging(level=args.log_level, json=args.log_json, cache=True)
     config = load_config(Path(args.config))
+    if args.listen_fd is None:
+        try:
+            count = workers.resolve_count(args.workers, config.workers)
+        except ValueError as exc:
+            raise EpixError(ErrorCode.CONFIG_INVALID, str(exc)) from None
+        if count > 1:
+            try:
+                sock = workers.listening_socket(config.host, config.port)
+            except OSError as exc:
+                raise EpixError(ErrorCode.CONFIG_INVALID, exc.strerror or str(exc)) from None
+            argv = ["serve", "--config", str(args.config), "--log-level", args.log_level, "--loop", args.loop]
+            argv += ["--log-json"] if args.log_json else []
+            return workers.Supervisor(workers.worker_command(argv, sock.fileno()), count, sock).run()
     tune_collector()
     loop = new_event_loop(args.loop)
-    web.run_app(create_app(config), host=config.host, port=config.port, print=None, shutdown_timeout=5, loop=loop)
+    app = create_app(config)
+    if args.listen_fd is None:
+        web.run_app(app, host=config.host, port=config.port, print=None, shutdown_timeout=5, loop=loop)
+    else:  # a worker of a supervisor (gateway/workers.py)
+        workers.stop_with_parent(args.supervisor)
+        web.run_app(app, sock=workers.inherited_socket(args.listen_fd), print=None, shutdown_timeout=5, loop=loop)
     return EXIT_OK
 
 
@@ -363,6 +382,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--loop", choices=eventloop.CHOICES, default="auto",
         help="event loop: uvloop where installed (auto, the default), or asyncio's own",
     )  # fmt: skip
+    serve.add_argument(
+        "--workers", metavar="N|auto",
+        help="worker processes sharing the port (default: [gateway] workers, else 1; auto: one per core)",
+    )  # fmt: skip
+    serve.add_argument("--listen-fd", type=int, help=argparse.SUPPRESS)  # a worker's inherited socket
+    serve.add_argument("--supervisor", type=int, help=argparse.SUPPRESS)  # the worker's supervisor's pid
     serve.set_defaults(func=cmd_serve)
 
     demo = sub.add_parser("demo", help="national gateways, a regional hub, faults and customs on 127.0.0.1 exchanging permits, with a summary")

@@ -104,6 +104,7 @@ class GatewayConfig:
     role: str = "national"  # "national" or "hub"
     host: str = "127.0.0.1"
     port: int = 8440
+    workers: int = 1  # processes serving the port (gateway/workers.py)
     data_dir: Path = Path("data")
     store_url: str | None = None
     key_dir: Path | None = None
@@ -138,7 +139,7 @@ def _bad(source: str, sentence: str) -> EpixError:
 
 
 _GATEWAY_KEYS = {
-    "party", "role", "host", "port", "data_dir", "store_url", "agreements", "replay_window_s",
+    "party", "role", "host", "port", "workers", "data_dir", "store_url", "agreements", "replay_window_s",
     "max_body_bytes", "start_delivery",
 }
 
@@ -242,6 +243,7 @@ def parse_config(data: dict[str, Any], *, source: str = "config", base_dir: Path
         role=role,
         host=gw.get("host", "127.0.0.1"),
         port=int(gw.get("port", 8440)),
+        workers=_workers(gw.get("workers", 1), source),
         data_dir=path(gw.get("data_dir", "data")),
         store_url=store_url,
         key_dir=path(keys.get("dir")),
@@ -256,6 +258,14 @@ def parse_config(data: dict[str, Any], *, source: str = "config", base_dir: Path
         customs=customs,
         retention=_retention(data.get("retention", {}), source, replay_window_s=replay_window_s),
     )
+
+
+def _workers(raw: Any, source: str) -> int:
+    from gateway.workers import MAX_WORKERS
+
+    if isinstance(raw, bool) or not isinstance(raw, int) or not 1 <= raw <= MAX_WORKERS:
+        raise _bad(source, f"[gateway] workers must be a whole number from 1 to {MAX_WORKERS} (processes serving the port), not {raw!r}.")
+    return raw
 
 
 def _customs(raw: dict[str, Any] | None, source: str, base_dir: Path) -> "CustomsConfig":

@@ -7,19 +7,23 @@ Payloads, keys and passphrases are never passed to a logger: log calls take ids 
 from __future__ import annotations
 
 import logging
+import os
 import sys
 
 import structlog
 
 _configured = False
+WORKER_ENV = "EPIX_WORKER"  # a worker's index under ``epix serve --workers N`` (gateway/workers.py)
 
 
 def configure_logging(*, level: str = "INFO", json: bool = False, stream=None, cache: bool = False) -> None:
     """``cache``: each module's logger is assembled once, on its first call, instead of on every
     call (what a long-running service wants; tests that capture logs reconfigure, so not there)."""
     global _configured
+    worker = os.environ.get(WORKER_ENV)
     processors = [
         structlog.contextvars.merge_contextvars,
+        *([_add_worker(worker)] if worker is not None else []),
         structlog.processors.add_log_level,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
         structlog.processors.StackInfoRenderer(),
@@ -33,6 +37,14 @@ def configure_logging(*, level: str = "INFO", json: bool = False, stream=None, c
         cache_logger_on_first_use=cache,
     )
     _configured = True
+
+
+def _add_worker(worker: str):
+    def add(logger, method_name, event_dict):
+        event_dict.setdefault("worker", worker)
+        return event_dict
+
+    return add
 
 
 def get_logger(name: str):

@@ -1,8 +1,20 @@
-"""Prometheus metrics, one registry per app so that several gateways can share a process (demo, tests)."""
+"""Prometheus metrics, one registry per app so that several gateways can share a process (demo, tests).
+
+Under ``epix serve --workers N`` each worker counts in prometheus_client's multiprocess files
+(the supervisor sets PROMETHEUS_MULTIPROC_DIR before the worker imports prometheus_client), and
+whichever worker is scraped answers with the sum over all of them, workers started again included.
+"""
 
 from __future__ import annotations
 
+import os
+
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.multiprocess import MultiProcessCollector
+
+from gateway.logs import WORKER_ENV
+
+METRICS_ENV = "PROMETHEUS_MULTIPROC_DIR"  # prometheus_client's multiprocess mode
 
 
 class Metrics:
@@ -37,4 +49,8 @@ class Metrics:
         self.task_crashes.labels(task).inc()
 
     def render(self) -> bytes:
+        if os.environ.get(WORKER_ENV) is not None and os.environ.get(METRICS_ENV):
+            every_worker = CollectorRegistry()
+            MultiProcessCollector(every_worker)
+            return generate_latest(every_worker)
         return generate_latest(self.registry)

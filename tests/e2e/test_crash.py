@@ -9,71 +9,20 @@ accepted by CH must be held by FR exactly once, and every message must be ACKNOW
 from __future__ import annotations
 
 import asyncio
-import os
 import random
-import signal
-import subprocess
-import sys
 import time
 from collections import Counter
-from pathlib import Path
 
 import aiohttp
 import pytest
 
 from adapters.permit_json import permit_to_json
-from simulators.network import Network, Node, build_network
+from simulators.network import Network, build_network
 from simulators.samples import make_permit
+from tests.e2e.processes import Gateway
 from tests.rabbit import AMQP_URL, TcpProxy, delete_everything, require_rabbit, unique_prefix
 
-EPIX = str(Path(sys.executable).with_name("epix"))
 N = 120  # enough that a kill lands while messages are still in flight
-
-
-class Gateway:
-    """One ``epix serve`` process."""
-
-    def __init__(self, node: Node) -> None:
-        self.node = node
-        self.proc: subprocess.Popen | None = None
-        self.starts = 0
-
-    async def start(self, http: aiohttp.ClientSession) -> None:
-        self.starts += 1
-        with open(self.node.dir / f"serve-{self.starts}.log", "wb") as log:  # the child keeps its own copy
-            self.proc = subprocess.Popen(
-                [EPIX, "serve", "--config", str(self.node.config_path), "--log-level", "WARNING"],
-                stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"},
-            )  # fmt: skip
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            assert self.proc.poll() is None, f"{self.node.party} exited: {self.log_tail()}"
-            try:
-                async with http.get(f"{self.node.url}/readyz") as resp:
-                    if resp.status == 200:
-                        return
-            except aiohttp.ClientError:
-                pass
-            await asyncio.sleep(0.1)
-        raise AssertionError(f"{self.node.party} did not become ready: {self.log_tail()}")
-
-    def kill(self) -> None:
-        assert self.proc is not None
-        self.proc.send_signal(signal.SIGKILL)
-        self.proc.wait()
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-
-    def log_tail(self) -> str:
-        logs = sorted(self.node.dir.glob("serve-*.log"))
-        return logs[-1].read_text(errors="replace")[-3000:] if logs else ""
 
 
 class Run:

@@ -210,3 +210,13 @@ def test_the_customs_feed_bound_is_an_instant_with_its_offset_and_the_backfill_a
     ):
         with pytest.raises(EpixError, match=words):
             parse_customs(bad)
+
+
+def test_workers_default_to_one_and_a_bad_count_is_refused_naming_it():
+    assert parse_config({"gateway": {"party": "CH"}}).workers == 1
+    assert parse_config({"gateway": {"party": "CH", "workers": 4}}).workers == 4
+    for bad in (0, 65, "2", True, 1.5):
+        with pytest.raises(EpixError) as info:
+            parse_config({"gateway": {"party": "CH", "workers": bad}}, source="gateway.toml")
+        assert info.value.code is ErrorCode.CONFIG_INVALID
+        assert info.value.detail.startswith("gateway.toml: [gateway] workers must be a whole number from 1 to 64")
