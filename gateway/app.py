@@ -12,7 +12,7 @@ from typing import AsyncIterator
 import aiohttp
 from aiohttp import web
 
-from gateway import api_customs, api_exchange, api_local, api_ops, api_retention, appkeys, hub, tasks
+from gateway import api_customs, api_exchange, api_local, api_ops, api_retention, appkeys, hub, tasks, workers
 from gateway.collector import tuned_collector
 from gateway.config import GatewayConfig
 from gateway.customs import customs_resources
@@ -37,7 +37,7 @@ def create_app(config: GatewayConfig, *, security: Security | None = None) -> we
     app[appkeys.CONFIG] = config
     app[appkeys.METRICS] = Metrics(config.party)
     app.cleanup_ctx.append(_resources(security))
-    if config.webhook.url:
+    if config.webhook.url and workers.leads():
         app.cleanup_ctx.append(_webhook)
     app.add_routes(api_ops.routes)
     app.add_routes(api_local.routes)
@@ -45,7 +45,7 @@ def create_app(config: GatewayConfig, *, security: Security | None = None) -> we
     app.add_routes(api_customs.routes)
     app.add_routes(api_retention.routes)
     app.cleanup_ctx.append(customs_resources)  # after _resources: it uses the store and keys
-    if config.retention.enabled and config.retention.interval_s > 0:
+    if config.retention.enabled and config.retention.interval_s > 0 and workers.leads():
         app.cleanup_ctx.append(_retention)
     app.cleanup_ctx.append(tuned_collector)  # last: it freezes what the others loaded
     return app
@@ -79,7 +79,7 @@ def _resources(preloaded: Security | None):
         if config.start_delivery:
             background = tasks.start(
                 [(f"delivery-{config.party}", worker.run)]
-                + [(f"hub-{config.party}", loop) for loop in hub.background(config, store, security, http, app[appkeys.INBOUND])],
+                + [(f"hub-{config.party}", loop) for loop in hub.background(config, store, security, http, app[appkeys.INBOUND]) if workers.leads()],
                 on_crash=app[appkeys.METRICS].count_crash,
             )
         log.info(

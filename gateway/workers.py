@@ -8,6 +8,8 @@ connection to whichever worker accepts it first. The workers share nothing but t
 broker): everything a gateway keeps between requests lives there, and every background loop
 (delivery, hub, feed, retention) already takes its work by a claim or lease, as several instances
 on one PostgreSQL database do. Processes sharing one SQLite file take its write lock in turn.
+Every worker delivers (each takes what it accepted, and the rest by lease) and feeds customs (by
+turns); the loops one gateway needs once run in worker 0 only (``leads``).
 
 The supervisor forwards SIGTERM and SIGINT (each worker stops gracefully, handing back what it
 holds), starts a worker again when it dies (after 0.5 s, doubling to 30 s while it keeps dying
@@ -81,6 +83,14 @@ def listening_socket(host: str, port: int, *, wait_s: float = BIND_WAIT_S, backl
     sock.listen(backlog)
     sock.set_inheritable(True)
     return sock
+
+
+def leads() -> bool:
+    """Whether this process runs the background loops one gateway needs once: the only process,
+    or worker 0 of several. The webhook push keeps its retry state in memory and would post every
+    permit once per worker; the hub's pull and tracking and the customs checks would do the same
+    work twice (harmless: it is idempotent, but wasted); retention needs one runner."""
+    return os.environ.get(WORKER_ENV, "0") == "0"
 
 
 def inherited_socket(fd: int) -> socket.socket:

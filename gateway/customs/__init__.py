@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, AsyncIterator
 
 from aiohttp import web
 
-from gateway import appkeys, tasks
+from gateway import appkeys, tasks, workers
 from gateway.logs import get_logger
 
 if TYPE_CHECKING:
@@ -40,7 +40,7 @@ async def customs_resources(app: web.Application) -> AsyncIterator[None]:
     background = []
     # Precomputed checks only pay off where customs clients verify; without a customs token the
     # rare operator verification makes its check on demand, and the exchange path keeps its CPU.
-    if any(token.role == "customs" for token in app[appkeys.CONFIG].tokens):
+    if any(token.role == "customs" for token in app[appkeys.CONFIG].tokens) and workers.leads():
         background += tasks.start([(f"customs-checks-{party}", CheckWorker(service).run)], on_crash=app[appkeys.METRICS].count_crash)
     if service.customs.feed_enabled:
         feed = FeedWorker(service, app[appkeys.HTTP])

@@ -146,7 +146,7 @@ class PostgresLedger(CustomsLedger):
         return [lq.verification_from_row(r, _dec) for r in rows]
 
     async def verification_facts(self, issuer: str, number: str) -> VerificationFacts | None:
-        return lq.facts_from_rows(await self.pool.fetch(lq.SELECT_VERIFICATION_FACTS, issuer, number), _dec)
+        return lq.facts_from_row(await self.pool.fetchrow(lq.SELECT_VERIFICATION_FACTS_POSTGRES, issuer, number), _dec)
 
     async def save_permit_checks(self, checks: Sequence[tuple[PermitCheck, bytes, bytes]]) -> int:
         kept = 0

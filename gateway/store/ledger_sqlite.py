@@ -86,8 +86,7 @@ class SqliteLedger(CustomsLedger):
 
     async def verification_facts(self, issuer: str, number: str) -> VerificationFacts | None:
         # A bounded point read on the event loop's thread (see SqliteStore._read_now).
-        rows = self._read_now(s._fetchall, _sql(lq.SELECT_VERIFICATION_FACTS), (issuer, number))
-        return lq.facts_from_rows(rows, s._dec)
+        return lq.facts_from_row(self._read_now(s._fetchone, _SELECT_FACTS, (issuer, number)), s._dec)
 
     async def save_permit_checks(self, checks: Sequence[tuple[PermitCheck, bytes, bytes]]) -> int:
         if not checks:
@@ -171,6 +170,7 @@ def _executemany(conn: sqlite3.Connection, sql: str, rows: list[tuple]) -> None:
 
 
 _SAVE_CHECK = _sql(lq.SAVE_CHECK.format(lock=""))
+_SELECT_FACTS = _sql(lq.SELECT_VERIFICATION_FACTS_SQLITE)
 # A batch of verifications in ONE statement (rows as a JSON array; reasons, an array, kept as JSON
 # text by ->): executemany would step once per row, and each step hands the GIL back and waits
 # for it again while the event loop is busy. Alone on one thread executemany is faster (31 against

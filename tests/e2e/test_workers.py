@@ -15,9 +15,10 @@ from collections import Counter
 
 import aiohttp
 import pytest
+from aiohttp import web
 
 from adapters.permit_json import permit_to_json
-from simulators.network import build_network
+from simulators.network import build_network, free_port
 from simulators.samples import make_permit
 from tests.e2e.conftest import STORES, party_stores
 from tests.e2e.processes import Gateway
@@ -88,12 +89,42 @@ class Pair:
         return sum(float(v) for v in re.findall(rf"^{name}(?:{{[^}}]*}})? (\S+)$", text, re.MULTILINE))
 
 
+class Webhook:
+    """FR's MA system: counts the permits pushed to it, by message id."""
+
+    def __init__(self) -> None:
+        self.port = free_port()
+        self.pushed: Counter = Counter()
+        self._runner: web.AppRunner | None = None
+
+    async def start(self) -> None:
+        async def receive(request: web.Request) -> web.Response:
+            self.pushed[request.headers["X-Epix-Message-Id"]] += 1
+            return web.Response(status=204)
+
+        app = web.Application()
+        app.router.add_post("/hook", receive)
+        self._runner = web.AppRunner(app, access_log=None)
+        await self._runner.setup()
+        await web.TCPSite(self._runner, "127.0.0.1", self.port).start()
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+
+
 @pytest.fixture(params=STORES)
 async def pair(request, tmp_path):
+    hook = Webhook()
+    await hook.start()
     async with party_stores(request.param, ("CH", "FR"), "workers") as store_urls:
-        net = build_network(tmp_path / "net", ("CH", "FR"), store_urls=store_urls, retry=RETRY, extra="\n[delivery]\nlease_s = 5.0\n")
+        net = build_network(
+            tmp_path / "net", ("CH", "FR"), store_urls=store_urls, retry=RETRY, extra="\n[delivery]\nlease_s = 5.0\n",
+            extra_for={"FR": f'\n[webhook]\nurl = "http://127.0.0.1:{hook.port}/hook"\n'},
+        )  # fmt: skip
         http = aiohttp.ClientSession()
         pair = Pair(net, http, workers=2)
+        pair.webhook = hook
         try:
             for gateway in pair.gateways.values():
                 await gateway.start(http)
@@ -102,6 +133,7 @@ async def pair(request, tmp_path):
             for gateway in pair.gateways.values():
                 gateway.stop()
             await http.close()
+            await hook.stop()
 
 
 async def test_two_workers_deliver_every_permit_once_also_when_one_is_killed(pair):
@@ -123,6 +155,13 @@ async def test_two_workers_deliver_every_permit_once_also_when_one_is_killed(pai
     # Whichever worker answers, /metrics counts what every worker did, the killed one included.
     for _ in range(4):
         assert await pair.metric("CH", "epix_permits_submitted_total") == len(pair.accepted)
+    # FR's MA system hears of each permit once, not once per worker (only worker 0 pushes).
+    inbound = {m["message_id"] for m in await pair.messages("FR", direction="inbound")}
+    deadline = time.monotonic() + 30
+    while set(pair.webhook.pushed) != inbound:
+        assert time.monotonic() < deadline, f"{len(pair.webhook.pushed)} of {len(inbound)} pushed"
+        await asyncio.sleep(0.1)
+    assert set(pair.webhook.pushed.values()) == {1}
 
 
 async def test_supervisor_stops_its_workers_on_sigterm_and_they_stop_without_it(pair):
