@@ -98,11 +98,70 @@ def permit_to_json(permit: Permit, *, indent: int | None = None) -> bytes:
     Compact by default (what travels and is stored); ``indent`` pretty-prints for people.
     """
     parts: list[str] = []
-    _write(permit_to_dict(permit), parts, "$", "\n" if indent is not None else None, indent or 0)
+    if indent is None:
+        try:
+            _write_compact(permit, parts)
+        except _NotPlain:
+            parts = []  # written again below, where what cannot be written is named
+    if not parts:
+        _write(permit_to_dict(permit), parts, "$", "\n" if indent is not None else None, indent or 0)
     try:
         return "".join(parts).encode("utf-8")
     except UnicodeEncodeError as exc:
         raise EpixError(ErrorCode.PERMIT_INVALID, "The permit contains text that cannot be written as UTF-8.") from exc
+
+
+class _NotPlain(Exception):
+    """A value ``_write_compact`` leaves to the full writer, which says what is wrong with it."""
+
+
+def _write_compact(obj: Any, parts: list[str]) -> None:
+    """``_write(_object_to_dict(obj))``'s compact output written straight from the model objects:
+    every permit stored or sent is written once on each side of an exchange, and the dicts and
+    the field paths that the full writer keeps for its error messages cost more than the text."""
+    parts.append("{")
+    first = True
+    for f in _SPEC[type(obj)]:
+        value = getattr(obj, f.name)
+        if not f.required and (value is None or (f.many and not value)):
+            continue
+        parts.append(f'"{f.name}":' if first else f',"{f.name}":')  # field names are Python identifiers
+        first = False
+        if value is None:
+            parts.append("null")
+        elif f.many:
+            if not value:
+                parts.append("[]")
+                continue
+            parts.append("[")
+            for i, item in enumerate(value):
+                if i:
+                    parts.append(",")
+                _write_compact_value(f, item, parts)
+            parts.append("]")
+        else:
+            _write_compact_value(f, value, parts)
+    parts.append("}")
+
+
+def _write_compact_value(f: _Field, value: Any, parts: list[str]) -> None:
+    kind, kind_of = f.kind, type(value)
+    if kind == "str" and kind_of is str:
+        parts.append(encode_basestring(value))
+    elif kind == "decimal" and kind_of is Decimal and value.is_finite():
+        parts.append(str(value))
+    elif kind == "datetime" and kind_of is datetime:
+        offset = value.utcoffset()
+        if offset is None or offset % _MINUTE:
+            raise _NotPlain
+        parts.append(f'"{value.isoformat()}"')
+    elif kind == "object" and kind_of is f.cls:
+        _write_compact(value, parts)
+    else:
+        raise _NotPlain
+
+
+_MINUTE = timedelta(minutes=1)
 
 
 def _object_to_dict(obj: Any) -> dict[str, Any]:

@@ -51,7 +51,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("-c", "--concurrency", type=int, help="e2e: concurrent clients at peak (default 32, --quick 16)")
     parser.add_argument(
         "--workers", type=int,
-        help="e2e: worker processes per gateway (epix serve --workers; default: one per core)",
+        help="e2e: worker processes per gateway (epix serve --workers; default 1)",
     )  # fmt: skip
     parser.add_argument(
         "--paths",

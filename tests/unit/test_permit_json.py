@@ -310,6 +310,18 @@ def test_any_bytes_give_a_permit_or_a_json_error(blob):
         assert err.code is ErrorCode.JSON_MALFORMED
 
 
+@settings(max_examples=300, suppress_health_check=[HealthCheck.too_slow])
+@given(permits())
+def test_the_compact_writer_writes_what_the_full_writer_writes(permit):
+    """permit_to_json writes compact JSON straight from the model; the general writer (the dict,
+    with every field's path for its errors) must give the very same bytes."""
+    from adapters.permit_json import _write
+
+    parts: list[str] = []
+    _write(permit_to_dict(permit), parts, "$", None, 0)
+    assert permit_to_json(permit) == "".join(parts).encode("utf-8")
+
+
 # --- writing refuses what JSON cannot carry exactly ---------------------------------------------------
 
 
