@@ -4,15 +4,19 @@ from __future__ import annotations
 
 import asyncio
 import os
+import random
 import signal
 import subprocess
 import sys
 import time
+from collections import Counter
 from pathlib import Path
 
 import aiohttp
 
-from simulators.network import Node
+from adapters.permit_json import permit_to_json
+from simulators.network import Network, Node
+from simulators.samples import make_permit
 
 EPIX = str(Path(sys.executable).with_name("epix"))
 
@@ -83,3 +87,72 @@ class Gateway:
     def log_tail(self) -> str:
         logs = sorted(self.node.dir.glob("serve-*.log"))
         return logs[-1].read_text(errors="replace")[-3000:] if logs else ""
+
+
+class Run:
+    """CH sending to FR, both ``epix serve`` processes (``workers`` each), and what CH accepted."""
+
+    def __init__(self, net: Network, http: aiohttp.ClientSession, *, workers: int = 1) -> None:
+        self.net = net
+        self.http = http
+        self.gateways = {party: Gateway(net[party], workers=workers) for party in ("CH", "FR")}
+        self.accepted: list[str] = []  # permit numbers CH accepted (201/202)
+
+    def auth(self, party: str, *, operator: bool = False) -> dict[str, str]:
+        node = self.net[party]
+        return {"Authorization": f"Bearer {node.operator_token if operator else node.ma_token}"}
+
+    async def submit(self, numbers: list[str]) -> None:
+        async def one(number: str) -> None:
+            permit = make_permit(random.Random(number), issuer="CH", importer_country="FR", number=number)
+            headers = {**self.auth("CH"), "Content-Type": "application/json", "Idempotency-Key": number}
+            for _ in range(50):  # as a client would: a connection a killed process held is tried again
+                try:
+                    async with self.http.post(f"{self.net['CH'].url}/v1/permits", data=permit_to_json(permit), headers=headers) as r:
+                        assert r.status in (201, 202), await r.text()
+                        self.accepted.append(number)
+                        return
+                except aiohttp.ClientConnectionError:
+                    await asyncio.sleep(0.1)
+            raise AssertionError(f"{number} was never accepted")
+
+        await asyncio.gather(*(one(n) for n in numbers))
+
+    async def messages(self, party: str, **query) -> list[dict]:
+        params = {"limit": "1000", **query}
+        async with self.http.get(f"{self.net[party].url}/v1/messages", params=params, headers=self.auth(party, operator=True)) as r:
+            assert r.status == 200, await r.text()
+            return (await r.json())["messages"]
+
+    async def acknowledged(self) -> int:
+        return len(await self.messages("CH", status="ACKNOWLEDGED", direction="outbound"))
+
+    async def wait_all_acknowledged(self, timeout: float = 120) -> None:
+        deadline = time.monotonic() + timeout
+        while (done := await self.acknowledged()) < len(self.accepted):
+            assert time.monotonic() < deadline, (
+                f"{done} of {len(self.accepted)} acknowledged; CH log: {self.gateways['CH'].log_tail()}"
+            )
+            await asyncio.sleep(0.2)
+
+    async def wait_some_acknowledged(self, at_least: int = 5) -> int:
+        deadline = time.monotonic() + 30
+        while (done := await self.acknowledged()) < at_least:
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.01)
+        return done
+
+    async def received_at_fr(self) -> Counter:
+        inbound = await self.messages("FR", direction="inbound")
+        return Counter(m["number"] for m in inbound)
+
+
+def numbers(start: int, count: int) -> list[str]:
+    return [f"CH26-{i:06d}" for i in range(start, start + count)]
+
+
+async def assert_exactly_once(run: Run) -> None:
+    await run.wait_all_acknowledged()
+    received = await run.received_at_fr()
+    assert sorted(received) == sorted(run.accepted), "lost or unexpected permits at the receiver"
+    assert {n: c for n, c in received.items() if c != 1} == {}, "permits stored twice at the receiver"

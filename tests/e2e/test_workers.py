@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import random
 import re
 import signal
 import socket
@@ -17,11 +16,9 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from adapters.permit_json import permit_to_json
 from simulators.network import build_network, free_port
-from simulators.samples import make_permit
 from tests.e2e.conftest import STORES, party_stores
-from tests.e2e.processes import Gateway
+from tests.e2e.processes import Gateway, Run, assert_exactly_once, numbers
 
 pytestmark = pytest.mark.slow
 RETRY = {"max_attempts": 20, "first_delay_s": 0.1, "factor": 2.0, "max_delay_s": 1.0}
@@ -42,51 +39,12 @@ async def _wait_gone(pids, timeout: float = 30) -> None:
         await asyncio.sleep(0.1)
 
 
-class Pair:
-    def __init__(self, net, http: aiohttp.ClientSession, workers: int) -> None:
-        self.net, self.http = net, http
-        self.gateways = {p: Gateway(net[p], workers=workers) for p in ("CH", "FR")}
-        self.accepted: list[str] = []
-
-    def auth(self, party: str, *, operator: bool = False) -> dict[str, str]:
-        node = self.net[party]
-        return {"Authorization": f"Bearer {node.operator_token if operator else node.ma_token}"}
-
-    async def submit(self, numbers: list[str]) -> None:
-        async def one(number: str) -> None:
-            permit = make_permit(random.Random(number), issuer="CH", importer_country="FR", number=number)
-            headers = {**self.auth("CH"), "Content-Type": "application/json", "Idempotency-Key": number}
-            for _ in range(50):  # a connection the killed worker held is refused; the client tries again
-                try:
-                    async with aiohttp.ClientSession() as fresh:  # a new connection: either worker may take it
-                        async with fresh.post(f"{self.net['CH'].url}/v1/permits", data=permit_to_json(permit), headers=headers) as r:
-                            assert r.status in (201, 202), await r.text()
-                            self.accepted.append(number)
-                            return
-                except aiohttp.ClientConnectionError:
-                    await asyncio.sleep(0.1)
-            raise AssertionError(f"{number} was never accepted")
-
-        await asyncio.gather(*(one(n) for n in numbers))
-
-    async def messages(self, party: str, **query) -> list[dict]:
-        params = {"limit": "1000", **query}
-        async with self.http.get(f"{self.net[party].url}/v1/messages", params=params, headers=self.auth(party, operator=True)) as r:
-            assert r.status == 200, await r.text()
-            return (await r.json())["messages"]
-
-    async def wait_acknowledged(self, at_least: int, timeout: float = 120) -> None:
-        deadline = time.monotonic() + timeout
-        while len(await self.messages("CH", status="ACKNOWLEDGED", direction="outbound")) < at_least:
-            assert time.monotonic() < deadline, f"not {at_least} acknowledged; CH log: {self.gateways['CH'].log_tail()}"
-            await asyncio.sleep(0.1)
-
-    async def metric(self, party: str, name: str) -> float:
-        """``name`` summed over its labels, from a worker taken by a new connection."""
-        async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True)) as fresh:
-            async with fresh.get(f"{self.net[party].url}/metrics") as r:
-                text = await r.text()
-        return sum(float(v) for v in re.findall(rf"^{name}(?:{{[^}}]*}})? (\S+)$", text, re.MULTILINE))
+async def metric(net, party: str, name: str) -> float:
+    """``name`` summed over its labels, from whichever worker takes a new connection."""
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True)) as fresh:
+        async with fresh.get(f"{net[party].url}/metrics") as r:
+            text = await r.text()
+    return sum(float(v) for v in re.findall(rf"^{name}(?:{{[^}}]*}})? (\S+)$", text, re.MULTILINE))
 
 
 class Webhook:
@@ -123,7 +81,7 @@ async def pair(request, tmp_path):
             extra_for={"FR": f'\n[webhook]\nurl = "http://127.0.0.1:{hook.port}/hook"\n'},
         )  # fmt: skip
         http = aiohttp.ClientSession()
-        pair = Pair(net, http, workers=2)
+        pair = Run(net, http, workers=2)
         pair.webhook = hook
         try:
             for gateway in pair.gateways.values():
@@ -141,20 +99,16 @@ async def test_two_workers_deliver_every_permit_once_also_when_one_is_killed(pai
     before = await ch.worker_pids()
     assert sorted(before) == [0, 1] and len(set(before.values())) == 2
 
-    await pair.submit([f"CH26-{i:06d}" for i in range(60)])
-    await pair.wait_acknowledged(5)
+    await pair.submit(numbers(0, 60))
+    await pair.wait_some_acknowledged()
     os.kill(before[0], signal.SIGKILL)  # mid-run; its supervisor starts it again
-    await pair.submit([f"CH26-{i:06d}" for i in range(60, 80)])
-    await pair.wait_acknowledged(len(pair.accepted))
-
-    received = Counter(m["number"] for m in await pair.messages("FR", direction="inbound"))
-    assert sorted(received) == sorted(pair.accepted), "lost or unexpected permits at the receiver"
-    assert {n: c for n, c in received.items() if c != 1} == {}, "permits stored twice at the receiver"
+    await pair.submit(numbers(60, 20))
+    await assert_exactly_once(pair)
     after = await ch.worker_pids()
     assert after[0] != before[0] and after[1] == before[1], (before, after)
     # Whichever worker answers, /metrics counts what every worker did, the killed one included.
     for _ in range(4):
-        assert await pair.metric("CH", "epix_permits_submitted_total") == len(pair.accepted)
+        assert await metric(pair.net, "CH", "epix_permits_submitted_total") == len(pair.accepted)
     # FR's MA system hears of each permit once, not once per worker (only worker 0 pushes).
     inbound = {m["message_id"] for m in await pair.messages("FR", direction="inbound")}
     deadline = time.monotonic() + 30
