@@ -44,8 +44,8 @@ MAX_WORKERS = 64
 STARTED_S = 10.0  # a worker that dies sooner than this after its start failed to start
 MAX_FAILED_STARTS = 5
 RESTART_DELAYS = (0.5, 30.0)
-STOP_GRACE_S = 20.0
-BIND_WAIT_S = 10.0  # the workers' own shutdown (5 s) and their stores' closing, then SIGKILL
+STOP_GRACE_S = 20.0  # the workers' own shutdown (5 s) and their stores' closing, then SIGKILL
+BIND_WAIT_S = 10.0  # how long a port in use is waited for (see listening_socket)
 
 
 def resolve_count(given: str | int | None, configured: int) -> int:
