@@ -181,6 +181,8 @@ class PostgresStore(PostgresLedger, PostgresRetention, Store):
                 bootstrap = await asyncpg.connect(self._dsn)
                 try:
                     await bootstrap.execute(f'CREATE SCHEMA IF NOT EXISTS "{self.schema}"')
+                except asyncpg.UniqueViolationError:
+                    pass  # created at the same moment by another process (workers starting together)
                 finally:
                     await bootstrap.close()
             self._pool = await asyncpg.create_pool(

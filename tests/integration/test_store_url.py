@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 import pytest
@@ -54,3 +55,25 @@ def test_unusable_urls_are_configuration_errors(tmp_path, url):
     with pytest.raises(EpixError) as caught:
         store_for(url, tmp_path)
     assert caught.value.code is ErrorCode.CONFIG_INVALID
+
+
+@pytest.mark.postgres
+async def test_processes_opening_a_new_schema_together_all_open_it(tmp_path):
+    """Workers of one gateway start at the same moment on a schema nobody made yet: each runs
+    CREATE SCHEMA IF NOT EXISTS, which PostgreSQL can refuse to all but one with a duplicate key
+    (it did, 7 opens in 30 before the fix); that is the schema being there, not a fault."""
+    from tests.pg import PgSchema, require_pg
+
+    await require_pg()
+    for _ in range(5):
+        schema = PgSchema("together")  # not created: the stores make it
+        stores = [store_for(schema.url, tmp_path) for _ in range(3)]
+        try:
+            opened = await asyncio.gather(*(s.open() for s in stores), return_exceptions=True)
+            assert [o for o in opened if isinstance(o, BaseException)] == []
+            for s in stores:
+                await s.ping()
+        finally:
+            for s in stores:
+                await s.close()
+            await schema.drop()
