@@ -244,13 +244,17 @@ async def _open_loop(http, url: str, token: str, subs: list[Submission], rate: f
 
 def _cpu_seconds(pid: int) -> float | None:
     """User + system CPU time of a process and its children so far (Linux /proc); None elsewhere."""
+    own = _own_cpu_seconds_of(pid)
+    return None if own is None else own + sum(_cpu_seconds(child) or 0.0 for child in _children(pid))
+
+
+def _own_cpu_seconds_of(pid: int) -> float | None:
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
         return None
     fields = stat.rsplit(")", 1)[1].split()  # after "pid (name)": state is field 3, utime 14, stime 15
-    own = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-    return own + sum(_cpu_seconds(child) or 0.0 for child in _children(pid))
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def _children(pid: int) -> list[int]:
@@ -373,19 +377,43 @@ class Running:
     processes: dict[str, Served] = field(default_factory=dict)
 
 
-def _cpu_snapshot(net: Running) -> dict[str, float | None]:
-    snap: dict[str, float | None] = {party: p.cpu_seconds() for party, p in net.processes.items()}
+# The servers a path uses, by the process names they run under on this machine: their CPU per
+# exchange belongs to the exchange as much as the gateways' (absent when they run elsewhere).
+SERVERS = {"PostgreSQL server": ("postgres",), "RabbitMQ server": ("beam.smp", "erl_child_setup")}
+
+
+def _servers_of(net: Running) -> list[str]:
+    return (["PostgreSQL server"] if net.store_kind == "postgresql" else []) + (["RabbitMQ server"] if net.path == "rabbitmq" else [])
+
+
+def _server_cpu(names: tuple[str, ...]) -> dict[int, float]:
+    """CPU seconds so far of every local process named one of ``names``, by pid (Linux /proc)."""
+    found: dict[int, float] = {}
+    for proc in Path("/proc").glob("[0-9]*"):
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            if (proc / "comm").read_text().strip() in names:
+                found[int(proc.name)] = _own_cpu_seconds_of(int(proc.name)) or 0.0  # each process once
+    return found
+
+
+def _cpu_snapshot(net: Running) -> dict[str, Any]:
+    snap: dict[str, Any] = {party: p.cpu_seconds() for party, p in net.processes.items()}
     snap["load generator"] = _own_cpu_seconds()
+    for server in _servers_of(net):
+        snap[server] = _server_cpu(SERVERS[server]) or None
     return snap
 
 
-def _cpu_report(before: dict[str, float | None], after: dict[str, float | None], exchanges: int, wall_s: float) -> dict[str, Any]:
+def _cpu_report(before: dict[str, Any], after: dict[str, Any], exchanges: int, wall_s: float) -> dict[str, Any]:
     per_exchange, busy = {}, {}
     for name, start in before.items():
         end = after.get(name)
         if start is None or end is None:
             continue
-        spent = end - start
+        if isinstance(start, dict):  # a server's processes by pid: those started meanwhile count whole
+            spent = sum(cpu - start.get(pid, 0.0) for pid, cpu in end.items())
+        else:
+            spent = end - start
         per_exchange[name] = _round(spent * 1000 / exchanges, 3) if exchanges else None
         busy[name] = _round(spent / wall_s, 3) if wall_s else None
     return {"cpu_ms_per_exchange": per_exchange, "cpu_cores_busy": busy}
@@ -667,7 +695,8 @@ def _judge(result: dict[str, Any], floor: dict[str, Any]) -> None:
     result["ratio_to_floor"] = round(peak_rate / floor["floor_exchanges_per_s"], 3)
     result["ratio_to_two_core_floor"] = round(peak_rate / floor["floor_two_cores_exchanges_per_s"], 3)
     # The same question asked of CPU time rather than of wall time: what share of all the CPU
-    # the exchange cost (every gateway process and the load generator) went into the signatures.
+    # the exchange cost (every gateway process, the load generator and the local PostgreSQL or
+    # RabbitMQ server) went into the signatures.
     spent = sum(ms for ms in (result["peak"]["cpu_ms_per_exchange"] or {}).values() if ms)
     crypto_ms = 1000 / floor["floor_exchanges_per_s"]
     if result["path"] == "hub":
@@ -704,7 +733,8 @@ NOTES = [
     "created_at -> the same instant. sender_ack_latency_ms (hub path): client POST -> CH holding the hub's receipt.",
     "crypto_share_of_cpu: the signatures' CPU (the floor's per-exchange time) over the CPU every process spent per "
     "delivered exchange in the peak pass: the ratio to the floor as CPU time sees it, whatever else the machine runs.",
-    "cpu_ms_per_exchange: CPU time (user+system, /proc) each process spent over the pass per delivered exchange; "
+    "cpu_ms_per_exchange: CPU time (user+system, /proc) each process spent over the pass per delivered exchange, "
+    "the PostgreSQL and RabbitMQ servers' processes included where they run on this machine; "
     "cpu_cores_busy: that time over the pass's wall time (1.0 = one core all the time). They do not depend on other "
     "work on the machine, unlike throughput.",
     "The gateways log at INFO as JSON lines to a file in the run's temporary directory, as in production; SQLite runs "
@@ -798,6 +828,6 @@ def render(result: dict[str, Any]) -> str:
     lines.append(
         "rate in/s: peak = accepted by CH's API per second; paced = the scheduled rate (half the peak's acked/s). "
         "ratio 1c / 2c: peak acked/s over the one-core / two-core floor. crypto/CPU: the signatures' share of all the CPU "
-        "an exchange cost. CPU ms/exchange: per process, over the pass."
+        "an exchange cost. CPU ms/exchange: per process over the pass (PostgreSQL, RabbitMQ: their local servers' processes)."
     )
     return "\n".join(lines)

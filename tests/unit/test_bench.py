@@ -185,6 +185,22 @@ async def test_e2e_over_rabbitmq_delivers_and_deletes_its_queues():
     _assert_delivered_everything(result, "rabbitmq")
     [entry] = result["runs"]
     assert entry["queue_prefix"].startswith("epixbench-") and "queues_left" not in entry
+    # The broker runs on this machine here: its CPU is the exchange's too, and is shown.
+    assert "RabbitMQ server" in entry["peak"]["cpu_ms_per_exchange"]
+
+
+async def test_e2e_with_two_workers_per_gateway_counts_every_worker():
+    result = await e2e.run(e2e.Settings(paths=("direct",), workers=2, **TINY_RUN), log=lambda _: None)
+    _assert_delivered_everything(result, "direct")
+    assert result["settings"]["workers"] == 2
+
+
+def test_cpu_report_counts_each_server_process_once_and_one_started_meanwhile_whole():
+    before = {"CH": 1.0, "load generator": 0.5, "PostgreSQL server": {10: 2.0, 11: 1.0}}
+    after = {"CH": 1.3, "load generator": 0.6, "PostgreSQL server": {10: 2.2, 11: 1.1, 12: 0.1}}
+    report = e2e._cpu_report(before, after, exchanges=100, wall_s=1.0)
+    assert report["cpu_ms_per_exchange"] == pytest.approx({"CH": 3.0, "load generator": 1.0, "PostgreSQL server": 4.0})
+    assert report["cpu_cores_busy"]["PostgreSQL server"] == pytest.approx(0.4)
 
 
 # --------------------------------------------------------------------------- command line
