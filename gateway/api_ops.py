@@ -11,7 +11,7 @@ from aiohttp import web
 
 from domain.errors import EpixError
 from gateway import appkeys
-from gateway.logs import WORKER_ENV
+from gateway.logs import worker_index
 
 routes = web.RouteTableDef()
 OPENAPI_PATH = Path(__file__).resolve().parent / "openapi.json"
@@ -20,10 +20,8 @@ OPENAPI_PATH = Path(__file__).resolve().parent / "openapi.json"
 @routes.get("/healthz")
 async def healthz(request: web.Request) -> web.Response:
     # Under `epix serve --workers N`, which worker answered (its index and process), else null.
-    worker = os.environ.get(WORKER_ENV)
-    return web.json_response(
-        {"status": "ok", "party": request.app[appkeys.CONFIG].party, "worker": None if worker is None else int(worker), "pid": os.getpid()}
-    )
+    body = {"status": "ok", "party": request.app[appkeys.CONFIG].party, "worker": worker_index(), "pid": os.getpid()}
+    return web.json_response(body)
 
 
 @routes.get("/readyz")

@@ -79,7 +79,7 @@ def _resources(preloaded: Security | None):
         if config.start_delivery:
             background = tasks.start(
                 [(f"delivery-{config.party}", worker.run)]
-                + [(f"hub-{config.party}", loop) for loop in hub.background(config, store, security, http, app[appkeys.INBOUND]) if workers.leads()],
+                + [(f"hub-{config.party}", loop) for loop in (hub.background(config, store, security, http, app[appkeys.INBOUND]) if workers.leads() else [])],
                 on_crash=app[appkeys.METRICS].count_crash,
             )
         log.info(

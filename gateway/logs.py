@@ -20,7 +20,7 @@ def configure_logging(*, level: str = "INFO", json: bool = False, stream=None, c
     """``cache``: each module's logger is assembled once, on its first call, instead of on every
     call (what a long-running service wants; tests that capture logs reconfigure, so not there)."""
     global _configured
-    worker = os.environ.get(WORKER_ENV)
+    worker = worker_index()
     processors = [
         structlog.contextvars.merge_contextvars,
         *([_add_worker(worker)] if worker is not None else []),
@@ -39,7 +39,13 @@ def configure_logging(*, level: str = "INFO", json: bool = False, stream=None, c
     _configured = True
 
 
-def _add_worker(worker: str):
+def worker_index() -> int | None:
+    """This process's index among the workers of ``epix serve --workers N``; None when it serves alone."""
+    index = os.environ.get(WORKER_ENV)
+    return None if index is None else int(index)
+
+
+def _add_worker(worker: int):
     def add(logger, method_name, event_dict):
         event_dict.setdefault("worker", worker)
         return event_dict

@@ -12,7 +12,7 @@ import os
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.multiprocess import MultiProcessCollector
 
-from gateway.logs import WORKER_ENV
+from gateway.logs import worker_index
 
 METRICS_ENV = "PROMETHEUS_MULTIPROC_DIR"  # prometheus_client's multiprocess mode
 
@@ -49,7 +49,7 @@ class Metrics:
         self.task_crashes.labels(task).inc()
 
     def render(self) -> bytes:
-        if os.environ.get(WORKER_ENV) is not None and os.environ.get(METRICS_ENV):
+        if worker_index() is not None and os.environ.get(METRICS_ENV):
             every_worker = CollectorRegistry()
             MultiProcessCollector(every_worker)
             return generate_latest(every_worker)
