@@ -223,15 +223,9 @@ def cmd_serve(args) -> int:
     configure_logging(level=args.log_level, json=args.log_json, cache=True)
     config = load_config(Path(args.config))
     if args.listen_fd is None:
-        try:
-            count = workers.resolve_count(args.workers, config.workers)
-        except ValueError as exc:
-            raise EpixError(ErrorCode.CONFIG_INVALID, str(exc)) from None
+        count = workers.resolve_count(args.workers, config.workers)
         if count > 1:
-            try:
-                sock = workers.listening_socket(config.host, config.port)
-            except OSError as exc:
-                raise EpixError(ErrorCode.CONFIG_INVALID, exc.strerror or str(exc)) from None
+            sock = workers.listening_socket(config.host, config.port)
             argv = ["serve", "--config", str(args.config), "--log-level", args.log_level, "--loop", args.loop]
             argv += ["--log-json"] if args.log_json else []
             return workers.Supervisor(workers.worker_command(argv, sock.fileno()), count, sock).run()

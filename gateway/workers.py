@@ -35,7 +35,8 @@ import threading
 import time
 from dataclasses import dataclass, field
 
-from gateway.logs import WORKER_ENV, get_logger
+from domain.errors import EpixError, ErrorCode
+from gateway.logs import WORKER_ENV, get_logger, worker_index
 from gateway.metrics import METRICS_ENV
 
 log = get_logger("epix.workers")
@@ -57,9 +58,9 @@ def resolve_count(given: str | int | None, configured: int) -> int:
     try:
         count = int(given)
     except ValueError:
-        raise ValueError(f"--workers {given!r} is neither a number nor 'auto'") from None
+        raise EpixError(ErrorCode.CONFIG_INVALID, f"--workers {given!r} is neither a number nor 'auto'") from None
     if not 1 <= count <= MAX_WORKERS:
-        raise ValueError(f"--workers {count} is outside 1..{MAX_WORKERS}")
+        raise EpixError(ErrorCode.CONFIG_INVALID, f"--workers {count} is outside 1..{MAX_WORKERS}")
     return count
 
 
@@ -78,7 +79,7 @@ def listening_socket(host: str, port: int, *, wait_s: float = BIND_WAIT_S, backl
         except OSError as exc:
             sock.close()
             if exc.errno != errno.EADDRINUSE or time.monotonic() >= deadline:
-                raise OSError(exc.errno, f"cannot listen on {host}:{port}: {exc.strerror}") from None
+                raise EpixError(ErrorCode.CONFIG_INVALID, f"cannot listen on {host}:{port}: {exc.strerror}") from None
             time.sleep(0.2)
     sock.listen(backlog)
     sock.set_inheritable(True)
@@ -90,7 +91,7 @@ def leads() -> bool:
     or worker 0 of several. The webhook push keeps its retry state in memory and would post every
     permit once per worker; the hub's pull and tracking and the customs checks would do the same
     work twice (harmless: it is idempotent, but wasted); retention needs one runner."""
-    return os.environ.get(WORKER_ENV, "0") == "0"
+    return worker_index() in (None, 0)
 
 
 def inherited_socket(fd: int) -> socket.socket:

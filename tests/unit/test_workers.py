@@ -10,6 +10,7 @@ import time
 
 import pytest
 
+from domain.errors import EpixError, ErrorCode
 from gateway import workers
 from gateway.workers import Supervisor, listening_socket, resolve_count
 
@@ -19,8 +20,9 @@ def test_the_count_comes_from_the_flag_else_the_configuration():
     assert resolve_count("2", 1) == 2
     assert resolve_count("auto", 1) == max(1, min(workers.MAX_WORKERS, os.cpu_count() or 1))
     for bad, said in (("0", "outside 1..64"), ("65", "outside 1..64"), ("two", "neither a number nor 'auto'")):
-        with pytest.raises(ValueError, match=said):
+        with pytest.raises(EpixError, match=said) as caught:
             resolve_count(bad, 1)
+        assert caught.value.code is ErrorCode.CONFIG_INVALID
 
 
 def _supervisor(code: str, count: int = 2, **kw) -> Supervisor:
