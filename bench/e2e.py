@@ -244,11 +244,11 @@ async def _open_loop(http, url: str, token: str, subs: list[Submission], rate: f
 
 def _cpu_seconds(pid: int) -> float | None:
     """User + system CPU time of a process and its children so far (Linux /proc); None elsewhere."""
-    own = _own_cpu_seconds_of(pid)
+    own = _process_cpu_seconds(pid)
     return None if own is None else own + sum(_cpu_seconds(child) or 0.0 for child in _children(pid))
 
 
-def _own_cpu_seconds_of(pid: int) -> float | None:
+def _process_cpu_seconds(pid: int) -> float | None:
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
@@ -392,7 +392,7 @@ def _server_cpu(names: tuple[str, ...]) -> dict[int, float]:
     for proc in Path("/proc").glob("[0-9]*"):
         with contextlib.suppress(OSError, ValueError, IndexError):
             if (proc / "comm").read_text().strip() in names:
-                found[int(proc.name)] = _own_cpu_seconds_of(int(proc.name)) or 0.0  # each process once
+                found[int(proc.name)] = _process_cpu_seconds(int(proc.name)) or 0.0  # each process once
     return found
 
 
