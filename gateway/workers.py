@@ -5,11 +5,11 @@ One gateway process is one event loop, so it uses one core however many the mach
 itself (so that a port in use is refused once, before anything starts), then runs N copies of the
 gateway, each ``epix serve`` again with the socket handed down, and the kernel gives each new
 connection to whichever worker accepts it first. The workers share nothing but the store (and the
-broker): everything a gateway keeps between requests lives there, and every background loop
-(delivery, hub, feed, retention) already takes its work by a claim or lease, as several instances
-on one PostgreSQL database do. Processes sharing one SQLite file take its write lock in turn.
-Every worker delivers (each takes what it accepted, and the rest by lease) and feeds customs (by
-turns); the loops one gateway needs once run in worker 0 only (``leads``).
+broker): everything a gateway keeps between requests lives there, as for several instances on one
+PostgreSQL database. Processes sharing one SQLite file take its write lock in turn. Every worker
+delivers (what it accepted at once, the rest by lease) and feeds customs (by turns); the loops one
+gateway needs once (webhook, hub pull and tracking, customs checks, retention) run in worker 0
+only (``leads``).
 
 The supervisor forwards SIGTERM and SIGINT (each worker stops gracefully, handing back what it
 holds), starts a worker again when it dies (after 0.5 s, doubling to 30 s while it keeps dying
